@@ -1,0 +1,44 @@
+"""Consumers of the wire protocol: the async event API, the terminal view, the timeline logger.
+
+Imports only the wire schema and websockets: never torch, sounddevice or the server.
+"""
+
+from __future__ import annotations
+
+from .errors import ClientError
+from .messages import (
+    PROTOCOL_VERSION,
+    ErrorMessage,
+    Hello,
+    Message,
+    MessageError,
+    SpeechEndMessage,
+    SpeechStartMessage,
+    StatsMessage,
+    StreamCloseMessage,
+    StreamInfo,
+    StreamOpenMessage,
+    Subscribe,
+    WindowMessage,
+    decode,
+    encode,
+)
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "ClientError",
+    "ErrorMessage",
+    "Hello",
+    "Message",
+    "MessageError",
+    "SpeechEndMessage",
+    "SpeechStartMessage",
+    "StatsMessage",
+    "StreamCloseMessage",
+    "StreamInfo",
+    "StreamOpenMessage",
+    "Subscribe",
+    "WindowMessage",
+    "decode",
+    "encode",
+]

@@ -1,0 +1,90 @@
+"""Events the engine emits (plain frozen dataclasses; created on the inference or source thread).
+
+These are the engine's output, independent of the wire format: ``server`` turns them into wire
+messages (``client.messages``) and timeline rows. Times are stream seconds (samples at the model
+rate since the stream opened) unless named ``wall_time`` (Unix seconds).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = [
+    "EngineStats",
+    "Event",
+    "SpeechEnd",
+    "SpeechStart",
+    "StreamClosed",
+    "StreamOpened",
+    "WindowLabel",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOpened:
+    """A stream started producing audio."""
+
+    stream: str
+    sample_rate_hz: int
+    wall_time: float
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamClosed:
+    """A stream ended (source exhausted, sender gone, or shutdown)."""
+
+    stream: str
+    end_s: float
+    wall_time: float
+    reason: str = "end"
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStart:
+    """The VAD gate opened (time includes the onset padding)."""
+
+    stream: str
+    start_s: float
+    wall_time: float
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechEnd:
+    """The VAD gate closed (time includes the hangover padding)."""
+
+    stream: str
+    start_s: float
+    end_s: float
+    wall_time: float
+
+
+@dataclass(frozen=True, slots=True)
+class WindowLabel:
+    """One classified window and the smoothed label after it."""
+
+    stream: str
+    seq: int
+    start_s: float
+    end_s: float
+    wall_time: float
+    probabilities: tuple[float, ...]  # in the order of the model's labels
+    label: str  # raw arg-max of this window
+    confidence: float  # raw probability of ``label``
+    smoothed_label: str  # may be "uncertain"
+    smoothed_confidence: float
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    """Periodic counters; totals since the engine started."""
+
+    wall_time: float
+    lag_s: float  # age of the oldest window waiting for inference
+    windows_done: int
+    windows_dropped: int
+    blocks_dropped: int  # capture hand-off queue overflows (drop-oldest)
+    input_overflows: int  # driver-reported overflows
+
+
+Event = StreamOpened | StreamClosed | SpeechStart | SpeechEnd | WindowLabel | EngineStats
