@@ -24,6 +24,19 @@ _EXPORTS: dict[str, str] = {
     "StreamClosed": "streamer.events",
     "StreamOpened": "streamer.events",
     "WindowLabel": "streamer.events",
+    "Engine": "streamer.engine",
+    "EngineConfig": "streamer.engine",
+    "StreamFeed": "streamer.engine",
+    "ClassifierModel": "streamer.engine",
+    "CaptureCounters": "streamer.engine",
+    "VadConfig": "streamer.vad",
+    "VadGate": "streamer.vad",
+    "SampleRing": "streamer.ring",
+    "Windower": "streamer.windows",
+    "SpeechWindow": "streamer.windows",
+    "Smoother": "streamer.smoothing",
+    "SmoothingConfig": "streamer.smoothing",
+    "UNCERTAIN": "streamer.smoothing",
 }
 
 __all__ = sorted(_EXPORTS)
