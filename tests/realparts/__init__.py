@@ -1,0 +1,1 @@
+"""Tests with real parts: a PulseAudio server for capture, Chromium for the dashboard, crashes."""

@@ -1,0 +1,132 @@
+"""A private PulseAudio server with a virtual microphone (recipe: ../shared/TESTING.md).
+
+A null sink ``virt`` that the tests play into with ``paplay``; a silent null source looped
+into it so the idle sink is clocked in small blocks, not 2-second ones; ``virtmic``, a source
+remapped from ``virt.monitor``, as the default source. Everything lives in a private runtime
+folder (mode 0700) with its own HOME and a client config that never autospawns a server, so
+nothing touches the user's audio setup. Started and stopped by PID.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from .procs import OutputProcess, require_binary, wait_until
+
+__all__ = ["PulseServer", "play"]
+
+SCRIPT = """\
+load-module module-native-protocol-unix auth-anonymous=1 socket={socket}
+load-module module-null-sink sink_name=virt rate=48000 channels=1
+load-module module-null-source source_name=silence rate=48000 channels=1
+load-module module-loopback source=silence sink=virt latency_msec=10
+load-module module-remap-source master=virt.monitor source_name=virtmic
+set-default-sink virt
+set-default-source virtmic
+"""
+
+
+class PulseServer:
+    """One private ``pulseaudio`` process; ``env`` is what its clients need (plus os.environ)."""
+
+    def __init__(self, root: Path, *, timeout_s: float) -> None:
+        self.pulseaudio = require_binary("pulseaudio", "pulseaudio")
+        self.pactl = require_binary("pactl", "pulseaudio-utils")
+        self.paplay = require_binary("paplay", "pulseaudio-utils")
+        self.timeout_s = timeout_s
+        self.root = root
+        self.runtime = root / "runtime"
+        self.home = root / "home"
+        self.runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.runtime.chmod(0o700)  # mkdir's mode is masked by the umask
+        (self.runtime / "pulse").mkdir(mode=0o700, exist_ok=True)
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.socket = self.runtime / "pulse" / "native"
+        client_conf = root / "client.conf"
+        client_conf.write_text("autospawn = no\n")
+        script = root / "server.pa"
+        script.write_text(SCRIPT.format(socket=self.socket))
+        self.script = script
+        self.env: dict[str, str] = {
+            **os.environ,
+            "XDG_RUNTIME_DIR": str(self.runtime),
+            "HOME": str(self.home),
+            "PULSE_SERVER": f"unix:{self.socket}",
+            "PULSE_SINK": "virt",
+            "PULSE_SOURCE": "virtmic",
+            "PULSE_CLIENTCONFIG": str(client_conf),
+        }
+        self.process: OutputProcess | None = None
+
+    def start(self) -> PulseServer:
+        self.process = OutputProcess(
+            [
+                self.pulseaudio, "--daemonize=no", "-n", "-F", str(self.script),
+                "--exit-idle-time=-1", "--realtime=no", "--high-priority=no",
+                "--use-pid-file=no", "--resample-method=speex-float-5",
+                "--log-target=stderr",
+            ],
+            env=self.env,
+            log_path=self.root / "pulseaudio.log",
+        )
+        wait_until(
+            lambda: self._ready(), timeout_s=self.timeout_s, what="PulseAudio to accept clients"
+        )
+        return self
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        if self.process.proc.poll() is not None:
+            raise AssertionError(f"pulseaudio exited early\n{self.process.output()}")
+        if not self.socket.exists():
+            return False
+        probe = subprocess.run(
+            [self.pactl, "list", "short", "sources"],
+            env=self.env, capture_output=True, text=True, timeout=self.timeout_s,
+        )
+        return probe.returncode == 0 and "virtmic" in probe.stdout
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the server: the device disappears under its clients."""
+        assert self.process is not None
+        self.process.kill()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+    def source_outputs(self) -> list[str]:
+        """Recording streams connected right now (one line each, from ``pactl``)."""
+        probe = subprocess.run(
+            [self.pactl, "list", "short", "source-outputs"],
+            env=self.env, capture_output=True, text=True, timeout=self.timeout_s,
+        )
+        return [line for line in probe.stdout.splitlines() if line.strip()]
+
+    def play(self, wav: Path) -> None:
+        play(self, wav)
+
+    def __enter__(self) -> PulseServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def play(server: PulseServer, wav: Path) -> None:
+    """Play a wav file into the null sink in real time; returns when it has been played."""
+    # paplay blocks until the sink has played the stream; bounded by the file length + slack.
+    subprocess.run(
+        [server.paplay, "--device=virt", str(wav)],
+        env=server.env, check=True, capture_output=True, timeout=server.timeout_s * 4,
+    )
