@@ -37,7 +37,16 @@ PROTOCOL_VERSION = 1
 
 
 class MessageError(ValueError):
-    """A frame that is not a valid message of this protocol."""
+    """A frame that is not a valid message of this protocol.
+
+    ``code`` is the short reason a server puts in its ``error`` reply: ``binary_frame``,
+    ``bad_json``, ``bad_message`` (not an object, no type, missing or mistyped field),
+    ``bad_version`` or ``unknown_type``.
+    """
+
+    def __init__(self, message: str, code: str = "bad_message") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,11 +262,13 @@ def _build(cls: type[Any], body: Mapping[str, Any]) -> Any:
 def decode(frame: str | bytes) -> Message:
     """JSON text frame -> Message. Raises MessageError saying what is wrong."""
     if isinstance(frame, bytes):
-        raise MessageError("expected a JSON text frame, got a binary frame")
+        raise MessageError("expected a JSON text frame, got a binary frame", "binary_frame")
     try:
         body = json.loads(frame)
     except json.JSONDecodeError as exc:
-        raise MessageError(f"not valid JSON: {exc.msg} at position {exc.pos}") from exc
+        raise MessageError(
+            f"not valid JSON: {exc.msg} at position {exc.pos}", "bad_json"
+        ) from exc
     if not isinstance(body, dict):
         raise MessageError("a message must be a JSON object")
     kind = body.get("type")
@@ -266,9 +277,12 @@ def decode(frame: str | bytes) -> Message:
     version = body.get("v")
     if version != PROTOCOL_VERSION:
         raise MessageError(
-            f"unsupported protocol version {version!r}; this side speaks {PROTOCOL_VERSION}"
+            f"unsupported protocol version {version!r}; this side speaks {PROTOCOL_VERSION}",
+            "bad_version",
         )
     cls = _TYPES.get(kind)
     if cls is None:
-        raise MessageError(f"unknown message type {kind!r}; known: {', '.join(sorted(_TYPES))}")
+        raise MessageError(
+            f"unknown message type {kind!r}; known: {', '.join(sorted(_TYPES))}", "unknown_type"
+        )
     return _build(cls, body)
