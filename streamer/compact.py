@@ -3,7 +3,7 @@
 ``CompactEmotionForAudioClassification`` takes raw mono 16 kHz audio (``input_values``, shape
 batch x samples, like wav2vec2) and computes a 64-band log-mel spectrogram inside the model
 (25 ms Hann window, 10 ms hop, torch.stft and a slaney-style triangular filterbank built here),
-normalises it per utterance and band, and classifies it with a small 1-D CNN (batch norm,
+normalises it per utterance (per band, or one mean and std over all bands), and classifies it with a small 1-D CNN (batch norm,
 dilated residual blocks) followed by mean + standard-deviation pooling over time.
 SpecAugment (time and frequency masks) is applied inside ``forward`` in training mode only.
 
@@ -56,8 +56,12 @@ class CompactEmotionConfig(PretrainedConfig):
         num_masks: int = 2,
         label_smoothing: float = 0.1,
         initializer_range: float = 0.02,
+        feature_norm: str = "band",
         **kwargs: Any,
     ) -> None:
+        if feature_norm not in ("band", "global"):
+            raise ValueError(f"feature_norm must be 'band' or 'global', got {feature_norm!r}")
+        self.feature_norm = feature_norm
         self.sampling_rate = sampling_rate
         self.n_fft = n_fft
         self.win_length = win_length
@@ -190,9 +194,11 @@ class CompactEmotionForAudioClassification(CompactEmotionPreTrainedModel):
         power = spec.real.square() + spec.imag.square()  # (batch, bins, frames)
         mel = torch.matmul(self.mel_fb.float().t(), power)
         logmel = torch.log(mel + 1e-6)
-        # Per-utterance, per-band normalisation: removes channel and loudness differences.
-        mean = logmel.mean(dim=-1, keepdim=True)
-        std = logmel.std(dim=-1, keepdim=True) if logmel.shape[-1] > 1 else torch.ones_like(mean)
+        # Per-utterance normalisation removes loudness (global) or also the channel's and the
+        # speaker's long-term spectrum (per band, mean and std over time).
+        dims = (-1,) if self.config.feature_norm == "band" else (-2, -1)
+        mean = logmel.mean(dim=dims, keepdim=True)
+        std = logmel.std(dim=dims, keepdim=True) if logmel.shape[-1] > 1 else torch.ones_like(mean)
         return (logmel - mean) / (std + 1e-5)
 
     def _spec_augment(self, feats: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,318 @@
+"""Training: the compact recipe and wav2vec2-family fine-tuning (main thread, CPU or one GPU).
+
+:func:`train_compact` trains :class:`~streamer.compact.CompactEmotionForAudioClassification` on
+an in-memory :class:`~streamer.dataset.Dataset` with random 2 s crops, SpecAugment (inside the
+model), mixup and label smoothing, AdamW and a one-cycle schedule, with a tqdm progress bar.
+:func:`fine_tune` fine-tunes any transformers audio classifier with ``Trainer`` and the reference
+recipe. Both save a folder that :func:`streamer.models.load_model` reads.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .audio import MODEL_RATE_HZ
+from .dataset import Dataset
+from .errors import ModelError
+
+__all__ = [
+    "CompactTrainConfig",
+    "FineTuneConfig",
+    "compact_feature_extractor",
+    "crop_batch",
+    "fine_tune",
+    "save_compact",
+    "train_compact",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CompactTrainConfig:
+    """The compact recipe: optimisation, augmentation and network size."""
+
+    epochs: int = 60
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-2
+    crop_s: float = 2.0
+    mixup_alpha: float = 0.2
+    seed: int = 0
+    hidden_size: int = 128
+    num_blocks: int = 3
+    dropout: float = 0.3
+    label_smoothing: float = 0.1
+    freq_mask_bands: int = 8
+    time_mask_frames: int = 20
+    feature_norm: str = "band"
+
+    def __post_init__(self) -> None:
+        if self.feature_norm not in ("band", "global"):
+            raise ValueError(f"feature_norm must be band or global, got {self.feature_norm!r}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not 0.2 <= self.crop_s <= 30:
+            raise ValueError(f"crop_s must be in [0.2, 30], got {self.crop_s}")
+        if self.mixup_alpha < 0:
+            raise ValueError(f"mixup_alpha must be >= 0, got {self.mixup_alpha}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
+@dataclass(frozen=True)
+class FineTuneConfig:
+    """The reference recipe (Talha/urdu-audio-emotions) for wav2vec2-family fine-tuning."""
+
+    epochs: float = 50
+    batch_size: int = 32
+    learning_rate: float = 5e-5
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    seed: int = 42
+    max_s: float = 3.0
+    max_steps: int = -1
+
+    def __post_init__(self) -> None:
+        if not self.epochs > 0:
+            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not self.max_s > 0:
+            raise ValueError(f"max_s must be > 0, got {self.max_s}")
+
+
+def crop_batch(
+    audio: list[NDArray[np.float32]] | tuple[NDArray[np.float32], ...],
+    n_samples: int,
+    rng: np.random.Generator,
+) -> NDArray[np.float32]:
+    """Random ``n_samples`` crops, one per clip; short clips are repeated (wrapped) to fit."""
+    out = np.empty((len(audio), n_samples), dtype=np.float32)
+    for row, clip in enumerate(audio):
+        if clip.shape[0] >= n_samples:
+            start = int(rng.integers(0, clip.shape[0] - n_samples + 1))
+            out[row] = clip[start : start + n_samples]
+        else:
+            offset = int(rng.integers(0, clip.shape[0]))
+            out[row] = np.resize(np.roll(clip, -offset), n_samples)
+    return out
+
+
+def compact_feature_extractor() -> Any:
+    """Raw-audio pass-through extractor saved as preprocessor_config.json."""
+    from transformers import Wav2Vec2FeatureExtractor
+
+    return Wav2Vec2FeatureExtractor(
+        feature_size=1,
+        sampling_rate=MODEL_RATE_HZ,
+        padding_value=0.0,
+        do_normalize=False,
+        return_attention_mask=False,
+    )
+
+
+def train_compact(
+    data: Dataset,
+    config: CompactTrainConfig | None = None,
+    *,
+    progress: bool = True,
+    description: str = "train",
+) -> Any:
+    """Train the compact network on ``data``; returns the model in eval mode (CPU)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from .compact import CompactEmotionConfig, CompactEmotionForAudioClassification
+
+    config = config or CompactTrainConfig()
+    if len(data) == 0:
+        raise ModelError("nothing to train on: the dataset is empty")
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    n_labels = len(data.labels)
+    model_config = CompactEmotionConfig(
+        hidden_size=config.hidden_size,
+        num_blocks=config.num_blocks,
+        dropout=config.dropout,
+        label_smoothing=config.label_smoothing,
+        freq_mask_bands=config.freq_mask_bands,
+        time_mask_frames=config.time_mask_frames,
+        feature_norm=config.feature_norm,
+        id2label=dict(enumerate(data.labels)),
+        label2id={label: i for i, label in enumerate(data.labels)},
+    )
+    model = CompactEmotionForAudioClassification(model_config)
+    model.train()
+    n_samples = int(round(config.crop_s * MODEL_RATE_HZ))
+    batch = min(config.batch_size, len(data))
+    steps_per_epoch = max(1, len(data) // batch)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=config.learning_rate,
+        total_steps=config.epochs * steps_per_epoch,
+        pct_start=0.2,
+    )
+    eye = torch.eye(n_labels)
+    bar = tqdm(
+        total=config.epochs * steps_per_epoch, desc=description, disable=not progress, unit="step"
+    )
+    try:
+        for epoch in range(config.epochs):
+            order = rng.permutation(len(data))
+            losses = []
+            for step in range(steps_per_epoch):
+                idx = order[step * batch : (step + 1) * batch]
+                x = torch.from_numpy(crop_batch([data.audio[i] for i in idx], n_samples, rng))
+                y = eye[torch.from_numpy(data.targets[idx])]
+                if config.mixup_alpha > 0:
+                    lam = float(rng.beta(config.mixup_alpha, config.mixup_alpha))
+                    perm = torch.from_numpy(rng.permutation(len(idx)))
+                    x = lam * x + (1 - lam) * x[perm]
+                    y = lam * y + (1 - lam) * y[perm]
+                loss = model(input_values=x, labels=y).loss
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                losses.append(loss.detach().item())
+                bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses):.3f}")
+            logger.debug("epoch %d loss %.4f", epoch + 1, float(np.mean(losses)))
+    finally:
+        bar.close()
+    model.eval()
+    return model
+
+
+def save_compact(model: Any, out: str | Path) -> Path:
+    """Save a compact model plus its pass-through feature extractor as a checkpoint folder."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    compact_feature_extractor().save_pretrained(out)
+    logger.info("saved compact model to %s", out)
+    return out
+
+
+class _ClipDataset:
+    """Torch-style map dataset over in-memory clips, for ``Trainer``."""
+
+    def __init__(self, data: Dataset, max_samples: int) -> None:
+        self.data = data
+        self.max_samples = max_samples
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {
+            "input_values": self.data.audio[i][: self.max_samples],
+            "labels": int(self.data.targets[i]),
+        }
+
+
+def fine_tune(
+    data: Dataset,
+    base: str | Path,
+    out: str | Path,
+    config: FineTuneConfig | None = None,
+    *,
+    progress: bool = True,
+) -> Path:
+    """Fine-tune a transformers audio classifier (folder or cached hub id) with ``Trainer``."""
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    from .models import load_model
+
+    config = config or FineTuneConfig()
+    loaded = load_model(base, device="cpu")
+    extractor, model = loaded.feature_extractor, loaded.model
+    if tuple(loaded.labels) != tuple(data.labels):
+        logger.info("new classifier head for labels %s (base had %s)", data.labels, loaded.labels)
+        model = _reset_head(model, data.labels)
+    max_samples = int(config.max_s * MODEL_RATE_HZ)
+    use_cuda = torch.cuda.is_available()
+    out = Path(out)
+
+    def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = extractor(
+            [item["input_values"] for item in items],
+            sampling_rate=MODEL_RATE_HZ,
+            padding=True,
+            return_tensors="pt",
+        )
+        batch["labels"] = torch.tensor([item["labels"] for item in items], dtype=torch.long)
+        return dict(batch)
+
+    args = TrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        adam_beta1=config.adam_beta1,
+        adam_beta2=config.adam_beta2,
+        adam_epsilon=config.adam_epsilon,
+        weight_decay=0.0,
+        lr_scheduler_type="linear",
+        seed=config.seed,
+        fp16=use_cuda,
+        use_cpu=not use_cuda,
+        save_strategy="no",
+        eval_strategy="no",
+        logging_strategy="epoch",
+        report_to="none",
+        disable_tqdm=not progress,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+    )
+    model.train()
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=_ClipDataset(data, max_samples),
+        data_collator=collate,
+    )
+    trainer.train()
+    model.eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    extractor.save_pretrained(out)
+    logger.info("saved fine-tuned model to %s", out)
+    return out
+
+
+def _reset_head(model: Any, labels: tuple[str, ...]) -> Any:
+    """Same backbone, a fresh classifier for ``labels`` (reloaded from the base weights)."""
+    from transformers import AutoModelForAudioClassification
+
+    config = model.config
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {label: i for i, label in enumerate(labels)}
+    config.num_labels = len(labels)
+    fresh = AutoModelForAudioClassification.from_config(config)
+    state = {
+        k: v for k, v in model.state_dict().items() if fresh.state_dict()[k].shape == v.shape
+    }
+    fresh.load_state_dict(state, strict=False)
+    return fresh
