@@ -1,0 +1,298 @@
+"""The async Python API: connect to ``WS /ws`` and iterate decoded events (caller's event loop).
+
+Usage::
+
+    async with EventClient("ws://127.0.0.1:8765/ws", streams=("mic",)) as client:
+        async for event in client.events():
+            if isinstance(event, WindowMessage):
+                ...
+
+``events()`` yields :mod:`client.messages` objects in the order the server sent them, plus a
+client-side :class:`Disconnected` marker each time the connection is lost. With
+``reconnect=True`` (the default) the client then reconnects with exponential backoff and
+jitter, and the first message of the new connection is the server's new :class:`Hello`: its
+``session`` differs from the previous one when the server restarted (old sequence numbers no
+longer apply). A server may resend a backlog of recent windows after a reconnect, so callers
+that must not see a window twice dedupe on ``(session, stream, seq)``.
+
+Frames that are not valid messages are logged and skipped; the connection is kept. When
+``streams`` is given the client sends :class:`Subscribe` after each connect and also filters
+locally, because a server may send its backlog before it reads the subscription.
+
+Imports only the wire schema and websockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from urllib.parse import urlsplit, urlunsplit
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from .errors import ClientError
+from .messages import ErrorMessage, Hello, Message, MessageError, Subscribe, decode, encode
+
+__all__ = [
+    "DEFAULT_URL",
+    "Disconnected",
+    "Event",
+    "EventClient",
+    "backoff_delays",
+    "events",
+    "normalize_url",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_URL = "ws://127.0.0.1:8765/ws"
+
+_SCHEMES = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnected:
+    """Client-side marker (never on the wire): the connection was lost or could not be made.
+
+    ``retry_in_s`` is the backoff before the next attempt, or ``None`` when the client will not
+    reconnect (``reconnect=False``); ``attempt`` counts consecutive failures (1 = first).
+    """
+
+    reason: str
+    retry_in_s: float | None
+    attempt: int
+
+
+Event = Message | Disconnected
+
+
+def normalize_url(url: str) -> str:
+    """Check an events URL: ``ws://`` or ``wss://``; ``http(s)://`` becomes ``ws(s)://``.
+
+    An http(s) URL without a path (the dashboard URL) gets ``/ws``. Anything else is a
+    ClientError naming the bad value and what is allowed.
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise ClientError("empty URL; expected e.g. ws://127.0.0.1:8765/ws")
+    parts = urlsplit(url.strip())
+    scheme = _SCHEMES.get(parts.scheme.lower())
+    if scheme is None:
+        raise ClientError(
+            f"bad URL {url!r}: scheme must be ws://, wss://, http:// or https:// "
+            "(e.g. ws://127.0.0.1:8765/ws)"
+        )
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError as exc:  # a port that is not a number or out of range
+        raise ClientError(f"bad URL {url!r}: {exc}") from exc
+    if not host:
+        raise ClientError(f"bad URL {url!r}: no host (e.g. ws://127.0.0.1:8765/ws)")
+    del port
+    path = parts.path
+    if parts.scheme.lower() in ("http", "https") and path in ("", "/"):
+        path = "/ws"
+    return urlunsplit((scheme, parts.netloc, path or "/", parts.query, ""))
+
+
+def _backoff(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:
+    """Delay before reconnect attempt ``attempt`` (1-based): doubling, capped, jittered 50-100%."""
+    base = min(max_s, initial_s * (2.0 ** min(attempt - 1, 32)))
+    return base * (0.5 + 0.5 * rng.random())
+
+
+def backoff_delays(
+    initial_s: float, max_s: float, count: int, *, seed: int | None = None
+) -> list[float]:
+    """The first ``count`` reconnect delays for these settings (pure; for docs and tests)."""
+    rng = random.Random(seed)
+    return [_backoff(attempt, initial_s, max_s, rng) for attempt in range(1, count + 1)]
+
+
+class EventClient:
+    """One logical subscription to a server's ``/ws`` events, surviving reconnects.
+
+    An async context manager; ``close()`` is idempotent and ends a running ``events()``
+    iteration. Not safe to iterate ``events()`` from two tasks at once.
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        streams: Sequence[str] = (),
+        reconnect: bool = True,
+        backoff_initial_s: float = 0.5,
+        backoff_max_s: float = 10.0,
+        open_timeout_s: float = 10.0,
+        max_frame_bytes: int = 1 << 20,
+    ) -> None:
+        if backoff_initial_s <= 0 or backoff_max_s < backoff_initial_s:
+            raise ClientError(
+                f"backoff must satisfy 0 < backoff_initial_s ({backoff_initial_s}) "
+                f"<= backoff_max_s ({backoff_max_s})"
+            )
+        if isinstance(streams, str):
+            raise ClientError(f"streams must be a sequence of names, not the string {streams!r}")
+        self.url = normalize_url(url)
+        self.streams: tuple[str, ...] = tuple(streams)
+        self.reconnect = reconnect
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self.open_timeout_s = open_timeout_s
+        self.max_frame_bytes = max_frame_bytes
+        #: the latest Hello received (None before the first connection)
+        self.hello: Hello | None = None
+        #: successful connections so far (1 after the first, 2 after the first reconnect, ...)
+        self.connections = 0
+        #: frames skipped because they were not valid messages
+        self.bad_frames = 0
+        self._connection: ClientConnection | None = None
+        self._closed = asyncio.Event()
+        self._rng = random.Random()
+
+    @property
+    def connected(self) -> bool:
+        """Whether a connection is open right now."""
+        return self._connection is not None
+
+    async def __aenter__(self) -> EventClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop iterating and close the connection (1000); safe to call more than once."""
+        self._closed.set()
+        connection = self._connection
+        if connection is not None:
+            await connection.close()
+
+    async def _open(self) -> ClientConnection:
+        try:
+            connection = await connect(
+                self.url,
+                open_timeout=self.open_timeout_s,
+                max_size=self.max_frame_bytes,
+                proxy=None,
+            )
+        except InvalidURI as exc:
+            raise ClientError(f"bad URL {self.url!r}: {exc}") from exc
+        return connection
+
+    def _wanted(self, message: Message) -> bool:
+        stream = getattr(message, "stream", None)
+        return not self.streams or stream is None or stream in self.streams
+
+    async def _wait_closed(self, delay_s: float) -> bool:
+        """Sleep ``delay_s`` unless closed first; True if the client was closed."""
+        try:
+            await asyncio.wait_for(self._closed.wait(), delay_s)
+        except TimeoutError:
+            return False
+        return True
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Decoded messages as they arrive, with :class:`Disconnected` markers between connections.
+
+        Ends when the client is closed, or (``reconnect=False``) when the server closes the
+        connection. Without reconnect, failing to connect is a ClientError.
+        """
+        failures = 0
+        while not self._closed.is_set():
+            try:
+                connection = await self._open()
+            except (OSError, TimeoutError, InvalidHandshake) as exc:
+                reason = f"cannot connect to {self.url}: {exc}"
+                if not self.reconnect:
+                    raise ClientError(reason) from exc
+                failures += 1
+                delay = _backoff(failures, self.backoff_initial_s, self.backoff_max_s, self._rng)
+                logger.info("%s; retrying in %.1f s", reason, delay)
+                yield Disconnected(reason=reason, retry_in_s=delay, attempt=failures)
+                if await self._wait_closed(delay):
+                    return
+                continue
+            if self._closed.is_set():  # closed while connecting: close() did not see it
+                await connection.close()
+                return
+            self._connection = connection
+            self.connections += 1
+            logger.info("connected to %s", self.url)
+            reason = "closed"
+            try:
+                if self.streams:
+                    with contextlib.suppress(ConnectionClosed):  # still read what did arrive
+                        await connection.send(encode(Subscribe(streams=self.streams)))
+                async for frame in connection:
+                    try:
+                        message = decode(frame)
+                    except MessageError as exc:
+                        self.bad_frames += 1
+                        logger.warning("skipping a bad frame from %s: %s", self.url, exc)
+                        continue
+                    if isinstance(message, Hello):
+                        self.hello = message
+                        failures = 0
+                    elif isinstance(message, ErrorMessage):
+                        logger.warning("server error %s: %s", message.code, message.message)
+                    if self._wanted(message):
+                        yield message
+                reason = _close_reason(connection)
+            except ConnectionClosed as exc:
+                reason = _close_reason(connection, exc)
+            finally:
+                self._connection = None
+                await connection.close()
+            if self._closed.is_set():
+                return
+            if not self.reconnect:
+                logger.info("disconnected from %s (%s)", self.url, reason)
+                yield Disconnected(reason=reason, retry_in_s=None, attempt=1)
+                return
+            failures += 1
+            delay = _backoff(failures, self.backoff_initial_s, self.backoff_max_s, self._rng)
+            logger.info(
+                "disconnected from %s (%s); reconnecting in %.1f s", self.url, reason, delay
+            )
+            yield Disconnected(reason=reason, retry_in_s=delay, attempt=failures)
+            if await self._wait_closed(delay):
+                return
+
+
+def _close_reason(connection: ClientConnection, exc: ConnectionClosed | None = None) -> str:
+    rcvd = exc.rcvd if exc is not None else connection.protocol.close_rcvd
+    if rcvd is None:
+        return "connection lost"
+    return f"server closed the connection ({rcvd.code}{' ' + rcvd.reason if rcvd.reason else ''})"
+
+
+async def events(
+    url: str = DEFAULT_URL,
+    *,
+    streams: Sequence[str] = (),
+    reconnect: bool = True,
+    backoff_initial_s: float = 0.5,
+    backoff_max_s: float = 10.0,
+) -> AsyncIterator[Event]:
+    """One-shot helper: ``async for event in events(url): ...`` with an owned EventClient."""
+    async with EventClient(
+        url,
+        streams=streams,
+        reconnect=reconnect,
+        backoff_initial_s=backoff_initial_s,
+        backoff_max_s=backoff_max_s,
+    ) as client:
+        async for event in client.events():
+            yield event

@@ -1,0 +1,186 @@
+"""The ``watch`` and ``log`` subcommands (main thread; each runs one asyncio loop).
+
+``register`` imports nothing beyond the standard library; the handlers import the client
+modules (websockets, rich) when they run. Handlers return an exit code: 0 when stopped by
+Ctrl-C or SIGTERM (the first signal stops cleanly, a second one forces). User errors are
+raised as ClientError, which ``emotion-monitor`` prints as one line with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+__all__ = ["register"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_URL = "ws://127.0.0.1:8765/ws"  # the same as client.api.DEFAULT_URL, kept import-free
+
+
+def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "url",
+        nargs="?",
+        default=DEFAULT_URL,
+        help=f"events URL, ws:// or wss:// (http(s)://HOST:PORT works too; default {DEFAULT_URL})",
+    )
+    parser.add_argument(
+        "--stream",
+        dest="streams",
+        action="append",
+        default=[],
+        metavar="S",
+        help="only this stream (repeat for several; default: all streams)",
+    )
+    parser.add_argument(
+        "--no-reconnect",
+        dest="reconnect",
+        action="store_false",
+        help="exit when the connection is lost instead of reconnecting",
+    )
+    parser.add_argument(
+        "--backoff-initial-s",
+        type=float,
+        default=0.5,
+        metavar="S",
+        help="first reconnect delay in seconds, doubled per failure (default 0.5)",
+    )
+    parser.add_argument(
+        "--backoff-max-s",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="longest reconnect delay in seconds (default 10)",
+    )
+
+
+def register(subparsers: Any) -> None:
+    """Add ``watch`` and ``log`` to the ``emotion-monitor`` subcommands."""
+    watch = subparsers.add_parser(
+        "watch",
+        help="live terminal view of a running monitor",
+        description=(
+            "Show the rolling emotion label of each stream of a running monitor. "
+            "Prints one plain line per event when stdout is not a terminal."
+        ),
+    )
+    _add_connection_arguments(watch)
+    watch.add_argument("--plain", action="store_true", help="one line per event even on a terminal")
+    watch.set_defaults(handler=_watch)
+
+    log = subparsers.add_parser(
+        "log",
+        help="append every window of a running monitor to a CSV or JSONL timeline",
+        description=(
+            "Append one row per classified window to FILE (.csv or .jsonl), flushing every row. "
+            "Reconnects with backoff and never writes a window twice, across reconnects and "
+            "across runs on the same file."
+        ),
+    )
+    _add_connection_arguments(log)
+    log.add_argument(
+        "--out", required=True, metavar="FILE", help="timeline file, .csv or .jsonl (appended)"
+    )
+    log.set_defaults(handler=_log)
+
+
+async def _until_signal(coro: Coroutine[Any, Any, None]) -> None:
+    """Run ``coro`` until it ends or SIGINT/SIGTERM arrives; the first signal cancels it cleanly.
+
+    After the first signal the default handlers are back, so a second one forces the exit.
+    """
+    loop = asyncio.get_running_loop()
+    work = asyncio.create_task(coro, name="client-command")
+    stop = asyncio.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+
+    def on_signal(signum: signal.Signals) -> None:
+        logger.info("%s: stopping (again to force)", signum.name)
+        for each in signals:
+            loop.remove_signal_handler(each)
+        stop.set()
+
+    installed = []
+    for each in signals:
+        try:
+            loop.add_signal_handler(each, on_signal, each)
+            installed.append(each)
+        except (NotImplementedError, RuntimeError):  # not the main thread, or no support
+            pass
+    stopper = asyncio.create_task(stop.wait(), name="client-signal")
+    try:
+        await asyncio.wait({work, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (work, stopper):
+            task.cancel()
+        await asyncio.gather(work, stopper, return_exceptions=True)
+        for each in installed:
+            loop.remove_signal_handler(each)
+    if work.done() and not work.cancelled() and work.exception() is not None:
+        raise work.exception()  # type: ignore[misc]
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from .api import EventClient
+
+    return EventClient(
+        args.url,
+        streams=tuple(args.streams),
+        reconnect=args.reconnect,
+        backoff_initial_s=args.backoff_initial_s,
+        backoff_max_s=args.backoff_max_s,
+    )
+
+
+def _print_line(line: str) -> None:
+    print(line, flush=True)
+
+
+def _watch(args: argparse.Namespace) -> int:
+    from .watch import watch_live, watch_plain
+
+    client = _client(args)
+    plain = args.plain or not sys.stdout.isatty()
+
+    async def main() -> None:
+        async with client:
+            if plain:
+                await watch_plain(client, _print_line)
+            else:
+                from rich.console import Console
+
+                await watch_live(client, Console())
+
+    try:
+        asyncio.run(_until_signal(main()))
+    except BrokenPipeError:
+        # the reader went away (e.g. `| head`): stop quietly, without a second error at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+def _log(args: argparse.Namespace) -> int:
+    from .log import TimelineLogger, log_events
+
+    timeline = TimelineLogger(args.out)  # checks the suffix before connecting
+    client = _client(args)
+
+    async def main() -> None:
+        async with client:
+            await log_events(client, timeline)
+
+    with timeline:
+        asyncio.run(_until_signal(main()))
+    print(
+        f"{timeline.path}: {timeline.rows_written} rows written, "
+        f"{timeline.duplicates_skipped} duplicates skipped",
+        file=sys.stderr,
+    )
+    return 0

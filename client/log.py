@@ -1,0 +1,155 @@
+"""The timeline logger behind ``emotion-monitor log`` (the CLI's event loop).
+
+:class:`TimelineLogger` is the core: it takes events from an :class:`~client.api.EventClient`
+and appends one row per window to a CSV or JSONL file through
+:class:`client.timeline.TimelineWriter` (which flushes every row). It writes a window at most
+once: windows are named by ``(session, stream, seq)``, and a server may resend a backlog of
+recent windows after a reconnect. When the file already exists its rows are read back first,
+so a restarted logger does not duplicate them either.
+
+Only the keys of the current server session are kept once a Hello arrives (a session id names
+one server run and never comes back), so memory stays bounded by one run, not the file.
+The file is opened at the first Hello, because its columns depend on the model's labels; a
+server whose labels differ from the file's is a ClientError (rows of different models never
+mix in one file).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from types import TracebackType
+
+from .api import Event, EventClient
+from .errors import ClientError
+from .messages import Hello, WindowMessage
+from .timeline import TimelineWriter, iter_timeline, row_key, timeline_format
+
+__all__ = ["TimelineLogger", "log_events"]
+
+logger = logging.getLogger(__name__)
+
+
+class TimelineLogger:
+    """Appends each window of a live event stream once to a timeline file.
+
+    Usage::
+
+        with TimelineLogger("out.csv") as timeline:
+            async with EventClient(url) as client:
+                await log_events(client, timeline)
+
+    Opening checks the suffix and folder and reads back an existing file (ClientError if it is
+    not a timeline). ``close()`` is idempotent.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.format = timeline_format(self.path)
+        #: rows appended by this logger
+        self.rows_written = 0
+        #: windows skipped because their (session, stream, seq) was already in the file
+        self.duplicates_skipped = 0
+        self._seen: dict[str, set[tuple[str, int]]] = {}  # session -> {(stream, seq)}
+        self._file_labels: tuple[str, ...] | None = None
+        self._writer: TimelineWriter | None = None
+        self._session: str | None = None
+        self._labels: tuple[str, ...] = ()
+        self._opened = False
+
+    @property
+    def session(self) -> str | None:
+        """The session of the Hello most recently seen."""
+        return self._session
+
+    def open(self) -> TimelineLogger:
+        """Validate the path and read back an existing file's keys; called by ``__enter__``."""
+        if self._opened:
+            return self
+        parent = self.path.parent
+        if not parent.is_dir():
+            raise ClientError(f"{self.path}: folder {parent} does not exist")
+        if self.path.is_dir():
+            raise ClientError(f"{self.path}: is a folder, expected a .csv or .jsonl file")
+        if self.path.exists():
+            rows = 0
+            for row in iter_timeline(self.path):
+                try:
+                    session, stream, seq = row_key(row)
+                except (KeyError, ValueError) as exc:
+                    raise ClientError(f"{self.path}: not a timeline row: {row!r}") from exc
+                self._seen.setdefault(session, set()).add((stream, seq))
+                if self._file_labels is None:
+                    self._file_labels = tuple(name[2:] for name in row if name.startswith("p_"))
+                rows += 1
+            logger.info("resuming %s: %d rows already there", self.path, rows)
+        self._opened = True
+        return self
+
+    def _on_hello(self, hello: Hello) -> None:
+        labels = tuple(hello.labels)
+        expected = self._writer.labels if self._writer is not None else self._file_labels
+        if expected is not None and labels != expected:
+            raise ClientError(
+                f"{self.path}: the server's labels {list(labels)} differ from the timeline's "
+                f"{list(expected)}; log to a new file"
+            )
+        if hello.session != self._session:
+            # keep only this run's keys: other sessions cannot send windows any more
+            self._seen = {hello.session: self._seen.get(hello.session, set())}
+            self._session = hello.session
+        self._labels = labels
+        if self._writer is None:
+            self._writer = TimelineWriter(self.path, labels).open()
+
+    def handle(self, event: Event) -> bool:
+        """Fold one event in; True when it appended a row."""
+        if not self._opened:
+            raise ClientError(f"{self.path}: timeline logger is not open")
+        if isinstance(event, Hello):
+            self._on_hello(event)
+            return False
+        if not isinstance(event, WindowMessage):
+            return False
+        if self._writer is None or self._session is None:
+            logger.warning("window %s#%d before any hello; skipped", event.stream, event.seq)
+            return False
+        seen = self._seen[self._session]
+        key = (event.stream, event.seq)
+        if key in seen:
+            self.duplicates_skipped += 1
+            logger.debug("skipping duplicate window %s#%d", event.stream, event.seq)
+            return False
+        self._writer.write_window(event, session=self._session)
+        seen.add(key)
+        self.rows_written += 1
+        return True
+
+    def close(self) -> None:
+        """Flush and close the file; safe to call more than once."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+            logger.info(
+                "%s: %d rows written, %d duplicates skipped",
+                self.path,
+                self.rows_written,
+                self.duplicates_skipped,
+            )
+
+    def __enter__(self) -> TimelineLogger:
+        return self.open()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+async def log_events(client: EventClient, timeline: TimelineLogger) -> None:
+    """Append every window ``client`` yields to ``timeline`` until the client ends."""
+    async for event in client.events():
+        timeline.handle(event)
