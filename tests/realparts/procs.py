@@ -199,13 +199,18 @@ class OutputProcess:
             )
 
     def stop(self, *, grace_s: float = GRACE_S) -> int:
+        """Stop the process (safe to call twice) and close the log."""
         code = stop_process(self.proc, grace_s=grace_s)
         for reader in self._readers:
             reader.join(timeout=grace_s)
+        with self._cond:
+            if self._log is not None:
+                self._log.close()
+                self._log = None
         return code
 
     def kill(self) -> int:
-        """SIGKILL now, and reap."""
+        """SIGKILL now, and reap (output keeps being collected until the pipes close)."""
         if self.proc.poll() is None:
             self.proc.kill()
         return self.proc.wait(timeout=GRACE_S)
@@ -215,5 +220,3 @@ class OutputProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-        if self._log is not None:
-            self._log.close()

@@ -5,6 +5,11 @@ into it so the idle sink is clocked in small blocks, not 2-second ones; ``virtmi
 remapped from ``virt.monitor``, as the default source. Everything lives in a private runtime
 folder (mode 0700) with its own HOME and a client config that never autospawns a server, so
 nothing touches the user's audio setup. Started and stopped by PID.
+
+The loopback is pinned to its source and sink (``*_dont_move``): otherwise PulseAudio 16 moves
+it to the new default source, ``virtmic``, when that is set, and everything played into
+``virt`` circulates through ``virt.monitor -> virtmic -> virt`` for ever (seen: a 1 s tone
+grew to full scale and never died out). The recipe in ../shared/TESTING.md lacks this.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ SCRIPT = """\
 load-module module-native-protocol-unix auth-anonymous=1 socket={socket}
 load-module module-null-sink sink_name=virt rate=48000 channels=1
 load-module module-null-source source_name=silence rate=48000 channels=1
-load-module module-loopback source=silence sink=virt latency_msec=10
+load-module module-loopback source=silence sink=virt latency_msec=10 {pinned}
 load-module module-remap-source master=virt.monitor source_name=virtmic
 set-default-sink virt
 set-default-source virtmic
@@ -47,7 +52,9 @@ class PulseServer:
         client_conf = root / "client.conf"
         client_conf.write_text("autospawn = no\n")
         script = root / "server.pa"
-        script.write_text(SCRIPT.format(socket=self.socket))
+        script.write_text(
+            SCRIPT.format(socket=self.socket, pinned="source_dont_move=true sink_dont_move=true")
+        )
         self.script = script
         self.env: dict[str, str] = {
             **os.environ,
