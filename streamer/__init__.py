@@ -40,6 +40,10 @@ _EXPORTS: dict[str, str] = {
     "Smoother": "streamer.smoothing",
     "SmoothingConfig": "streamer.smoothing",
     "UNCERTAIN": "streamer.smoothing",
+    "FileSource": "streamer.sources",
+    "MicrophoneSource": "streamer.capture",
+    "InputDevice": "streamer.capture",
+    "list_input_devices": "streamer.capture",
 }
 
 __all__ = sorted(_EXPORTS)
