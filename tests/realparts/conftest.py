@@ -7,7 +7,6 @@ after 5 s), also when the test failed. A missing system package skips locally an
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -16,22 +15,11 @@ import pytest
 from conftest import REPO, TIMEOUT_S
 
 from .audio import SENTENCES, assemble, espeak
-from .monitor import Monitor
+from .monitor import Monitor, base_env
 from .procs import require_binary, require_module
 from .pulse import PulseServer
 
 CHROMIUM_CANDIDATES = ("/usr/lib/chromium/chromium", "/usr/bin/chromium")
-
-
-def base_env(home: Path) -> dict[str, str]:
-    """Environment for a monitor child process: ours, a private HOME, the repo importable."""
-    env = dict(os.environ)
-    env["HOME"] = str(home)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
-    )
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 @pytest.fixture(scope="session")

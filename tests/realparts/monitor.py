@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
@@ -15,12 +16,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from conftest import REPO
+
 from .procs import OutputProcess, monitor_command
 
-__all__ = ["Monitor", "Recorder", "healthz", "store_windows"]
+__all__ = ["Monitor", "Recorder", "base_env", "healthz", "store_windows"]
 
 # The dashboard URL the monitor prints at start.
 URL_PATTERN = r"(https?://(?:127\.0\.0\.1|localhost|\[::1\]):(\d+))/?"
+
+
+def base_env(home: Path) -> dict[str, str]:
+    """Environment for a monitor child process: ours, a private HOME, the repo importable."""
+    env = dict(os.environ)
+    env["HOME"] = str(home)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
+    )
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
 
 
 class Monitor:
@@ -88,6 +102,10 @@ class Recorder:
         """(stream, seq) of every window received."""
         return {(m["stream"], int(m["seq"])) for m in self.windows()}
 
+    def session(self) -> str:
+        """The server run's id, from the first hello."""
+        return str(self.of("hello")[0]["session"])
+
     async def run(self, ws_url: str, *, on_open: Callable[[], None] | None = None) -> None:
         """Receive until the server closes the connection (or the task is cancelled)."""
         from websockets.asyncio.client import connect
@@ -125,8 +143,10 @@ class Recorder:
             ) from None
 
 
-def store_windows(path: Path) -> set[tuple[str, int]]:
+def store_windows(path: Path, *, session: str | None = None) -> set[tuple[str, int]]:
     """(stream, seq) of every window event in a timeline store, read with the stdlib sqlite3.
+
+    With ``session``, only that server run's windows (when the store records sessions).
 
     Opens the file the way any tool would after a crash (SQLite replays the WAL).
     Finds the table by its columns rather than by name so the test does not pin the schema:
@@ -144,12 +164,18 @@ def store_windows(path: Path) -> set[tuple[str, int]]:
             cols = [r[1] for r in conn.execute(f'PRAGMA table_info("{table}")')]
             if "stream" in cols and "seq" in cols:
                 matched = True
-                where = ""
+                clauses: list[str] = []
+                params: list[str] = []
                 for type_col in ("type", "kind", "event"):
                     if type_col in cols:
-                        where = f" WHERE \"{type_col}\" = 'window'"
+                        clauses.append(f"\"{type_col}\" = 'window'")
                         break
-                for stream, seq in conn.execute(f'SELECT stream, seq FROM "{table}"{where}'):
+                if session is not None and "session" in cols:
+                    clauses.append("session = ?")
+                    params.append(session)
+                where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+                query = f'SELECT stream, seq FROM "{table}"{where}'
+                for stream, seq in conn.execute(query, params):
                     if seq is not None:
                         found.add((str(stream), int(seq)))
                 continue
@@ -158,7 +184,9 @@ def store_windows(path: Path) -> set[tuple[str, int]]:
                     matched = True
                     for (raw,) in conn.execute(f'SELECT "{payload_col}" FROM "{table}"'):
                         body = json.loads(raw)
-                        if body.get("type") == "window":
+                        if body.get("type") == "window" and (
+                            session is None or body.get("session", session) == session
+                        ):
                             found.add((str(body["stream"]), int(body["seq"])))
                     break
         assert matched, f"no table with window events in {path}: tables {tables}"
