@@ -1,0 +1,123 @@
+"""The dashboard in a real browser: Debian's Chromium, headless, driven by Playwright."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import TIMEOUT_S
+
+from .browser import chromium_page
+from .monitor import Monitor
+
+pytestmark = pytest.mark.slow
+
+MS = 1000.0
+
+
+async def wait_js(page: Any, expression: str, arg: Any = None, *, what: str) -> Any:
+    """Wait until a JavaScript predicate over the page is truthy; its value."""
+    try:
+        handle = await page.wait_for_function(expression, arg=arg, timeout=TIMEOUT_S * 2 * MS)
+    except Exception as exc:  # Playwright's TimeoutError: say what was awaited, show the page
+        state = await page.evaluate(
+            """() => ({conn: document.getElementById('connection-state')?.dataset.state,
+                       label: document.getElementById('current-label')?.dataset.label,
+                       points: document.getElementById('chart')?.dataset.points,
+                       options: Array.from(document.querySelectorAll('#stream-select option'))
+                                  .map(o => o.value)})"""
+        )
+        raise AssertionError(f"timed out waiting for {what}; page state {state}") from exc
+    return await handle.json_value()
+
+
+async def page_state(page: Any) -> dict[str, Any]:
+    """What the page shows, read from its stable element ids and data attributes."""
+    return await page.evaluate(
+        """() => {
+          const $ = id => document.getElementById(id);
+          return {
+            connection: $('connection-state').dataset.state,
+            label: $('current-label').dataset.label,
+            label_text: $('current-label').textContent.trim(),
+            confidence: $('current-confidence').dataset.value,
+            points: Number($('chart').dataset.points),
+            chart_stream: $('chart').dataset.stream,
+            options: Array.from($('stream-select').options).map(o => o.value),
+            selected: $('stream-select').value,
+            bars: Array.from(document.querySelectorAll('#probabilities li'))
+                    .map(li => li.dataset.label),
+            session: window.emotionMonitor && window.emotionMonitor.state.hello
+                       ? window.emotionMonitor.state.hello.session : null,
+            labels: window.emotionMonitor ? window.emotionMonitor.state.labels : [],
+          };
+        }"""
+    )
+
+
+def test_dashboard_shows_live_labels_and_reconnects(
+    chromium: str, start_monitor: Any, speech_wav: Path, tmp_path: Path
+) -> None:
+    """Page connects, label and chart follow events, selector lists the stream, reconnects."""
+    monitor: Monitor = start_monitor(["--source", str(speech_wav), "--port", "0", "--no-store"])
+
+    async def scenario() -> dict[str, Any]:
+        async with chromium_page(chromium, tmp_path, timeout_s=TIMEOUT_S) as (page, console):
+            await page.goto(monitor.url)
+            await wait_js(page, "() => document.getElementById('connection-state')"
+                                ".dataset.state === 'connected'", what="connected")
+            await wait_js(page, "() => Number(document.getElementById('chart')"
+                                ".dataset.points) >= 1", what="a first chart point")
+            first = await page_state(page)
+            # Later windows move the chart on: the page follows the live stream.
+            await wait_js(page, "n => Number(document.getElementById('chart')"
+                                ".dataset.points) > n", first["points"], what="more chart points")
+            live = await page_state(page)
+            await page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+
+            # Stream selector: lists the stream the windows came from; choosing it shows it.
+            stream = live["chart_stream"]
+            assert stream and stream in live["options"], live
+            await page.select_option("#stream-select", stream)
+            await wait_js(page, "s => document.getElementById('chart').dataset.stream === s",
+                          stream, what="the chosen stream in the chart")
+            name = await page.text_content("#stream-name")
+            assert name is not None and stream in name
+
+            # The server restarts on the same port: the page reconnects by itself.
+            old_session = live["session"]
+            assert monitor.stop() == 0, monitor.output()
+            await wait_js(page, "() => document.getElementById('connection-state')"
+                                ".dataset.state !== 'connected'", what="the page to notice")
+            restarted = start_monitor(
+                ["--source", str(speech_wav), "--port", str(monitor.port), "--no-store"]
+            )
+            assert restarted.port == monitor.port
+            await wait_js(page, "s => window.emotionMonitor.state.hello && "
+                                "window.emotionMonitor.state.hello.session !== s && "
+                                "document.getElementById('connection-state').dataset.state "
+                                "=== 'connected'", old_session, what="reconnected to the new run")
+            await wait_js(page, "() => Number(document.getElementById('chart')"
+                                ".dataset.points) >= 1", what="chart points of the new run")
+            after = await page_state(page)
+            await page.screenshot(path=str(tmp_path / "dashboard-after-restart.png"))
+            return {"first": first, "live": live, "after": after, "console": console}
+
+    seen = asyncio.run(scenario())
+    first, live, after = seen["first"], seen["live"], seen["after"]
+    labels = set(live["labels"])
+    assert labels, live
+    assert live["connection"] == "connected"
+    assert live["label"] in labels | {"uncertain"}, live
+    assert live["label_text"] == live["label"], live
+    assert 0.0 <= float(live["confidence"]) <= 1.0, live
+    assert live["bars"] == live["labels"], live
+    assert live["points"] > first["points"], (first, live)
+    assert after["session"] != live["session"] and after["connection"] == "connected", after
+    assert (tmp_path / "dashboard.png").stat().st_size > 0
+    # Chromium logs each refused reconnect attempt as a console error; anything else is a bug.
+    errors = [line for line in seen["console"] if line.startswith(("pageerror", "error"))
+              and "WebSocket connection to" not in line]
+    assert not errors, errors
