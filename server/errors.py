@@ -6,4 +6,4 @@ __all__ = ["ServerError"]
 
 
 class ServerError(Exception):
-    """Base class for every error the server package raises on purpose (bad settings, port in use)."""
+    """Base class for every error the server raises on purpose (bad settings, port in use)."""

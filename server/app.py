@@ -1,0 +1,282 @@
+"""The event server: ``WS /ws`` events, ``GET /`` dashboard, ``GET /healthz`` (event loop).
+
+One websockets server on one port. Plain HTTP GETs are answered in ``process_request`` (the
+dashboard's static files, the health check, 404 for anything else); ``/ws`` upgrades to a
+WebSocket whose handler sends ``hello``, the backlog, then live events from the client's own
+bounded queue (see :mod:`server.fanout`), while reading the client's frames: ``subscribe``
+changes its filter, anything else gets an ``error`` reply and the connection stays open.
+
+Close codes: 1001 at shutdown, 1008 after too many bad frames, 1009 for a frame larger than
+``max_message_bytes`` (websockets does it), 1011 when our handler fails (only that connection).
+Each connection runs two tasks it owns: the handler (reader) and its writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import errno
+import json
+import logging
+import re
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
+from websockets.http11 import Request, Response
+
+from client.messages import ErrorMessage, MessageError, Subscribe, decode, encode
+
+from .config import ServerConfig
+from .errors import ServerError
+from .fanout import ClientQueue, QueueClosed
+from .hub import EventHub
+
+__all__ = ["CONTENT_TYPES", "EventServer", "format_host"]
+
+logger = logging.getLogger(__name__)
+
+#: static file suffix -> Content-Type; only these are served
+CONTENT_TYPES: dict[str, str] = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".json": "application/json",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+    ".woff2": "font/woff2",
+    ".txt": "text/plain; charset=utf-8",
+}
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+WS_PATH = "/ws"
+
+
+def format_host(host: str) -> str:
+    """A host as it goes into a URL (IPv6 in brackets)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
+    headers = Headers(
+        [
+            ("Date", email.utils.formatdate(usegmt=True)),
+            ("Connection", "close"),
+            ("Content-Length", str(len(body))),
+            ("Content-Type", content_type),
+            ("Cache-Control", "no-cache"),
+            ("X-Content-Type-Options", "nosniff"),
+        ]
+    )
+    return Response(status.value, status.phrase, headers, body)
+
+
+def _text(status: HTTPStatus, text: str) -> Response:
+    return _response(status, text.encode(), "text/plain; charset=utf-8")
+
+
+class EventServer:
+    """Serves one :class:`EventHub` over HTTP and WebSocket. An async context manager.
+
+    ``port`` is the bound port (useful with ``port=0``); ``url`` the dashboard URL and
+    ``ws_url`` the events URL. ``close()`` is idempotent: it lets every client receive what is
+    already queued (up to ``shutdown_timeout_s``), then closes the rest with 1001.
+    """
+
+    def __init__(self, config: ServerConfig, hub: EventHub) -> None:
+        self.config = config
+        self.hub = hub
+        self._server: Server | None = None
+        self._connections: set[asyncio.Task[Any]] = set()
+        self._closed = False
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> EventServer:
+        """Listen; a port in use or a bad host is a one-line ServerError."""
+        if self._server is not None:
+            return self
+        config = self.config
+        try:
+            self._server = await serve(
+                self._handle,
+                config.host,
+                config.port,
+                process_request=self._http,
+                max_size=config.max_message_bytes,
+                max_queue=16,
+                close_timeout=config.shutdown_timeout_s,
+                logger=logging.getLogger("server.websockets"),
+            )
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ServerError(
+                    f"cannot listen on {config.host}:{config.port}: the address is already in "
+                    "use (another emotion-monitor? pick another --port, or 0 for any free one)"
+                ) from exc
+            raise ServerError(
+                f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}"
+            ) from exc
+        logger.info("listening on %s (events at %s)", self.url, self.ws_url)
+        return self
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port."""
+        if self._server is None:
+            raise ServerError("the server is not started")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        """The dashboard URL, e.g. ``http://127.0.0.1:8765/``."""
+        return f"http://{format_host(self.config.host)}:{self.port}/"
+
+    @property
+    def ws_url(self) -> str:
+        """The events URL, e.g. ``ws://127.0.0.1:8765/ws``."""
+        return f"ws://{format_host(self.config.host)}:{self.port}{WS_PATH}"
+
+    async def close(self) -> None:
+        """Drain client queues, close clients with 1001, stop listening. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        server = self._server
+        if server is None:
+            return
+        # Writers send what is queued, then close their connection with 1001.
+        self.hub.fanout.close()
+        if self._connections:
+            _, pending = await asyncio.wait(
+                set(self._connections), timeout=self.config.shutdown_timeout_s
+            )
+            if pending:
+                logger.warning("%d client(s) still receiving after %.1f s; closing them",
+                               len(pending), self.config.shutdown_timeout_s)
+        server.close(code=CloseCode.GOING_AWAY, reason="server shutting down")
+        await server.wait_closed()
+        logger.info("server closed")
+
+    async def __aenter__(self) -> EventServer:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- HTTP ---------------------------------------------------------------------------------
+
+    def _http(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = urlsplit(request.path).path
+        if path == WS_PATH:
+            return None  # the WebSocket handshake (websockets answers 426 to a plain GET)
+        if "upgrade" in request.headers.get("Connection", "").lower():
+            return _text(HTTPStatus.NOT_FOUND, f"no WebSocket endpoint at {path}; use {WS_PATH}\n")
+        if path == "/healthz":
+            body = json.dumps(self.hub.health(), separators=(",", ":")).encode()
+            return _response(HTTPStatus.OK, body, "application/json")
+        if path in ("/", "/index.html"):
+            return self._static("index.html")
+        name = unquote(path)
+        for prefix in ("/static/", "/"):
+            if name.startswith(prefix):
+                name = name[len(prefix):]
+                break
+        return self._static(name)
+
+    def _static(self, name: str) -> Response:
+        """A file of the static folder by plain name only (no folders, no dot files)."""
+        suffix = Path(name).suffix.lower()
+        if not _SAFE_NAME.fullmatch(name) or suffix not in CONTENT_TYPES:
+            return _text(HTTPStatus.NOT_FOUND, "not found\n")
+        folder = self.config.static_dir.resolve()
+        path = (folder / name).resolve()
+        if path.parent != folder or not path.is_file():
+            if name == "index.html":
+                return _text(HTTPStatus.NOT_FOUND, "the dashboard is not installed\n")
+            return _text(HTTPStatus.NOT_FOUND, "not found\n")
+        try:
+            body = path.read_bytes()
+        except OSError as exc:
+            logger.error("cannot read static file %s: %s", path, exc)
+            return _text(HTTPStatus.INTERNAL_SERVER_ERROR, "cannot read file\n")
+        return _response(HTTPStatus.OK, body, CONTENT_TYPES[suffix])
+
+    # -- WebSocket ----------------------------------------------------------------------------
+
+    async def _handle(self, connection: ServerConnection) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        hub = self.hub
+        # hello and the backlog snapshot are taken together, without yielding: no gap, no repeat
+        hello = encode(hub.hello())
+        queue = hub.fanout.connect()
+        writer: asyncio.Task[None] | None = None
+        peer = connection.remote_address
+        logger.info("client %s connected (%d now)", peer, hub.fanout.clients)
+        try:
+            await connection.send(hello)
+            # the writer starts after hello is out: the backlog and live frames follow it
+            writer = asyncio.create_task(self._write(connection, queue), name="ws-writer")
+            await self._read(connection, queue)
+        except ConnectionClosed:
+            pass
+        except Exception:
+            logger.exception("client %s: handler failed; closing its connection", peer)
+            await connection.close(CloseCode.INTERNAL_ERROR, "internal error")
+        finally:
+            hub.fanout.disconnect(queue)
+            if writer is not None:
+                # the connection is closing or closed by now; the writer has nothing left to do
+                writer.cancel()
+                await asyncio.wait([writer])
+            self._connections.discard(task)
+            logger.info("client %s gone (%d left, %d frames dropped for it)",
+                        peer, hub.fanout.clients, queue.dropped)
+
+    async def _write(self, connection: ServerConnection, queue: ClientQueue) -> None:
+        """Send queued frames until the queue closes (then close 1001) or the peer goes."""
+        try:
+            while True:
+                try:
+                    text = await queue.get()
+                except QueueClosed:
+                    await connection.close(CloseCode.GOING_AWAY, "server shutting down")
+                    return
+                await connection.send(text)
+        except ConnectionClosed:
+            return
+        except Exception:
+            logger.exception("client %s: writer failed; closing its connection",
+                             connection.remote_address)
+            await connection.close(CloseCode.INTERNAL_ERROR, "internal error")
+
+    async def _read(self, connection: ServerConnection, queue: ClientQueue) -> None:
+        errors = 0
+        async for frame in connection:
+            try:
+                message = decode(frame)
+            except MessageError as exc:
+                reply = ErrorMessage(code=exc.code, message=str(exc))
+            else:
+                if isinstance(message, Subscribe):
+                    queue.subscribe(message.streams)
+                    logger.info("client %s subscribed to %s", connection.remote_address,
+                                ", ".join(message.streams) or "all streams")
+                    continue
+                reply = ErrorMessage(
+                    code="unexpected_type",
+                    message=f"clients may send only 'subscribe', not {message.TYPE!r}",
+                )
+            errors += 1
+            await connection.send(encode(reply))
+            if errors >= self.config.max_client_errors:
+                await connection.close(CloseCode.POLICY_VIOLATION, "too many bad messages")
+                return

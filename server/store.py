@@ -1,0 +1,325 @@
+"""The timeline store: every event the server publishes, in SQLite (event loop thread; export: CLI).
+
+One file can hold many server runs ("sessions"). Schema (``PRAGMA user_version`` = 1)::
+
+    sessions(session TEXT PRIMARY KEY, started_at REAL, model TEXT, labels TEXT -- JSON list,
+             window_s REAL, hop_s REAL, sample_rate_hz INTEGER)
+    events(id INTEGER PRIMARY KEY, session TEXT, type TEXT, stream TEXT, seq INTEGER,
+           wall_time REAL, frame TEXT)   -- frame: the exact JSON text sent to clients
+
+The database runs in WAL mode with ``synchronous=NORMAL`` and every :meth:`TimelineStore.record`
+commits before it returns. The server records an event *before* it queues it for any client, so
+whatever a client has received is in the store even if the process is killed (SIGKILL) a moment
+later; a committed WAL transaction survives a process crash (only an OS crash or power loss can
+take the last ones back).
+
+A :class:`TimelineStore` belongs to the thread that opened it (the server's event loop).
+:func:`export_timeline` reads a store, read-only, into a CSV or JSONL timeline (see
+:mod:`client.timeline`); it works while a server is still writing to the file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from client.errors import ClientError
+from client.messages import Hello, Message, MessageError, WindowMessage, decode
+from client.timeline import TimelineWriter
+
+from .config import DEFAULT_STORE_PATH
+from .errors import ServerError
+
+__all__ = [
+    "DEFAULT_STORE_PATH",
+    "SCHEMA_VERSION",
+    "SessionInfo",
+    "TimelineStore",
+    "export_timeline",
+    "read_events",
+    "read_sessions",
+]
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    session TEXT PRIMARY KEY,
+    started_at REAL NOT NULL,
+    model TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    window_s REAL NOT NULL,
+    hop_s REAL NOT NULL,
+    sample_rate_hz INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    session TEXT NOT NULL REFERENCES sessions(session),
+    type TEXT NOT NULL,
+    stream TEXT,
+    seq INTEGER,
+    wall_time REAL,
+    frame TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_stream ON events(session, stream, type, seq);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """One server run recorded in a store."""
+
+    session: str
+    started_at: float
+    model: str
+    labels: tuple[str, ...]
+    window_s: float
+    hop_s: float
+    sample_rate_hz: int
+
+
+def _db_error(path: Path, exc: sqlite3.Error) -> ServerError:
+    return ServerError(f"{path}: timeline store error ({exc})")
+
+
+class TimelineStore:
+    """Appends the events of one server run (session) to a SQLite file.
+
+    Usage::
+
+        with TimelineStore(path) as store:
+            store.start_session(hello, started_at=time.time())
+            store.record(message, frame)   # committed when this returns
+
+    ``close()`` is idempotent; recording after close is refused.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.session: str | None = None
+        self.events_recorded = 0
+        self._db: sqlite3.Connection | None = None
+        self._closed = False
+
+    def open(self) -> TimelineStore:
+        """Create or open the file, switch to WAL, create the tables; called by ``__enter__``."""
+        if self._db is not None:
+            return self
+        if self._closed:
+            raise ServerError(f"{self.path}: timeline store already closed")
+        if not self.path.parent.is_dir():
+            raise ServerError(f"{self.path}: folder {self.path.parent} does not exist")
+        try:
+            db = sqlite3.connect(str(self.path), isolation_level=None)
+        except sqlite3.Error as exc:
+            raise _db_error(self.path, exc) from exc
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise ServerError(
+                    f"{self.path}: timeline store schema {version}, this version writes "
+                    f"{SCHEMA_VERSION}; use another --store file"
+                )
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise ServerError(f"{self.path}: cannot switch the store to WAL mode ({mode})")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.Error as exc:
+            db.close()
+            raise _db_error(self.path, exc) from exc
+        except ServerError:
+            db.close()
+            raise
+        self._db = db
+        logger.info("timeline store %s open", self.path)
+        return self
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise ServerError(f"{self.path}: timeline store is not open")
+        return self._db
+
+    def start_session(self, hello: Hello, *, started_at: float) -> None:
+        """Register this server run (its session id, model and labels)."""
+        db = self._conn()
+        with db:
+            db.execute(
+                "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    hello.session,
+                    started_at,
+                    hello.model,
+                    json.dumps(list(hello.labels)),
+                    hello.window_s,
+                    hello.hop_s,
+                    hello.sample_rate_hz,
+                ),
+            )
+        self.session = hello.session
+
+    def record(self, message: Message, frame: str) -> None:
+        """Append one event (its wire frame) and commit before returning."""
+        if self.session is None:
+            raise ServerError("start_session() must come before record()")
+        db = self._conn()
+        stream = getattr(message, "stream", None)
+        seq = getattr(message, "seq", None)
+        wall_time = getattr(message, "wall_time", None)
+        with db:  # one transaction, committed on exit
+            db.execute(
+                "INSERT INTO events (session, type, stream, seq, wall_time, frame) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (self.session, message.TYPE, stream, seq, wall_time, frame),
+            )
+        self.events_recorded += 1
+
+    def close(self) -> None:
+        """Checkpoint and close the file. Idempotent."""
+        self._closed = True
+        db, self._db = self._db, None
+        if db is None:
+            return
+        try:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:  # a reader holding the WAL: the data is safe anyway
+            logger.warning("timeline store checkpoint skipped: %s", exc)
+        finally:
+            db.close()
+        logger.info("timeline store %s closed (%d events this run)", self.path,
+                    self.events_recorded)
+
+    def __enter__(self) -> TimelineStore:
+        return self.open()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _open_readonly(path: str | Path) -> sqlite3.Connection:
+    path = Path(path)
+    if not path.is_file():
+        raise ServerError(f"{path}: no such timeline store")
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        db.execute("SELECT count(*) FROM sessions").fetchone()
+    except sqlite3.Error as exc:
+        raise ServerError(f"{path}: not a timeline store ({exc})") from exc
+    if version != SCHEMA_VERSION:
+        db.close()
+        raise ServerError(f"{path}: timeline store schema {version}, expected {SCHEMA_VERSION}")
+    return db
+
+
+def read_sessions(path: str | Path) -> list[SessionInfo]:
+    """Every session recorded in a store, oldest first."""
+    db = _open_readonly(path)
+    try:
+        rows = db.execute(
+            "SELECT session, started_at, model, labels, window_s, hop_s, sample_rate_hz "
+            "FROM sessions ORDER BY started_at, rowid"
+        ).fetchall()
+    except sqlite3.Error as exc:
+        raise _db_error(Path(path), exc) from exc
+    finally:
+        db.close()
+    return [
+        SessionInfo(s, float(t), m, tuple(json.loads(labels)), float(w), float(h), int(r))
+        for s, t, m, labels, w, h, r in rows
+    ]
+
+
+def read_events(
+    path: str | Path,
+    *,
+    session: str | None = None,
+    stream: str | None = None,
+    types: tuple[str, ...] = (),
+) -> Iterator[tuple[str, Message]]:
+    """``(session, message)`` for recorded events in recording order, optionally filtered."""
+    db = _open_readonly(path)
+    query = "SELECT session, frame FROM events WHERE 1=1"
+    params: list[object] = []
+    if session is not None:
+        query += " AND session = ?"
+        params.append(session)
+    if stream is not None:
+        query += " AND stream = ?"
+        params.append(stream)
+    if types:
+        query += f" AND type IN ({', '.join('?' * len(types))})"
+        params.extend(types)
+    query += " ORDER BY id"
+    try:
+        for session_id, frame in db.execute(query, params):
+            try:
+                yield session_id, decode(frame)
+            except MessageError as exc:
+                raise ServerError(f"{path}: a recorded event cannot be decoded ({exc})") from exc
+    except sqlite3.Error as exc:
+        raise _db_error(Path(path), exc) from exc
+    finally:
+        db.close()
+
+
+def export_timeline(
+    store_path: str | Path,
+    out: str | Path,
+    *,
+    stream: str | None = None,
+    session: str | None = None,
+) -> int:
+    """Write the windows of a store as a CSV or JSONL timeline; returns the rows written.
+
+    ``session`` is a session id, ``"latest"``, or None for all sessions (they must share the
+    same labels, since a timeline has one probability column per label).
+    """
+    sessions = read_sessions(store_path)
+    if not sessions:
+        raise ServerError(f"{store_path}: the store holds no sessions")
+    if session == "latest":
+        chosen = [sessions[-1]]
+    elif session is not None:
+        chosen = [s for s in sessions if s.session == session]
+        if not chosen:
+            known = ", ".join(s.session for s in sessions)
+            raise ServerError(f"{store_path}: no session {session!r}; it has {known}")
+    else:
+        chosen = sessions
+    label_sets = {s.labels for s in chosen}
+    if len(label_sets) > 1:
+        raise ServerError(
+            f"{store_path}: sessions use different labels {sorted(label_sets)}; "
+            "pick one with --session"
+        )
+    labels = chosen[0].labels
+    wanted = {s.session for s in chosen}
+    rows = 0
+    try:
+        with TimelineWriter(out, labels) as writer:
+            for session_id, message in read_events(
+                store_path,
+                session=chosen[0].session if len(chosen) == 1 else None,
+                stream=stream,
+                types=(WindowMessage.TYPE,),
+            ):
+                if session_id in wanted and isinstance(message, WindowMessage):
+                    writer.write_window(message, session=session_id)
+                    rows += 1
+    except ClientError as exc:
+        raise ServerError(str(exc)) from exc
+    return rows
