@@ -390,12 +390,23 @@ class Engine:
                     self._in_flight += len(batch)
                 try:
                     self._run(batch)
+                except Exception:  # a bug, not a bad window: keep the worker and the order
+                    logger.exception("inference worker failed on a batch; dropping it")
+                    self._abandon(batch)
                 finally:
                     with self._cond:
                         self._in_flight -= len(batch)
                         self._cond.notify_all()
         except Exception:
             logger.exception("inference worker crashed")
+
+    def _abandon(self, batch: list[_Job]) -> None:
+        """Mark the batch's still-pending windows dropped (counted) so their streams move on."""
+        for job in batch:
+            if job.slot.state is _State.PENDING:
+                with self._cond:
+                    self._windows_dropped += 1
+                self._complete(job, None)
 
     def _take_locked(self) -> list[_Job]:
         """Up to ``max_batch`` jobs, one per stream per turn (round-robin across streams)."""

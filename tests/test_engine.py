@@ -377,3 +377,33 @@ def test_real_tiny_wav2vec2_end_to_end(tiny_wav2vec2: Path) -> None:
         assert label.label in TINY_LABELS
         assert sum(label.probabilities) == pytest.approx(1.0, abs=1e-4)
         assert label.smoothed_label in (*TINY_LABELS, UNCERTAIN)
+
+
+def test_urdu_call_with_the_bundled_model(urdu_dir: Path) -> None:
+    """A call assembled from four URDU clips with pauses: speech found in each, labels in order."""
+    from streamer.audio import read_audio
+    from streamer.models import load_model
+
+    clips = [sorted((urdu_dir / emotion).glob("*.wav"))[0] for emotion in TINY_LABELS]
+    parts: list[np.ndarray] = []
+    spans, t = [], 1.0
+    for clip in clips:
+        audio = read_audio(clip, target_rate_hz=44100)
+        parts += [audio, np.zeros(int(1.5 * 44100), dtype=np.float32)]
+        spans.append((t, t + audio.size / 44100))
+        t += audio.size / 44100 + 1.5
+    call = np.concatenate([np.zeros(44100, dtype=np.float32), *parts])
+    model = load_model(None, device="cpu")
+    sink = Collector()
+    with Engine(model, EngineConfig(realtime=False), sink) as engine:
+        with engine.open_stream("urdu-call", sample_rate_hz=44100) as feed:
+            feed_blocks(feed, call, block=4410)
+        assert engine.drain(TIMEOUT_S)
+    events = sink.of("urdu-call")
+    check_stream_order(events)
+    labels = sink.labels("urdu-call")
+    for start, end in spans:  # every clip is covered by at least one window
+        assert any(w.start_s < end and w.end_s > start for w in labels)
+    for w in labels:  # and no window lies wholly inside a pause
+        assert any(w.start_s < end + 0.4 and w.end_s > start - 0.4 for start, end in spans)
+        assert w.label in model.labels
