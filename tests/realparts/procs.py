@@ -25,6 +25,8 @@ __all__ = [
     "OutputProcess",
     "monitor_command",
     "require_binary",
+    "require_file",
+    "require_library",
     "require_module",
     "require_or_fail",
     "stop_process",
@@ -52,6 +54,22 @@ def require_binary(name: str, package: str, *, candidates: Sequence[str] = ()) -
         require_or_fail(f"{name} not found: install the Debian package '{package}'")
     assert found is not None
     return found
+
+
+def require_library(name: str, package: str) -> None:
+    """Skip/fail naming the Debian package when a shared library (``libNAME.so``) is missing."""
+    import ctypes.util
+
+    if ctypes.util.find_library(name) is None:
+        require_or_fail(f"library lib{name} not found: install the Debian package '{package}'")
+
+
+def require_file(pattern: str, package: str) -> None:
+    """Skip/fail naming the Debian package when no file matches the glob ``pattern``."""
+    import glob
+
+    if not glob.glob(pattern):
+        require_or_fail(f"{pattern} not found: install the Debian package '{package}'")
 
 
 def require_module(module: str, package: str) -> None:

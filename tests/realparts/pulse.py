@@ -18,7 +18,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from .procs import OutputProcess, require_binary, wait_until
+from .procs import OutputProcess, require_binary, require_file, require_library, wait_until
 
 __all__ = ["PulseServer", "play"]
 
@@ -40,6 +40,9 @@ class PulseServer:
         self.pulseaudio = require_binary("pulseaudio", "pulseaudio")
         self.pactl = require_binary("pactl", "pulseaudio-utils")
         self.paplay = require_binary("paplay", "pulseaudio-utils")
+        # sounddevice reaches PulseAudio through PortAudio's ALSA host API and ALSA's pulse plugin.
+        require_library("portaudio", "libportaudio2")
+        require_file("/usr/lib/*/alsa-lib/libasound_module_pcm_pulse.so", "libasound2-plugins")
         self.timeout_s = timeout_s
         self.root = root
         self.runtime = root / "runtime"
