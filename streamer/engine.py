@@ -77,9 +77,14 @@ Sink = Callable[[Event], None]
 class ClassifierModel(Protocol):
     """What the engine needs from a model (``streamer.models.load_model`` returns one)."""
 
-    name: str
-    labels: tuple[str, ...]
-    sample_rate_hz: int
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def labels(self) -> tuple[str, ...]: ...
+
+    @property
+    def sample_rate_hz(self) -> int: ...
 
     def predict_proba(self, windows: NDArray[np.float32]) -> NDArray[np.float32]:
         """(batch, samples) float32 at ``sample_rate_hz`` -> (batch, len(labels)) probabilities."""

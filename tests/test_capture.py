@@ -127,9 +127,11 @@ def test_async_iteration_raises_when_device_is_lost() -> None:
 
     async def consume() -> None:
         loop_ready = threading.Event()
-        thread = threading.Thread(
-            target=lambda: (loop_ready.wait(TIMEOUT_S), buf.fail(AudioError("device gone")))
-        )
+        def lose_device() -> None:
+            loop_ready.wait(TIMEOUT_S)
+            buf.fail(AudioError("device gone"))
+
+        thread = threading.Thread(target=lose_device)
         thread.start()
         try:
             buf.callback(block(0.0), 160, None, flags())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -32,7 +33,7 @@ class ScriptedModel:
     """
 
     name = "scripted"
-    labels = TINY_LABELS
+    labels: tuple[str, ...] = TINY_LABELS
     sample_rate_hz = RATE
     device = "cpu"
 
@@ -128,7 +129,9 @@ def test_events_in_order_with_expected_windows() -> None:
         stats = engine.stats()
     events = sink.of("call")
     check_stream_order(events)
-    assert events[0].metadata == {"who": "x"}
+    opened, closed = events[0], events[-1]
+    assert isinstance(opened, StreamOpened) and isinstance(closed, StreamClosed)
+    assert opened.metadata == {"who": "x"}
     labels = sink.labels("call")
     # segment 1 ~0.7-4.5 s (3.8 s): windows at 2.0, 2.5, 3.0, 3.5 s of it (+ flush of 0.3 s: no)
     # segment 2 (1.4 s) and 3 (0.9 s): one flush window each
@@ -139,8 +142,8 @@ def test_events_in_order_with_expected_windows() -> None:
         assert label.probabilities == pytest.approx((0.1, 0.1, 0.7, 0.1))
     assert [round(x.end_s - x.start_s, 2) for x in labels[:4]] == [2.0] * 4
     assert labels[1].end_s - labels[0].end_s == pytest.approx(0.5)
-    assert events[-1].end_s == pytest.approx(call_audio().size / RATE)
-    assert events[-1].reason == "end"
+    assert closed.end_s == pytest.approx(call_audio().size / RATE)
+    assert closed.reason == "end"
 
 
 def test_resampled_stream_matches_model_rate_stream() -> None:
@@ -160,7 +163,9 @@ def test_resampled_stream_matches_model_rate_stream() -> None:
     assert len(a) == len(b)
     for x, y in zip(a, b, strict=True):
         assert abs(x.start_s - y.start_s) <= 0.031 and abs(x.end_s - y.end_s) <= 0.031
-    assert sink.of("b")[-1].end_s == pytest.approx(audio.size / RATE, abs=1e-3)
+    closed = sink.of("b")[-1]
+    assert isinstance(closed, StreamClosed)
+    assert closed.end_s == pytest.approx(audio.size / RATE, abs=1e-3)
 
 
 def test_overload_drops_and_counts_in_realtime() -> None:
@@ -243,7 +248,7 @@ def test_close_is_idempotent_and_closes_open_streams() -> None:
     feed.close()
     events = sink.of("left-open")
     check_stream_order(events)
-    assert events[-1].reason == "shutdown"
+    assert isinstance(events[-1], StreamClosed) and events[-1].reason == "shutdown"
     assert len(sink.labels("left-open")) == 1  # the open segment was flushed and classified
     with pytest.raises(AudioError, match="closed"):
         feed.feed(silence(0.1))
@@ -290,7 +295,7 @@ def test_unsupported_rates_are_refused(rate: object) -> None:
     [("window_s", 0.0), ("hop_s", 3.0), ("min_window_s", 5.0), ("max_lag_s", 0.0),
      ("queue_windows", 0), ("workers", 0)],
 )
-def test_bad_engine_config(field: str, value: float) -> None:
+def test_bad_engine_config(field: str, value: Any) -> None:
     """Inconsistent EngineConfig values raise ValueError naming the field."""
     with pytest.raises(ValueError, match=field):
         EngineConfig(**{field: value})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from conftest import speech_like, tone
@@ -129,7 +131,7 @@ def test_flush_closes_an_open_segment_at_the_stream_end() -> None:
     [("aggressiveness", 4), ("frame_ms", 25), ("onset_ms", -1), ("hangover_ms", 99999),
      ("energy_floor_dbfs", 3.0)],
 )
-def test_bad_config_names_the_field(field: str, value: object) -> None:
+def test_bad_config_names_the_field(field: str, value: Any) -> None:
     """Out-of-range settings raise ValueError naming the field."""
     with pytest.raises(ValueError, match=field):
         VadConfig(**{field: value})

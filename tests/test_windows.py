@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -12,7 +14,7 @@ RATE = 16000
 
 
 def make(**overrides: float) -> Windower:
-    params = {"window_s": 2.0, "hop_s": 0.5, "min_window_s": 0.5} | overrides
+    params: dict[str, Any] = {"window_s": 2.0, "hop_s": 0.5, "min_window_s": 0.5} | overrides
     return Windower(**params)
 
 
