@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import sys
 import threading
 import time
@@ -68,6 +69,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+_DROP_LOG_INTERVAL_S = 5.0
 MIN_INPUT_RATE_HZ = 8_000
 MAX_INPUT_RATE_HZ = 192_000
 
@@ -213,6 +215,8 @@ class Engine:
         self._in_flight = 0
         self._windows_done = 0
         self._windows_dropped = 0
+        self._drops_logged_at = -math.inf  # monotonic time of the last drop warning
+        self._drops_logged = 0
         self._closing = False  # workers stop; blocked feeds give up
         self._closed = False
         self._close_lock = threading.Lock()
@@ -319,7 +323,7 @@ class Engine:
                     s.jobs.clear()
                     s.scheduled = False
                 self._rotation.clear()
-                self._windows_dropped += len(leftovers)
+                self._count_drops_locked(len(leftovers))
                 self._cond.notify_all()
             for job in leftovers:
                 self._complete(job, None)
@@ -346,12 +350,12 @@ class Engine:
             if self.config.realtime:
                 if len(state.jobs) >= self.config.queue_windows and not self._closing:
                     evicted = state.jobs.popleft()
-                    self._windows_dropped += 1
+                    self._count_drops_locked(1)
             else:
                 while len(state.jobs) >= self.config.queue_windows and not self._closing:
                     self._cond.wait()
             if self._closing:
-                self._windows_dropped += 1
+                self._count_drops_locked(1)
                 evicted = job
             else:
                 state.jobs.append(job)
@@ -363,6 +367,18 @@ class Engine:
             logger.debug("stream %s: dropped window %.2f-%.2f s (queue full)",
                          state.stream_id, evicted.window.start_s, evicted.window.end_s)
             self._complete(evicted, None)
+
+    def _count_drops_locked(self, n: int) -> None:
+        """Count dropped windows; warn at most every few seconds (caller holds ``_cond``)."""
+        self._windows_dropped += n
+        now = time.monotonic()
+        if n and now - self._drops_logged_at >= _DROP_LOG_INTERVAL_S:
+            logger.warning(
+                "inference is behind: %s window(s) dropped (%s since the last warning)",
+                self._windows_dropped, self._windows_dropped - self._drops_logged,
+            )
+            self._drops_logged_at = now
+            self._drops_logged = self._windows_dropped
 
     def _emit(self, state: _StreamState, event: Event) -> None:
         with state.lock:
@@ -410,7 +426,7 @@ class Engine:
         for job in batch:
             if job.slot.state is _State.PENDING:
                 with self._cond:
-                    self._windows_dropped += 1
+                    self._count_drops_locked(1)
                 self._complete(job, None)
 
     def _take_locked(self) -> list[_Job]:
@@ -432,7 +448,7 @@ class Engine:
         for job in batch:
             if self.config.realtime and now - job.submitted > self.config.max_lag_s:
                 with self._cond:
-                    self._windows_dropped += 1
+                    self._count_drops_locked(1)
                 logger.debug("stream %s: dropped stale window %.2f-%.2f s",
                              job.stream.stream_id, job.window.start_s, job.window.end_s)
                 self._complete(job, None)
@@ -446,7 +462,7 @@ class Engine:
             probs = self._predict(jobs)
             with self._cond:
                 if probs is None:
-                    self._windows_dropped += len(jobs)
+                    self._count_drops_locked(len(jobs))
                 else:
                     self._windows_done += len(jobs)
             for i, job in enumerate(jobs):

@@ -173,14 +173,16 @@ class VadGate:
         index = self._frames_seen
         self._frames_seen += 1
         if self._open:
-            items.append(GatedAudio(index * self._frame / MODEL_RATE_HZ, frame))
-            if voiced:
-                self._unvoiced_run = 0
+            if voiced or self._hangover_frames > 0:
+                items.append(GatedAudio(index * self._frame / MODEL_RATE_HZ, frame))
+                if voiced:
+                    self._unvoiced_run = 0
+                    return
+                self._unvoiced_run += 1
+                if self._unvoiced_run >= self._hangover_frames:
+                    self._close(index + 1, items)
                 return
-            self._unvoiced_run += 1
-            if self._unvoiced_run >= self._hangover_frames:
-                self._close(index + 1, items)
-            return
+            self._close(index, items)  # no hangover: this unvoiced frame is already outside
         self._history.append(frame)
         self._voiced_run = self._voiced_run + 1 if voiced else 0
         if self._voiced_run < self._trigger_frames:
@@ -197,8 +199,6 @@ class VadGate:
             items.append(GatedAudio((start + offset) * self._frame / MODEL_RATE_HZ, past))
         self._history.clear()
         self._voiced_run = 0
-        if self._hangover_frames == 0:
-            self._close(index + 1, items)
 
     def _close(self, end_frame: int, items: list[GateItem]) -> None:
         start_s = self._segment_start_frame * self._frame / MODEL_RATE_HZ

@@ -85,6 +85,13 @@ def test_pause_shorter_than_hangover_stays_in_one_segment() -> None:
     assert len(segments(run_gate(audio, VadConfig(hangover_ms=300)))) == 1
 
 
+def test_zero_padding_tracks_the_bursts_closely() -> None:
+    """With no onset or hangover padding the segment hugs the burst (within two frames)."""
+    audio = np.concatenate([silence(0.6), speech_like(1.2), silence(0.9)])
+    (seg,) = segments(run_gate(audio, VadConfig(onset_ms=0, hangover_ms=0, trigger_ms=30)))
+    assert abs(seg[0] - 0.6) <= 2 * FRAME_S and abs(seg[1] - 1.8) <= 2 * FRAME_S
+
+
 def test_click_shorter_than_trigger_does_not_open() -> None:
     """A single 30 ms burst does not open the gate when trigger_ms is 90."""
     audio = np.concatenate([silence(0.6), speech_like(0.03), silence(0.6)])
