@@ -123,6 +123,7 @@ class TimelineLogger:
         self._writer.write_window(event, session=self._session)
         seen.add(key)
         self.rows_written += 1
+        logger.debug("wrote %s %s#%d", self._session, event.stream, event.seq)
         return True
 
     def close(self) -> None:

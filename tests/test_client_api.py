@@ -1,7 +1,8 @@
 """The async client API against a real WebSocket server on 127.0.0.1 port 0.
 
-Where the real server cannot produce a case on demand (a restart on the same port, a backlog
-resent after a reconnect, a bad frame), a small stand-in server is the outer edge: real
+``real_server`` is the project's own event server (``server.app.EventServer`` with an
+``EventHub``), fed wire messages directly. Where the real server cannot produce a case on
+demand (a connection closed mid-run, a bad frame), a small stand-in server is the outer edge: real
 websockets, speaking the protocol through ``client.messages.encode``. It is shared with
 ``test_log.py`` and ``test_watch.py``.
 """
@@ -11,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from types import TracebackType
 
 import pytest
@@ -25,11 +27,15 @@ from client.messages import (
     Message,
     StatsMessage,
     StreamInfo,
+    StreamOpenMessage,
     Subscribe,
     WindowMessage,
     decode,
     encode,
 )
+from server.app import EventServer
+from server.config import ServerConfig
+from server.hub import EventHub, ModelInfo
 
 Frame = Message | str  # a str is sent verbatim (to send bad frames)
 
@@ -37,8 +43,13 @@ Frame = Message | str  # a str is sent verbatim (to send bad frames)
 def hello(session: str, streams: Sequence[str] = ("mic",)) -> Hello:
     """A Hello of the tiny model's labels."""
     return Hello(
-        session=session, model="tiny", labels=TINY_LABELS, window_s=2.0, hop_s=0.5,
-        sample_rate_hz=16000, streams=tuple(StreamInfo(s, 16000) for s in streams),
+        session=session,
+        model="tiny",
+        labels=TINY_LABELS,
+        window_s=2.0,
+        hop_s=0.5,
+        sample_rate_hz=16000,
+        streams=tuple(StreamInfo(s, 16000) for s in streams),
     )
 
 
@@ -46,9 +57,15 @@ def window(seq: int, stream: str = "mic", label: str = "Happy") -> WindowMessage
     """Window ``seq`` of a stream, with ``label`` most likely."""
     probabilities = {name: (0.7 if name == label else 0.1) for name in TINY_LABELS}
     return WindowMessage(
-        stream=stream, seq=seq, start_s=seq * 0.5, end_s=seq * 0.5 + 2.0,
-        wall_time=1.7e9 + seq * 0.5, probabilities=probabilities, label=label,
-        confidence=0.7, smoothed_label=label if seq % 3 else "uncertain",
+        stream=stream,
+        seq=seq,
+        start_s=seq * 0.5,
+        end_s=seq * 0.5 + 2.0,
+        wall_time=1.7e9 + seq * 0.5,
+        probabilities=probabilities,
+        label=label,
+        confidence=0.7,
+        smoothed_label=label if seq % 3 else "uncertain",
         smoothed_confidence=0.6,
     )
 
@@ -109,6 +126,23 @@ class StandInServer:
             await server.wait_closed()
 
 
+@asynccontextmanager
+async def real_server(
+    session: str, *, port: int = 0, windows: Sequence[WindowMessage] = ()
+) -> AsyncIterator[tuple[EventHub, EventServer]]:
+    """The project's event server and hub on 127.0.0.1 (port 0 = any free one).
+
+    ``windows`` are published before any client connects, so clients get them as the backlog.
+    """
+    info = ModelInfo(name="tiny", labels=TINY_LABELS, window_s=2.0, hop_s=0.5, sample_rate_hz=16000)
+    config = ServerConfig(port=port, store_path=None, shutdown_timeout_s=TIMEOUT_S)
+    async with EventHub(info, session=session) as hub, EventServer(config, hub) as server:
+        hub.publish(StreamOpenMessage(stream="mic", sample_rate_hz=16000, wall_time=1.7e9))
+        for message in windows:
+            hub.publish(message)
+        yield hub, server
+
+
 async def collect(client: EventClient, server: StandInServer) -> list[object]:
     """Every event the client yields until the server's scripts are exhausted."""
     seen: list[object] = []
@@ -164,8 +198,7 @@ def test_backoff_doubles_up_to_the_cap_with_jitter() -> None:
 
 def test_events_are_decoded_in_order_and_bad_frames_skipped() -> None:
     """Messages arrive decoded and in order; bad frames are logged, counted and skipped."""
-    script: list[Frame] = [hello("s1"), window(0), "{not json", '{"type":"nope","v":1}',
-                           window(1)]
+    script: list[Frame] = [hello("s1"), window(0), "{not json", '{"type":"nope","v":1}', window(1)]
 
     async def main() -> tuple[list[object], int]:
         async with StandInServer([script]) as server:
@@ -181,11 +214,23 @@ def test_events_are_decoded_in_order_and_bad_frames_skipped() -> None:
 
 def test_subscribe_is_sent_and_other_streams_are_filtered() -> None:
     """With streams given the client sends Subscribe and drops other streams' events."""
-    stats = StatsMessage(wall_time=1.0, lag_s=0.1, windows_done=2, windows_dropped=0,
-                         blocks_dropped=0, input_overflows=0, clients=1,
-                         client_messages_dropped=0)
-    script: list[Frame] = [hello("s1", ("a", "b")), window(0, "a"), window(0, "b"), stats,
-                           window(1, "a")]
+    stats = StatsMessage(
+        wall_time=1.0,
+        lag_s=0.1,
+        windows_done=2,
+        windows_dropped=0,
+        blocks_dropped=0,
+        input_overflows=0,
+        clients=1,
+        client_messages_dropped=0,
+    )
+    script: list[Frame] = [
+        hello("s1", ("a", "b")),
+        window(0, "a"),
+        window(0, "b"),
+        stats,
+        window(1, "a"),
+    ]
 
     async def main() -> tuple[list[object], list[Message]]:
         async with StandInServer([script], wait_for_frame=True) as server:
@@ -272,7 +317,10 @@ def test_client_modules_import_no_heavy_packages() -> None:
         "print(','.join(heavy))\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT_S,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
         check=True,
     )
     assert result.stdout.strip() == ""
