@@ -1,0 +1,367 @@
+"""The server's subcommands: ``run``, ``analyze``, ``export``, ``devices`` (main thread; asyncio).
+
+``register`` adds them to the top-level parser and imports nothing heavy; each handler imports
+what it needs when it runs. Handlers print results to stdout (the dashboard URL first, so a
+script can read the port back with ``--port 0``), return an exit code, and raise our packages'
+errors for anything a user can fix (the CLI turns those into one line and exit 2).
+
+``run`` flags map one to one onto :class:`~server.config.ServerConfig` and
+:class:`~streamer.engine.EngineConfig` fields (``--store``/``--no-store`` onto ``store_path``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import DEFAULT_STORE_PATH, ServerConfig
+from .errors import ServerError
+
+__all__ = ["register"]
+
+logger = logging.getLogger(__name__)
+
+_DEFAULTS = ServerConfig()
+
+
+def register(subparsers: Any) -> None:
+    """Add ``run``, ``analyze``, ``export`` and ``devices`` to the top-level parser."""
+    run = subparsers.add_parser(
+        "run",
+        help="capture audio, classify it live, serve the dashboard and events",
+        description=(
+            "Capture from the microphone (default) or stream a file, classify sliding windows "
+            "of speech, and serve the dashboard (GET /), health (GET /healthz) and events "
+            "(WS /ws) on one port. Prints the dashboard URL. Every event is recorded in a "
+            "SQLite timeline store. A file source is paced in real time; when it ends the "
+            "server keeps serving until Ctrl-C (or exits with --exit-when-done). Ctrl-C or "
+            "SIGTERM once stops cleanly; twice forces."
+        ),
+    )
+    run.add_argument(
+        "--source", default="mic",
+        help="'mic' (default), an audio FILE, or 'none' (serve only, no audio)",
+    )
+    run.add_argument(
+        "--device", default=None,
+        help="input device for --source mic: index or part of its name (default: system default)",
+    )
+    run.add_argument(
+        "--channel", type=int, default=None,
+        help="use only this channel of a multi-channel file (default: mix all channels)",
+    )
+    run.add_argument(
+        "--realtime", action=argparse.BooleanOptionalAction, default=True,
+        help="pace a file source in real time (default); --no-realtime feeds it as fast as "
+        "the model allows, without dropping windows",
+    )
+    run.add_argument(
+        "--exit-when-done", action="store_true",
+        help="exit once a file source has ended and its events are delivered",
+    )
+    _add_model_flags(run)
+    _add_engine_flags(run)
+    _add_server_flags(run)
+    run.set_defaults(handler=_run)
+
+    analyze = subparsers.add_parser(
+        "analyze",
+        help="classify audio files as fast as possible and write a timeline",
+        description=(
+            "Run FILE... through the same pipeline as 'run --source FILE' (VAD, windows, model, "
+            "smoothing) as fast as the model allows, without dropping windows, and append one "
+            "row per window to --out (.csv or .jsonl). The stream name of a file is its stem."
+        ),
+    )
+    analyze.add_argument("files", nargs="+", type=Path, metavar="FILE", help="audio files")
+    analyze.add_argument(
+        "--out", required=True, type=Path, help="timeline file to append to (.csv or .jsonl)"
+    )
+    analyze.add_argument(
+        "--channel", type=int, default=None,
+        help="use only this channel of multi-channel files (default: mix all channels)",
+    )
+    _add_model_flags(analyze)
+    _add_engine_flags(analyze)
+    analyze.set_defaults(handler=_analyze)
+
+    export = subparsers.add_parser(
+        "export",
+        help="write the windows of a timeline store as CSV or JSONL",
+        description="Write one row per recorded window (all sessions unless --session).",
+    )
+    export.add_argument(
+        "--store", type=Path, default=DEFAULT_STORE_PATH,
+        help=f"timeline store to read (default: ./{DEFAULT_STORE_PATH})",
+    )
+    export.add_argument(
+        "--out", required=True, type=Path, help="timeline file to append to (.csv or .jsonl)"
+    )
+    export.add_argument("--stream", default=None, help="only this stream (default: all)")
+    export.add_argument(
+        "--session", default=None,
+        help="only this session id, or 'latest' (default: every session in the store)",
+    )
+    export.set_defaults(handler=_export)
+
+    devices = subparsers.add_parser(
+        "devices",
+        help="list audio input devices",
+        description="List the input devices PortAudio sees (index, name, channels, rate).",
+    )
+    devices.set_defaults(handler=_devices)
+
+
+def _add_model_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", default=None,
+        help="model folder or Hugging Face hub id (default: the bundled model)",
+    )
+    parser.add_argument(
+        "--model-device", default="auto",
+        help="where the model runs: auto, cpu, cuda or cuda:N (default: auto)",
+    )
+
+
+def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
+    # Defaults stay in EngineConfig/VadConfig (flags left out keep them); importing those here
+    # would load numpy and webrtcvad for every command, so the help states them instead.
+    group = parser.add_argument_group("windows and inference")
+    group.add_argument("--window-s", type=float, help="window length in seconds (default: 2.0)")
+    group.add_argument("--hop-s", type=float,
+                       help="new speech between windows, seconds (default: 0.5)")
+    group.add_argument("--min-window-s", type=float,
+                       help="shortest utterance still classified when it ends, seconds "
+                       "(default: 0.5)")
+    group.add_argument("--vad-aggressiveness", type=int,
+                       help="webrtcvad aggressiveness 0-3 (default: 2)")
+    group.add_argument("--onset-ms", type=int,
+                       help="audio kept before speech starts, ms (default: 300)")
+    group.add_argument("--hangover-ms", type=int,
+                       help="audio kept after speech ends, ms (default: 300)")
+    group.add_argument("--max-lag-s", type=float,
+                       help="live mode: drop windows older than this instead of falling "
+                       "behind (default: 2.0)")
+    group.add_argument("--workers", type=int, help="inference worker threads (default: 1)")
+
+
+def _add_server_flags(parser: argparse.ArgumentParser) -> None:
+    d = _DEFAULTS
+    group = parser.add_argument_group("server")
+    group.add_argument("--host", default=d.host, help=f"address to listen on (default: {d.host})")
+    group.add_argument("--port", type=int, default=d.port,
+                       help=f"port to listen on, 0 = any free port (default: {d.port})")
+    store = group.add_mutually_exclusive_group()
+    store.add_argument("--store", type=Path, default=DEFAULT_STORE_PATH, dest="store_path",
+                       help=f"SQLite timeline store (default: ./{DEFAULT_STORE_PATH})")
+    store.add_argument("--no-store", action="store_const", const=None, dest="store_path",
+                       help="do not record events")
+    group.add_argument("--client-queue-size", type=int, default=d.client_queue_size,
+                       help="events queued per client before its oldest are dropped "
+                       f"(default: {d.client_queue_size})")
+    group.add_argument("--backlog-per-stream", type=int, default=d.backlog_per_stream,
+                       help="recent events per stream sent to a new client "
+                       f"(default: {d.backlog_per_stream})")
+    group.add_argument("--stats-interval-s", type=float, default=d.stats_interval_s,
+                       help=f"seconds between stats messages (default: {d.stats_interval_s})")
+    group.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes,
+                       help="largest client frame; bigger ones close with 1009 "
+                       f"(default: {d.max_message_bytes})")
+    group.add_argument("--shutdown-timeout-s", type=float, default=d.shutdown_timeout_s,
+                       help="time clients get to receive queued events at shutdown "
+                       f"(default: {d.shutdown_timeout_s})")
+
+
+def _given(args: argparse.Namespace, names: dict[str, str]) -> dict[str, Any]:
+    """Config fields from the flags the user gave (flag dest -> field name)."""
+    return {field: getattr(args, dest) for dest, field in names.items()
+            if getattr(args, dest) is not None}
+
+
+def _engine_config(args: argparse.Namespace, *, realtime: bool) -> Any:
+    from streamer.engine import EngineConfig
+    from streamer.vad import VadConfig
+
+    try:
+        vad = VadConfig(**_given(args, {
+            "vad_aggressiveness": "aggressiveness", "onset_ms": "onset_ms",
+            "hangover_ms": "hangover_ms",
+        }))
+        return EngineConfig(
+            vad=vad,
+            realtime=realtime,
+            **_given(args, {
+                "window_s": "window_s", "hop_s": "hop_s", "min_window_s": "min_window_s",
+                "max_lag_s": "max_lag_s", "workers": "workers",
+            }),
+        )
+    except ValueError as exc:
+        raise ServerError(str(exc)) from exc
+
+
+def _server_config(args: argparse.Namespace) -> ServerConfig:
+    return ServerConfig(
+        host=args.host,
+        port=args.port,
+        store_path=args.store_path,
+        client_queue_size=args.client_queue_size,
+        backlog_per_stream=args.backlog_per_stream,
+        stats_interval_s=args.stats_interval_s,
+        max_message_bytes=args.max_message_bytes,
+        shutdown_timeout_s=args.shutdown_timeout_s,
+    )
+
+
+def _quiet_websockets() -> None:
+    # websockets logs every HTTP GET and connection at INFO; ours already says what matters
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("server.websockets").setLevel(logging.WARNING)
+
+
+# -- run --------------------------------------------------------------------------------------
+
+
+def _run(args: argparse.Namespace) -> int:
+    from streamer.models import load_model
+
+    server_config = _server_config(args)
+    engine_config = _engine_config(args, realtime=args.realtime)
+    sources: list[Any] = []
+    if args.source == "mic":
+        from streamer.capture import MicrophoneSource
+
+        sources.append(MicrophoneSource(args.device))
+    elif args.source != "none":
+        from streamer.sources import FileSource
+
+        sources.append(FileSource(args.source, channel=args.channel, realtime=args.realtime))
+    if server_config.store_path is not None and not server_config.store_path.parent.is_dir():
+        raise ServerError(f"--store {server_config.store_path}: the folder does not exist")
+    try:
+        model = load_model(args.model, device=args.model_device)
+        _quiet_websockets()
+        return asyncio.run(_serve(model, engine_config, server_config, sources, args))
+    finally:
+        for source in sources:
+            source.close()
+
+
+async def _serve(
+    model: Any,
+    engine_config: Any,
+    server_config: ServerConfig,
+    sources: list[Any],
+    args: argparse.Namespace,
+) -> int:
+    from .monitor import Monitor
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals_seen = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen == 1:
+            logger.info("%s: shutting down (send it again to force)",
+                        signal.Signals(signum).name)
+            stop.set()
+        else:
+            print("forced exit", file=sys.stderr, flush=True)
+            os._exit(130)  # the store commits every event, so nothing recorded is lost
+
+    handled = (signal.SIGINT, signal.SIGTERM)
+    for signum in handled:
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        async with Monitor(
+            model, engine_config=engine_config, server_config=server_config, sources=sources
+        ) as monitor:
+            print(f"dashboard: {monitor.url}", flush=True)
+            print(f"events:    {monitor.ws_url}", flush=True)
+            store = server_config.store_path
+            print(f"store:     {store.resolve() if store else 'off (--no-store)'}", flush=True)
+            print(f"session:   {monitor.session}", flush=True)
+            await _wait_until_done(monitor, stop, exit_when_done=args.exit_when_done)
+            print("stopping", file=sys.stderr, flush=True)
+    finally:
+        for signum in handled:
+            loop.remove_signal_handler(signum)
+    if monitor.errors:
+        raise monitor.errors[0]
+    return 0
+
+
+async def _wait_until_done(monitor: Any, stop: asyncio.Event, *, exit_when_done: bool) -> None:
+    stop_task = asyncio.create_task(stop.wait(), name="wait-stop")
+    done_task = asyncio.create_task(monitor.sources_done.wait(), name="wait-sources")
+    try:
+        await asyncio.wait({stop_task, done_task}, return_when=asyncio.FIRST_COMPLETED)
+        if stop.is_set() or not monitor.sources:
+            if not stop.is_set():
+                await stop_task
+            return
+        if monitor.errors or exit_when_done:
+            return
+        print("source finished; still serving the dashboard (Ctrl-C to stop)", flush=True)
+        await stop_task
+    finally:
+        for task in (stop_task, done_task):
+            task.cancel()
+        await asyncio.wait({stop_task, done_task})
+
+
+# -- analyze, export, devices -----------------------------------------------------------------
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from client.timeline import timeline_format
+    from streamer.models import load_model
+
+    from .monitor import analyze_files
+
+    timeline_format(args.out)
+    engine_config = _engine_config(args, realtime=False)
+    if args.out.parent and not args.out.parent.is_dir():
+        raise ServerError(f"--out {args.out}: the folder does not exist")
+    model = load_model(args.model, device=args.model_device)
+    results = analyze_files(
+        model, args.files, args.out, engine_config=engine_config, channel=args.channel
+    )
+    for result in results:
+        print(f"{result.path}: stream {result.stream}, {result.duration_s:.1f} s, "
+              f"{result.speech_segments} speech segment(s), {result.windows} window(s)")
+    print(f"wrote {sum(r.windows for r in results)} row(s) to {args.out}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .store import export_timeline
+
+    rows = export_timeline(args.store, args.out, stream=args.stream, session=args.session)
+    print(f"wrote {rows} row(s) to {args.out}")
+    return 0
+
+
+def _devices(args: argparse.Namespace) -> int:
+    from streamer.capture import list_input_devices
+
+    devices = list_input_devices()
+    if not devices:
+        print("no input devices found (use 'run --source FILE' to analyse a file)")
+        return 0
+    rows = [("index", "name", "channels", "rate_hz", "host_api", "default")]
+    for d in devices:
+        rows.append((str(d.index), d.name, str(d.channels), str(d.default_rate_hz), d.hostapi,
+                     "*" if d.is_default else ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+              .rstrip())
+    return 0
