@@ -412,3 +412,46 @@ def test_urdu_call_with_the_bundled_model(urdu_dir: Path) -> None:
     for w in labels:  # and no window lies wholly inside a pause
         assert any(w.start_s < end + 0.4 and w.end_s > start - 0.4 for start, end in spans)
         assert w.label in model.labels
+
+
+def test_round_robin_across_streams() -> None:
+    """A stream with a backlog does not starve another: the worker alternates between them."""
+    hold = threading.Event()
+    model = ScriptedModel(hold)
+    sink = Collector()
+    with Engine(model, EngineConfig(realtime=False), sink) as engine:
+        a = engine.open_stream("a", sample_rate_hz=RATE)
+        b = engine.open_stream("b", sample_rate_hz=RATE)
+        a.feed(np.concatenate([speech_like(3.5), silence(1.0)]))  # 4 windows
+        assert model.entered.wait(TIMEOUT_S)  # the worker holds a's first window
+        b.feed(np.concatenate([speech_like(2.5, seed=5), silence(1.0)]))  # 2 windows
+        hold.set()
+        a.close()
+        b.close()
+        assert engine.drain(TIMEOUT_S)
+    with sink.lock:
+        order = [(e.stream, e.seq) for e in sink.events if isinstance(e, WindowLabel)]
+    assert order == [("a", 0), ("a", 1), ("b", 0), ("a", 2), ("b", 1), ("a", 3)]
+
+
+def test_two_workers_give_the_same_labels_as_one(tiny_wav2vec2: Path) -> None:
+    """The real tiny checkpoint on two workers labels every window exactly as one worker does."""
+    from streamer.models import load_model
+
+    model = load_model(tiny_wav2vec2, device="cpu")
+    audio = call_audio()
+    results = []
+    for workers in (1, 2):
+        sink = Collector()
+        with Engine(model, EngineConfig(realtime=False, workers=workers), sink) as engine:
+            for name in ("x", "y"):
+                with engine.open_stream(name, sample_rate_hz=RATE) as feed:
+                    feed.feed(audio)
+            assert engine.drain(TIMEOUT_S)
+        results.append([(w.stream, w.seq, w.probabilities) for w in
+                        sorted(sink.labels("x") + sink.labels("y"),
+                               key=lambda w: (w.stream, w.seq))])
+    assert len(results[0]) == 12
+    for one, two in zip(results[0], results[1], strict=True):
+        assert one[:2] == two[:2]
+        assert one[2] == pytest.approx(two[2], abs=1e-5)
