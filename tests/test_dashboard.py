@@ -1,0 +1,100 @@
+"""The dashboard files as the real event server serves them (the browser test comes later)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from html.parser import HTMLParser
+from urllib.request import urlopen
+
+from conftest import REPO, TIMEOUT_S
+from test_client_api import real_server
+
+STATIC = REPO / "server" / "static"
+# ids a browser test reads; renaming one breaks it, so they are pinned here
+PAGE_IDS = {
+    "connection-state",
+    "stream-select",
+    "current-label",
+    "current-confidence",
+    "speech-state",
+    "stream-state",
+    "last-update",
+    "probabilities",
+    "chart",
+    "legend",
+    "stream-list",
+    "stats",
+    "server-info",
+}
+
+
+class _Page(HTMLParser):
+    """Collects ids, referenced resources and aria-live regions of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: set[str] = set()
+        self.resources: list[str] = []
+        self.live: set[str] = set()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = dict(attrs)
+        if attributes.get("id"):
+            self.ids.add(str(attributes["id"]))
+        if attributes.get("aria-live"):
+            self.live.add(str(attributes.get("id")))
+        for name in ("src", "href"):
+            if attributes.get(name):
+                self.resources.append(str(attributes[name]))
+
+
+def fetch(url: str) -> tuple[int, str, str]:
+    """GET a URL: status, Content-Type and body text."""
+    with urlopen(url, timeout=TIMEOUT_S) as response:
+        return response.status, response.headers["Content-Type"], response.read().decode()
+
+
+def test_server_serves_the_page_and_its_files() -> None:
+    """GET / is the dashboard; the script and style it names are served with the right types."""
+
+    async def main() -> dict[str, tuple[int, str, str]]:
+        async with real_server("run1") as (_, srv):
+            base = srv.url
+            page = await asyncio.to_thread(fetch, base)
+            parser = _Page()
+            parser.feed(page[2])
+            got = {"/": page}
+            for resource in parser.resources:
+                got[resource] = await asyncio.to_thread(fetch, base + resource)
+            return got
+
+    got = asyncio.run(main())
+    status, content_type, html = got["/"]
+    assert status == 200 and content_type.startswith("text/html")
+    page = _Page()
+    page.feed(html)
+    assert set(page.resources) == {"style.css", "app.js"}  # relative, served by our server
+    assert got["app.js"][:2] == (200, "text/javascript; charset=utf-8")
+    assert got["style.css"][:2] == (200, "text/css; charset=utf-8")
+    assert got["app.js"][2] == (STATIC / "app.js").read_text()
+    assert PAGE_IDS <= page.ids
+    assert "current-label" in page.live
+
+
+def test_dashboard_needs_no_network() -> None:
+    """No file of the dashboard refers to another host: it works offline."""
+    for path in sorted(STATIC.glob("*.*")):
+        if path.suffix not in (".html", ".js", ".css"):
+            continue
+        text = path.read_text()
+        assert not re.search(r"https?://|//cdn|@import", text), path.name
+
+
+def test_script_uses_only_ids_the_page_has() -> None:
+    """Every getElementById in app.js names an element of index.html."""
+    page = _Page()
+    page.feed((STATIC / "index.html").read_text())
+    script = (STATIC / "app.js").read_text()
+    used = set(re.findall(r"""\$\(["']([\w-]+)["']\)""", script))
+    assert used and used <= page.ids, used - page.ids

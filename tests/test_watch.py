@@ -1,0 +1,118 @@
+"""The terminal view: state, line format, live renderer, and `watch` plain output."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+from conftest import TIMEOUT_S
+from rich.console import Console
+from test_client_api import hello, real_server, window
+from test_log import start_command, wait_for_line
+
+from client.api import Disconnected
+from client.messages import (
+    SpeechEndMessage,
+    SpeechStartMessage,
+    StatsMessage,
+    StreamCloseMessage,
+    StreamOpenMessage,
+)
+from client.watch import WatchState, format_event, label_style, render
+
+STATS = StatsMessage(
+    wall_time=1.7e9,
+    lag_s=0.25,
+    windows_done=12,
+    windows_dropped=1,
+    blocks_dropped=0,
+    input_overflows=2,
+    clients=3,
+    client_messages_dropped=4,
+)
+
+
+def test_every_event_has_a_plain_line() -> None:
+    """Each message type and the disconnect marker format to one readable line."""
+    lines = [
+        format_event(hello("s1")),
+        format_event(window(4)),
+        format_event(SpeechStartMessage(stream="mic", start_s=1.25, wall_time=1.0)),
+        format_event(SpeechEndMessage(stream="mic", start_s=1.25, end_s=3.5, wall_time=1.0)),
+        format_event(StreamOpenMessage(stream="mic", sample_rate_hz=48000, wall_time=1.0)),
+        format_event(StreamCloseMessage(stream="mic", end_s=9.0, wall_time=1.0)),
+        format_event(STATS),
+        format_event(Disconnected(reason="connection lost", retry_in_s=0.5, attempt=1)),
+    ]
+    assert lines == [
+        "hello session=s1 model=tiny labels=Angry,Happy,Neutral,Sad window=2s hop=0.5s streams=mic",
+        "window mic #4 2.00-4.00s smoothed=Happy 0.60 raw=Happy 0.70 "
+        "Angry=0.10 Happy=0.70 Neutral=0.10 Sad=0.10",
+        "speech_start mic 1.25s",
+        "speech_end mic 1.25-3.50s",
+        "stream_open mic 48000 Hz",
+        "stream_close mic 9.00s end",
+        "stats lag=0.25s windows=12 dropped=1 blocks_dropped=0 overflows=2 clients=3 "
+        "client_drops=4",
+        "disconnected: connection lost; retrying in 0.5 s",
+    ]
+
+
+def test_state_follows_speech_windows_and_a_new_session() -> None:
+    """Speech and windows update their stream; a Hello of another session clears old streams."""
+    state = WatchState(url="ws://x/ws")
+    state.apply(hello("s1", ("mic", "call")))
+    state.apply(SpeechStartMessage(stream="mic", start_s=0.0, wall_time=5.0))
+    state.apply(window(1))
+    assert state.connection == "connected"
+    assert state.streams["mic"].speaking and state.streams["mic"].window == window(1)
+    state.apply(Disconnected(reason="connection lost", retry_in_s=1.0, attempt=1))
+    assert state.connection.startswith("reconnecting in 1.0 s")
+    state.apply(hello("s1", ("mic", "call")))  # the same run: keep what we know
+    assert state.streams["mic"].window == window(1)
+    state.apply(hello("s2", ("other",)))  # a restart: start over
+    assert sorted(state.streams) == ["other"] and state.streams["other"].window is None
+
+
+def test_live_view_shows_label_confidence_bars_and_stats() -> None:
+    """The rich view names each stream with its smoothed label, confidence, bars and stats."""
+    state = WatchState(url="ws://127.0.0.1:1/ws")
+    state.apply(hello("s1", ("mic", "call")))
+    state.apply(window(2))
+    state.apply(SpeechStartMessage(stream="mic", start_s=0.0, wall_time=1.7e9))
+    state.apply(STATS)
+    console = Console(file=io.StringIO(), width=140, color_system=None)
+    console.print(render(state, now=1.7e9 + 3.0))
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "connected" in text and "HAPPY" in text and "0.60" in text
+    assert "● speech" in text and "call" in text and "█" in text
+    assert "lag=0.25s" in text and "dropped=1" in text
+    assert label_style("uncertain") == "grey50" and label_style("Angry") == "red"
+
+
+def test_watch_command_prints_plain_lines_when_not_a_terminal() -> None:
+    """`watch` on a pipe prints hello and windows as lines, then exits 0 when the server goes."""
+
+    async def main() -> tuple[int | None, list[str]]:
+        seen: list[str] = []
+        proc = None
+        try:
+            async with real_server("run1", windows=[window(i) for i in range(3)]) as (hub, srv):
+                proc = await start_command("watch", srv.ws_url, "--no-reconnect")
+                assert proc.stdout is not None
+                await wait_for_line(proc.stdout, r"^window mic #2 ", seen)
+                hub.publish(SpeechStartMessage(stream="mic", start_s=7.0, wall_time=1.7e9))
+                await wait_for_line(proc.stdout, r"^speech_start mic 7.00s", seen)
+            async with asyncio.timeout(TIMEOUT_S):
+                out, _ = await proc.communicate()
+        finally:
+            if proc is not None and proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        return proc.returncode, seen + out.decode().splitlines(keepends=True)
+
+    code, lines = asyncio.run(main())
+    assert code == 0
+    assert lines[0].startswith("hello session=run1 model=tiny ")
+    assert [line.split()[2] for line in lines if line.startswith("window ")] == ["#0", "#1", "#2"]
+    assert lines[-1].startswith("disconnected: server closed the connection (1001")
