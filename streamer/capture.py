@@ -12,7 +12,8 @@ overflows are counted in ``input_overflows``. Pass the :class:`MicrophoneSource`
 
 A device that stops delivering audio (unplugged, server gone) surfaces as an :class:`AudioError`
 from ``read``/``async for`` -- either because PortAudio finished the stream on its own or because
-no block arrived for ``stall_timeout_s`` -- never as a hang.
+no block arrived for ``stall_timeout_s`` (``start_timeout_s`` before the first block: a fresh
+PulseAudio server took about 1.8 s to deliver its first block here) -- never as a hang.
 """
 
 from __future__ import annotations
@@ -148,14 +149,22 @@ class CaptureBuffer:
     """
 
     def __init__(
-        self, *, channels: int = 1, queue_blocks: int = 64, stall_timeout_s: float = 2.0
+        self,
+        *,
+        channels: int = 1,
+        queue_blocks: int = 64,
+        stall_timeout_s: float = 2.0,
+        start_timeout_s: float = 10.0,
     ) -> None:
         if not 1 <= queue_blocks <= 10_000:
             raise ValueError(f"queue_blocks must be 1..10000, got {queue_blocks!r}")
         if not stall_timeout_s > 0:
             raise ValueError(f"stall_timeout_s must be > 0, got {stall_timeout_s!r}")
+        if not start_timeout_s > 0:
+            raise ValueError(f"start_timeout_s must be > 0, got {start_timeout_s!r}")
         self.channels = channels
         self.stall_timeout_s = stall_timeout_s
+        self.start_timeout_s = start_timeout_s
         self._blocks: deque[NDArray[np.float32]] = deque()
         self._max = queue_blocks
         self._lock = threading.Lock()  # held only for a deque operation and a counter
@@ -197,15 +206,16 @@ class CaptureBuffer:
     def read(self, timeout: float | None = None) -> NDArray[np.float32] | None:
         """Next mono block; None at the end; AudioError if the device failed or stalled.
 
-        Waits at most ``timeout`` (default ``stall_timeout_s``) for a block before deciding
-        the device stalled.
+        Waits at most ``timeout`` (default: ``start_timeout_s`` before the first block, as an
+        audio server may take a couple of seconds to start delivering, then ``stall_timeout_s``)
+        before deciding the device stalled.
         """
-        limit = self.stall_timeout_s if timeout is None else timeout
         while True:
             self._ready.clear()
             outcome = self._next()
             if outcome is not _EMPTY:
                 return outcome  # type: ignore[return-value]
+            limit = self._wait_limit() if timeout is None else timeout
             if not self._ready.wait(limit):
                 raise AudioError(f"no audio from the input device for {limit:.1f} s (lost?)")
 
@@ -224,14 +234,18 @@ class CaptureBuffer:
                 if outcome is not _EMPTY:
                     yield outcome  # type: ignore[misc]
                     continue
+                limit = self._wait_limit()
                 try:
-                    await asyncio.wait_for(self._async_ready.wait(), self.stall_timeout_s)
+                    await asyncio.wait_for(self._async_ready.wait(), limit)
                 except asyncio.TimeoutError:
                     raise AudioError(
-                        f"no audio from the input device for {self.stall_timeout_s:.1f} s (lost?)"
+                        f"no audio from the input device for {limit:.1f} s (lost?)"
                     ) from None
         finally:
             self._loop = None
+
+    def _wait_limit(self) -> float:
+        return self.stall_timeout_s if self.blocks_received else self.start_timeout_s
 
     def _next(self) -> NDArray[np.float32] | None | object:
         """A mono block, None at the end, _EMPTY when nothing is queued; raises on failure."""
@@ -276,6 +290,7 @@ class MicrophoneSource:
         block_s: float = 0.05,
         queue_blocks: int = 64,
         stall_timeout_s: float = 2.0,
+        start_timeout_s: float = 10.0,
         name: str = "mic",
     ) -> None:
         if not 0.005 <= block_s <= 1.0:
@@ -306,7 +321,10 @@ class MicrophoneSource:
         self.channels = channels
         self.block_s = block_s
         self.buffer = CaptureBuffer(
-            channels=channels, queue_blocks=queue_blocks, stall_timeout_s=stall_timeout_s
+            channels=channels,
+            queue_blocks=queue_blocks,
+            stall_timeout_s=stall_timeout_s,
+            start_timeout_s=start_timeout_s,
         )
         self._stream: Any = None
         self._closing = False

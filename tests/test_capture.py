@@ -86,10 +86,26 @@ def test_device_lost_surfaces_after_queued_blocks() -> None:
 
 
 def test_stalled_device_is_an_error_not_a_hang() -> None:
-    """No block within the stall timeout raises AudioError."""
-    buf = CaptureBuffer(stall_timeout_s=0.05)
+    """No first block within start_timeout_s, or no next one within stall_timeout_s: AudioError."""
+    buf = CaptureBuffer(stall_timeout_s=0.05, start_timeout_s=0.05)
+    with pytest.raises(AudioError, match="no audio from the input device for 0.1 s"):
+        buf.read()
+    buf.callback(block(0.1), 160, None, flags())
+    assert buf.read() is not None
     with pytest.raises(AudioError, match="no audio from the input device"):
         buf.read()
+
+
+def test_async_iteration_raises_on_a_stall() -> None:
+    """`async for` on a device that never delivers ends with AudioError, not a hang."""
+    buf = CaptureBuffer(stall_timeout_s=0.05, start_timeout_s=0.05)
+
+    async def consume() -> None:
+        async for _ in buf:
+            pass
+
+    with pytest.raises(AudioError, match="no audio"):
+        asyncio.run(asyncio.wait_for(consume(), TIMEOUT_S))
 
 
 def test_async_iteration_with_callbacks_from_another_thread() -> None:
