@@ -20,9 +20,11 @@ import itertools
 from collections import OrderedDict, deque
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
+from typing import Literal
 
 __all__ = [
     "Backlog",
+    "BacklogRole",
     "ClientQueue",
     "FanOut",
     "Frame",
@@ -103,16 +105,21 @@ class ClientQueue:
 
 @dataclass(slots=True)
 class _StreamBacklog:
+    opened: tuple[int, str] | None
     events: deque[tuple[int, str]]
     closed: tuple[int, str] | None = None
+
+
+BacklogRole = Literal["none", "open", "event", "close"]
 
 
 @dataclass(slots=True)
 class Backlog:
     """Recent events per stream, replayed to a client right after its hello.
 
-    ``per_stream`` events (windows, speech start/end) are kept per stream; streams that ended
-    keep theirs, with their close, until ``max_ended_streams`` newer ones have ended.
+    Per stream: its ``stream_open``, its last ``per_stream`` events (windows, speech start/end)
+    and, once it ended, its ``stream_close``, so a replayed stream is always bracketed.
+    Ended streams are kept until ``max_ended_streams`` newer ones have ended.
     """
 
     per_stream: int = 240
@@ -127,20 +134,25 @@ class Backlog:
         if self.max_ended_streams < 0:
             raise ValueError(f"ended-stream backlog must be >= 0, got {self.max_ended_streams}")
 
+    def open(self, stream: str, text: str) -> None:
+        """A stream opened (a reopened stream starts afresh)."""
+        self._ended.pop(stream, None)
+        self._streams.pop(stream, None)
+        self._streams[stream] = _StreamBacklog(
+            (next(self._counter), text), deque(maxlen=self.per_stream)
+        )
+
     def add(self, stream: str, text: str) -> None:
-        """Remember one event of a live stream."""
-        if self.per_stream == 0:
-            return
+        """Remember one event of a stream."""
         entry = self._streams.get(stream)
         if entry is None or entry.closed is not None:
-            # a reopened stream starts afresh
+            entry = _StreamBacklog(None, deque(maxlen=self.per_stream))
             self._ended.pop(stream, None)
-            entry = _StreamBacklog(deque(maxlen=self.per_stream))
             self._streams[stream] = entry
         entry.events.append((next(self._counter), text))
 
     def end(self, stream: str, text: str) -> None:
-        """A stream closed: keep its events (and the close) among the last ended streams."""
+        """A stream closed: keep it (with the close) among the last ended streams."""
         entry = self._streams.get(stream)
         if entry is None:
             return
@@ -157,6 +169,8 @@ class Backlog:
             if streams and stream not in streams:
                 continue
             items = list(entry.events)
+            if entry.opened is not None:
+                items.insert(0, entry.opened)
             if entry.closed is not None:
                 items.append(entry.closed)
             runs.append([(n, stream, text) for n, text in items])
@@ -207,14 +221,20 @@ class FanOut:
             self._dropped_by_gone_clients += queue.dropped
         queue.close()
 
-    def publish(self, frame: Frame, *, backlog: bool = False, ends_stream: bool = False) -> None:
-        """Queue ``frame`` for every client that wants its stream; never waits."""
+    def publish(self, frame: Frame, *, backlog: BacklogRole = "none") -> None:
+        """Queue ``frame`` for every client that wants its stream; never waits.
+
+        ``backlog`` says what the frame is to the backlog: a stream's ``open``, an ``event`` to
+        remember, its ``close``, or ``none`` (stats: not replayed).
+        """
         if self._closed:
             return
-        if frame.stream is not None:
-            if ends_stream:
+        if frame.stream is not None and backlog != "none" and self.backlog.per_stream > 0:
+            if backlog == "open":
+                self.backlog.open(frame.stream, frame.text)
+            elif backlog == "close":
                 self.backlog.end(frame.stream, frame.text)
-            elif backlog:
+            else:
                 self.backlog.add(frame.stream, frame.text)
         for queue in self._clients:
             if queue.wants(frame.stream):

@@ -36,7 +36,7 @@ from streamer.events import EngineStats, Event
 
 from .convert import event_message
 from .errors import ServerError
-from .fanout import Backlog, FanOut, Frame
+from .fanout import Backlog, BacklogRole, FanOut, Frame
 from .store import TimelineStore
 
 __all__ = ["EventHub", "ModelInfo", "new_session_id"]
@@ -205,11 +205,14 @@ class EventHub:
             )
         elif isinstance(message, StreamCloseMessage):
             self._streams.pop(message.stream, None)
-        self.fanout.publish(
-            Frame(text, stream),
-            backlog=isinstance(message, _BACKLOG_TYPES),
-            ends_stream=isinstance(message, StreamCloseMessage),
-        )
+        role: BacklogRole = "none"
+        if isinstance(message, StreamOpenMessage):
+            role = "open"
+        elif isinstance(message, StreamCloseMessage):
+            role = "close"
+        elif isinstance(message, _BACKLOG_TYPES):
+            role = "event"
+        self.fanout.publish(Frame(text, stream), backlog=role)
         self.events_published += 1
         if isinstance(message, WindowMessage):
             logger.debug("window %s#%d %s", message.stream, message.seq, message.smoothed_label)

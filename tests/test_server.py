@@ -116,7 +116,8 @@ def test_hello_then_backlog_then_live_events() -> None:
                 assert hello.labels == LABELS and hello.model == "test-model"
                 assert [s.stream for s in hello.streams] == ["call"]
                 assert hello.streams[0].metadata == {"role": "agent"}
-                backlog = [await receive(ws) for _ in range(3)]
+                backlog = [await receive(ws) for _ in range(4)]
+                assert isinstance(backlog[0], StreamOpenMessage)
                 hub.publish_event(label("call", 3))
                 hub.publish_event(StreamClosed("call", 3.5, time.time()))
                 live = await receive_until(ws, lambda m: isinstance(m, StreamCloseMessage))
@@ -128,7 +129,7 @@ def test_hello_then_backlog_then_live_events() -> None:
 
 
 def test_backlog_is_bounded_and_kept_after_stream_end() -> None:
-    """The backlog holds the last N events of a stream, and its close once the stream ended."""
+    """The backlog holds a stream's open, its last N events, and its close once it ended."""
 
     async def scenario() -> None:
         async with running(backlog_per_stream=2) as (hub, server):
@@ -139,9 +140,10 @@ def test_backlog_is_bounded_and_kept_after_stream_end() -> None:
             async with connect(server.ws_url) as ws:
                 hello = await receive(ws)
                 assert isinstance(hello, Hello) and hello.streams == ()
-                got = [await receive(ws) for _ in range(3)]
-            assert [getattr(m, "seq", None) for m in got] == [3, 4, None]
-            assert isinstance(got[2], StreamCloseMessage)
+                got = [await receive(ws) for _ in range(4)]
+            assert [getattr(m, "seq", None) for m in got] == [None, 3, 4, None]
+            assert isinstance(got[0], StreamOpenMessage)
+            assert isinstance(got[3], StreamCloseMessage)
 
     run(scenario())
 

@@ -1,0 +1,291 @@
+"""``run`` end to end: a file through the real engine and server to real clients, the store, analyze."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from client.messages import (
+    Hello,
+    Message,
+    SpeechEndMessage,
+    SpeechStartMessage,
+    StatsMessage,
+    StreamCloseMessage,
+    StreamOpenMessage,
+    WindowMessage,
+    decode,
+    encode,
+)
+from client.timeline import read_timeline, window_row
+from server.config import ServerConfig
+from server.monitor import Monitor, analyze_files
+from server.store import read_events
+from streamer.engine import EngineConfig
+from streamer.models import load_model
+from streamer.sources import FileSource
+from tests.conftest import REPO, TIMEOUT_S, speech_like
+
+TIMING = ("session", "wall_time")
+
+
+def write_call(path: Path, *, rate_hz: int = 16000, seconds: tuple[float, ...] = (2.5, 1.5),
+               stereo: bool = False) -> Path:
+    """Speech-like bursts separated by silences, written as a WAV file."""
+    parts = [np.zeros(rate_hz // 2, np.float32)]
+    for i, length in enumerate(seconds):
+        parts.append(speech_like(length, rate_hz=rate_hz, seed=i, pitch_hz=120.0 + 60 * i))
+        parts.append(np.zeros(int(0.8 * rate_hz), np.float32))
+    audio = np.concatenate(parts)
+    sf.write(path, np.stack([audio, audio * 0.5], axis=1) if stereo else audio, rate_hz)
+    return path
+
+
+def comparable(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k not in TIMING}
+
+
+def assert_rows_match(streamed: list[dict[str, Any]], analyzed: list[dict[str, Any]]) -> None:
+    assert len(streamed) == len(analyzed) > 0
+    for a, b in zip(streamed, analyzed, strict=True):
+        a, b = comparable(a), comparable(b)
+        assert a.keys() == b.keys()
+        for key in a:
+            if isinstance(a[key], float):
+                assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+            else:
+                assert a[key] == b[key], key
+
+
+def run(coro: Awaitable[Any]) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, TIMEOUT_S * 4))  # type: ignore[arg-type]
+
+
+async def receive(ws: ClientConnection) -> Message:
+    return decode(await asyncio.wait_for(ws.recv(), TIMEOUT_S))
+
+
+async def receive_stream(ws: ClientConnection) -> list[Message]:
+    """Everything up to and including the first stream_close."""
+    got = []
+    while not got or not isinstance(got[-1], StreamCloseMessage):
+        got.append(await receive(ws))
+    return got
+
+
+async def receive_rest(ws: ClientConnection) -> list[Message]:
+    """Everything until the server closes the connection."""
+    got = []
+    try:
+        while True:
+            got.append(await receive(ws))
+    except ConnectionClosed:
+        return got
+
+
+def check_order(messages: list[Message], stream: str) -> list[WindowMessage]:
+    """Stream events in order: open first, close last, windows with seq 0, 1, 2, ..."""
+    mine = [m for m in messages if getattr(m, "stream", None) == stream]
+    assert isinstance(mine[0], StreamOpenMessage)
+    assert isinstance(mine[-1], StreamCloseMessage)
+    windows = [m for m in mine if isinstance(m, WindowMessage)]
+    assert [w.seq for w in windows] == list(range(len(windows)))
+    assert all(b.end_s > a.end_s for a, b in zip(windows, windows[1:], strict=False))
+    starts = [m for m in mine if isinstance(m, SpeechStartMessage)]
+    ends = [m for m in mine if isinstance(m, SpeechEndMessage)]
+    assert len(starts) == len(ends) >= 1
+    return windows
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_wav2vec2: Path) -> Any:
+    return load_model(str(tiny_wav2vec2), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def bundled_model() -> Any:
+    return load_model(None, device="cpu")
+
+
+@pytest.mark.parametrize("model_name", ["bundled", "tiny"])
+def test_file_reaches_client_in_order_and_matches_analyze(
+    tmp_path: Path, model_name: str, request: pytest.FixtureRequest
+) -> None:
+    """A file streamed in real time reaches a client in order; analyze writes the same rows."""
+    model = request.getfixturevalue("bundled_model" if model_name == "bundled" else "tiny_model")
+    wav = write_call(tmp_path / "call.wav")
+    store = tmp_path / "store.sqlite3"
+    config = ServerConfig(port=0, store_path=store, shutdown_timeout_s=TIMEOUT_S)
+
+    async def scenario() -> tuple[Hello, list[Message], list[Message]]:
+        async with Monitor(model, engine_config=EngineConfig(), server_config=config,
+                           sources=[FileSource(wav)]) as monitor:
+            async with connect(monitor.ws_url) as ws:
+                hello = await receive(ws)
+                assert isinstance(hello, Hello)
+                streamed = await receive_stream(ws)
+                closing = asyncio.create_task(monitor.close())
+                rest = await receive_rest(ws)
+                await closing
+                assert ws.close_code == 1001
+        return hello, streamed, rest
+
+    hello, streamed, rest = run(scenario())
+    assert hello.labels == model.labels and hello.window_s == 2.0 and hello.hop_s == 0.5
+    windows = check_order(streamed, "call")
+    stats = [m for m in streamed + rest if isinstance(m, StatsMessage)]
+    assert stats and stats[-1].windows_dropped == 0  # else rows could not match analyze
+
+    out = tmp_path / "analyzed.csv"
+    analyze_files(model, [wav], out, engine_config=EngineConfig())
+    rows = [window_row(w, model.labels, session=hello.session) for w in windows]
+    assert_rows_match(rows, read_timeline(out))
+
+    # the store holds every event the client received, exactly as sent
+    stored = [encode(m) for _, m in read_events(store)]
+    received = [encode(m) for m in streamed + rest]
+    assert set(received) <= set(stored)
+    assert [m for m in stored if '"type":"window"' in m] == [
+        encode(w) for w in windows
+    ]
+
+
+def test_no_realtime_monitor_matches_analyze_on_a_resampled_stereo_file(
+    tmp_path: Path, tiny_model: Any
+) -> None:
+    """--no-realtime at 44.1 kHz stereo: a late client gets every window from the backlog."""
+    wav = write_call(tmp_path / "stereo.wav", rate_hz=44100, stereo=True)
+    config = ServerConfig(port=0, store_path=None, shutdown_timeout_s=TIMEOUT_S)
+    engine_config = EngineConfig(realtime=False)
+
+    async def scenario() -> list[Message]:
+        async with Monitor(tiny_model, engine_config=engine_config, server_config=config,
+                           sources=[FileSource(wav, realtime=False)]) as monitor:
+            await monitor.sources_done.wait()
+            async with connect(monitor.ws_url) as ws:
+                assert isinstance(await receive(ws), Hello)
+                return await receive_stream(ws)
+
+    streamed = run(scenario())
+    windows = check_order(streamed, "stereo")
+    out = tmp_path / "analyzed.jsonl"
+    analyze_files(tiny_model, [wav], out, engine_config=EngineConfig())
+    assert_rows_match([window_row(w, tiny_model.labels) for w in windows], read_timeline(out))
+
+
+def test_urdu_call_analyze_matches_run(urdu_dir: Path, tmp_path: Path, bundled_model: Any) -> None:
+    """A call assembled from URDU clips with pauses: run (no realtime) and analyze agree."""
+    clips = [sorted((urdu_dir / label).glob("*.wav"))[0] for label in ("Angry", "Neutral", "Sad")]
+    parts = []
+    rate = sf.info(str(clips[0])).samplerate
+    for clip in clips:
+        audio, clip_rate = sf.read(str(clip), dtype="float32", always_2d=True)
+        assert clip_rate == rate
+        parts += [audio[:, 0], np.zeros(int(1.2 * rate), np.float32)]
+    wav = tmp_path / "urdu-call.wav"
+    sf.write(wav, np.concatenate(parts), rate)
+    config = ServerConfig(port=0, store_path=None, shutdown_timeout_s=TIMEOUT_S)
+
+    async def scenario() -> list[Message]:
+        async with Monitor(bundled_model, engine_config=EngineConfig(realtime=False),
+                           server_config=config,
+                           sources=[FileSource(wav, realtime=False)]) as monitor:
+            await monitor.sources_done.wait()
+            async with connect(monitor.ws_url) as ws:
+                assert isinstance(await receive(ws), Hello)
+                return await receive_stream(ws)
+
+    windows = check_order(run(scenario()), "urdu-call")
+    out = tmp_path / "urdu.csv"
+    analyze_files(bundled_model, [wav], out, engine_config=EngineConfig())
+    assert_rows_match([window_row(w, bundled_model.labels) for w in windows], read_timeline(out))
+
+
+class Child:
+    """``python -m server run ...`` in a subprocess; stdout lines read by a thread."""
+
+    def __init__(self, args: list[str], cwd: Path) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+        env["PYTHONUNBUFFERED"] = "1"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "server", "--log-level", "WARNING", "run", *args],
+            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def wait_for(self, pattern: str) -> re.Match[str]:
+        while True:
+            line = self.lines.get(timeout=TIMEOUT_S * 2)
+            if line is None:
+                raise AssertionError(f"child exited: {self.stderr()}")
+            match = re.search(pattern, line)
+            if match:
+                return match
+
+    def stderr(self) -> str:
+        self.proc.wait(TIMEOUT_S)
+        assert self.proc.stderr is not None
+        return self.proc.stderr.read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(TIMEOUT_S)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+        self._reader.join(TIMEOUT_S)
+
+
+def test_subprocess_run_sigterm_closes_clients_1001_and_keeps_the_store(
+    tmp_path: Path, tiny_wav2vec2: Path
+) -> None:
+    """`run --source FILE --port 0` prints its URL; SIGTERM: clients get 1001, exit 0, store kept."""
+    wav = write_call(tmp_path / "call.wav", seconds=(2.5,))
+    store = tmp_path / "timeline.sqlite3"
+    child = Child(["--source", str(wav), "--port", "0", "--store", str(store),
+                   "--model", str(tiny_wav2vec2), "--model-device", "cpu"], tmp_path)
+    try:
+        port = int(child.wait_for(r"dashboard: http://127\.0\.0\.1:(\d+)/").group(1))
+
+        async def scenario() -> tuple[list[Message], list[Message], int | None]:
+            async with connect(f"ws://127.0.0.1:{port}/ws") as ws:
+                assert isinstance(await receive(ws), Hello)
+                streamed = await receive_stream(ws)
+                child.proc.send_signal(signal.SIGTERM)
+                rest = await receive_rest(ws)
+                return streamed, rest, ws.close_code
+
+        streamed, rest, code = run(scenario())
+        assert code == 1001
+        assert child.proc.wait(TIMEOUT_S) == 0, child.stderr()
+    finally:
+        child.close()
+    windows = check_order(streamed, "call")
+    assert windows
+    stored = [encode(m) for _, m in read_events(store)]
+    assert {encode(m) for m in streamed + rest} <= set(stored)
