@@ -1,4 +1,4 @@
-"""``run`` end to end: a file through the real engine and server to real clients, the store, analyze."""
+"""`run` end to end: a file through the real engine and server to clients, the store, analyze."""
 
 from __future__ import annotations
 
@@ -264,7 +264,7 @@ class Child:
 def test_subprocess_run_sigterm_closes_clients_1001_and_keeps_the_store(
     tmp_path: Path, tiny_wav2vec2: Path
 ) -> None:
-    """`run --source FILE --port 0` prints its URL; SIGTERM: clients get 1001, exit 0, store kept."""
+    """`run --source FILE --port 0` prints its URL; SIGTERM: clients get 1001, store kept."""
     wav = write_call(tmp_path / "call.wav", seconds=(2.5,))
     store = tmp_path / "timeline.sqlite3"
     child = Child(["--source", str(wav), "--port", "0", "--store", str(store),
