@@ -45,8 +45,9 @@ class _Page(HTMLParser):
         if attributes.get("aria-live"):
             self.live.add(str(attributes.get("id")))
         for name in ("src", "href"):
-            if attributes.get(name):
-                self.resources.append(str(attributes[name]))
+            value = attributes.get(name)
+            if value and not value.startswith("data:"):
+                self.resources.append(value)
 
 
 def fetch(url: str) -> tuple[int, str, str]:

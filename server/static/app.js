@@ -7,7 +7,8 @@
   "use strict";
 
   var PROTOCOL_VERSION = 1;
-  var CHART_SPAN_S = 180;          // seconds of stream time shown in the chart
+  var CHART_SPAN_S = 180;          // seconds of stream time shown in the chart, at most
+  var MIN_SPAN_S = 30;             // the axis starts this wide and grows with the data
   var MAX_POINTS = 4000;           // per stream, a hard cap whatever the hop
   var BACKOFF_INITIAL_MS = 500;
   var BACKOFF_MAX_MS = 10000;
@@ -333,9 +334,13 @@
     var L = 40, R = 10, T = 10, B = 28;
     var w = cssW - L - R, h = cssH - T - B;
     var hist = s ? s.history : [];
-    var t1 = hist.length ? hist[hist.length - 1].end : CHART_SPAN_S;
-    var t0 = t1 - CHART_SPAN_S;
-    var x = function (t) { return L + (t - t0) / CHART_SPAN_S * w; };
+    // the axis grows from MIN_SPAN_S with the data, then rolls once it spans CHART_SPAN_S
+    var tFirst = hist.length ? Math.floor(hist[0].end) : 0;
+    var tLast = hist.length ? hist[hist.length - 1].end : 0;
+    var span = Math.min(CHART_SPAN_S, Math.max(MIN_SPAN_S, tLast - tFirst));
+    var t0 = tLast - tFirst < span ? tFirst : tLast - span;
+    var t1 = t0 + span;
+    var x = function (t) { return L + (t - t0) / span * w; };
     var y = function (p) { return T + (1 - p) * h; };
 
     ctx.font = "11px system-ui, sans-serif";
@@ -350,7 +355,7 @@
     });
     ctx.textAlign = "center";
     ctx.textBaseline = "top";
-    var step = niceStep(CHART_SPAN_S);
+    var step = niceStep(span);
     for (var t = Math.ceil(Math.max(0, t0) / step) * step; t <= t1; t += step) {
       ctx.beginPath(); ctx.moveTo(x(t), T); ctx.lineTo(x(t), T + h); ctx.stroke();
       ctx.fillText(t + " s", x(t), T + h + 6);
