@@ -7,10 +7,10 @@ import io
 
 from conftest import TIMEOUT_S
 from rich.console import Console
-from test_client_api import hello, real_server, window
+from test_client_api import StandInServer, hello, real_server, window
 from test_log import start_command, wait_for_line
 
-from client.api import Disconnected
+from client.api import Disconnected, EventClient
 from client.messages import (
     SpeechEndMessage,
     SpeechStartMessage,
@@ -18,7 +18,7 @@ from client.messages import (
     StreamCloseMessage,
     StreamOpenMessage,
 )
-from client.watch import WatchState, format_event, label_style, render
+from client.watch import WatchState, format_event, label_style, render, watch_live
 
 STATS = StatsMessage(
     wall_time=1.7e9,
@@ -116,3 +116,22 @@ def test_watch_command_prints_plain_lines_when_not_a_terminal() -> None:
     assert lines[0].startswith("hello session=run1 model=tiny ")
     assert [line.split()[2] for line in lines if line.startswith("window ")] == ["#0", "#1", "#2"]
     assert lines[-1].startswith("disconnected: server closed the connection (1001")
+
+
+def test_live_view_draws_events_and_reconnects() -> None:
+    """watch_live draws a server's windows on a terminal and shows a lost connection."""
+
+    async def main() -> str:
+        console = Console(file=io.StringIO(), force_terminal=True, width=120)
+        script = [hello("run1"), window(0), window(1), window(2), STATS]
+        async with StandInServer([script]) as server:
+            client = EventClient(server.url, backoff_initial_s=0.01, backoff_max_s=0.05)
+            async with asyncio.timeout(TIMEOUT_S), asyncio.TaskGroup() as group:
+                group.create_task(watch_live(client, console, refresh_s=0.05))
+                await server.exhausted.wait()  # the client is back: it drew the first run
+                await client.close()
+        return console.file.getvalue()  # type: ignore[attr-defined]
+
+    text = asyncio.run(main())
+    assert "HAPPY" in text and "#2 1.0-3.0s" in text and "lag=0.25s" in text
+    assert "reconnecting in" in text
