@@ -5,6 +5,7 @@ Imports only the wire schema and websockets: never torch, sounddevice or the ser
 
 from __future__ import annotations
 
+from .api import Disconnected, EventClient, events, normalize_url
 from .errors import ClientError
 from .messages import (
     PROTOCOL_VERSION,
@@ -27,7 +28,9 @@ from .messages import (
 __all__ = [
     "PROTOCOL_VERSION",
     "ClientError",
+    "Disconnected",
     "ErrorMessage",
+    "EventClient",
     "Hello",
     "Message",
     "MessageError",
@@ -41,4 +44,6 @@ __all__ = [
     "WindowMessage",
     "decode",
     "encode",
+    "events",
+    "normalize_url",
 ]
