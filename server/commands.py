@@ -232,6 +232,8 @@ def _run(args: argparse.Namespace) -> int:
 
     server_config = _server_config(args)
     engine_config = _engine_config(args, realtime=args.realtime)
+    if server_config.store_path is not None and not server_config.store_path.parent.is_dir():
+        raise ServerError(f"--store {server_config.store_path}: the folder does not exist")
     sources: list[Any] = []
     if args.source == "mic":
         from streamer.capture import MicrophoneSource
@@ -241,8 +243,6 @@ def _run(args: argparse.Namespace) -> int:
         from streamer.sources import FileSource
 
         sources.append(FileSource(args.source, channel=args.channel, realtime=args.realtime))
-    if server_config.store_path is not None and not server_config.store_path.parent.is_dir():
-        raise ServerError(f"--store {server_config.store_path}: the folder does not exist")
     try:
         model = load_model(args.model, device=args.model_device)
         _quiet_websockets()

@@ -82,7 +82,7 @@ async def receive(ws: ClientConnection) -> Message:
 
 async def receive_stream(ws: ClientConnection) -> list[Message]:
     """Everything up to and including the first stream_close."""
-    got = []
+    got: list[Message] = []
     while not got or not isinstance(got[-1], StreamCloseMessage):
         got.append(await receive(ws))
     return got
@@ -90,7 +90,7 @@ async def receive_stream(ws: ClientConnection) -> list[Message]:
 
 async def receive_rest(ws: ClientConnection) -> list[Message]:
     """Everything until the server closes the connection."""
-    got = []
+    got: list[Message] = []
     try:
         while True:
             got.append(await receive(ws))

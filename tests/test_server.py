@@ -80,7 +80,7 @@ async def receive(ws: ClientConnection) -> Message:
 
 
 async def receive_until(ws: ClientConnection, done: Callable[[Message], bool]) -> list[Message]:
-    got = []
+    got: list[Message] = []
     while True:
         message = await receive(ws)
         got.append(message)
