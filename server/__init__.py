@@ -12,6 +12,21 @@ from typing import Any
 _EXPORTS: dict[str, str] = {
     "ServerError": "server.errors",
     "main": "server.cli",
+    "ServerConfig": "server.config",
+    "DEFAULT_STORE_PATH": "server.config",
+    "EventServer": "server.app",
+    "EventHub": "server.hub",
+    "ModelInfo": "server.hub",
+    "FanOut": "server.fanout",
+    "Backlog": "server.fanout",
+    "ClientQueue": "server.fanout",
+    "TimelineStore": "server.store",
+    "export_timeline": "server.store",
+    "read_events": "server.store",
+    "read_sessions": "server.store",
+    "Monitor": "server.monitor",
+    "analyze_files": "server.monitor",
+    "event_message": "server.convert",
 }
 
 __all__ = sorted(_EXPORTS)
