@@ -289,3 +289,26 @@ def test_subprocess_run_sigterm_closes_clients_1001_and_keeps_the_store(
     assert windows
     stored = [encode(m) for _, m in read_events(store)]
     assert {encode(m) for m in streamed + rest} <= set(stored)
+
+
+def test_run_exit_when_done_records_every_window(
+    tmp_path: Path, tiny_wav2vec2: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`run --source FILE --no-realtime --exit-when-done` exits 0 with every window stored."""
+    from server.cli import main
+    from server.store import export_timeline
+
+    wav = write_call(tmp_path / "call.wav")
+    store = tmp_path / "store.sqlite3"
+    code = main(["run", "--source", str(wav), "--port", "0", "--no-realtime", "--exit-when-done",
+                 "--store", str(store), "--model", str(tiny_wav2vec2), "--model-device", "cpu"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"^dashboard: http://127\.0\.0\.1:\d+/$", printed, re.MULTILINE)
+    assert f"store:     {store}" in printed
+    exported = tmp_path / "exported.csv"
+    assert export_timeline(store, exported) > 0
+    analyzed = tmp_path / "analyzed.csv"
+    analyze_files(load_model(str(tiny_wav2vec2), device="cpu"), [wav], analyzed,
+                  engine_config=EngineConfig())
+    assert_rows_match(read_timeline(exported), read_timeline(analyzed))
