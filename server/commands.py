@@ -173,6 +173,12 @@ def _add_server_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes,
                        help="largest client frame; bigger ones close with 1009 "
                        f"(default: {d.max_message_bytes})")
+    group.add_argument("--max-client-errors", type=int, default=d.max_client_errors,
+                       help="rejected frames one client may send before it is closed with 1008 "
+                       f"(default: {d.max_client_errors})")
+    group.add_argument("--static-dir", type=Path, default=d.static_dir,
+                       help="folder whose files are served at GET / (default: the bundled "
+                       "dashboard)")
     group.add_argument("--shutdown-timeout-s", type=float, default=d.shutdown_timeout_s,
                        help="time clients get to receive queued events at shutdown "
                        f"(default: {d.shutdown_timeout_s})")
@@ -214,7 +220,9 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
         backlog_per_stream=args.backlog_per_stream,
         stats_interval_s=args.stats_interval_s,
         max_message_bytes=args.max_message_bytes,
+        max_client_errors=args.max_client_errors,
         shutdown_timeout_s=args.shutdown_timeout_s,
+        static_dir=args.static_dir,
     )
 
 

@@ -388,3 +388,53 @@ def test_store_session_and_messages(tmp_path: Path) -> None:
         store.record(message, encode(message))
         store.close()
     assert list(read_events(path)) == [("abc", message)]
+
+
+def test_client_queue_drops_oldest_and_skips_unsubscribed() -> None:
+    """A full queue drops its oldest frame (counted); a new subscription skips queued frames."""
+    from server.fanout import ClientQueue, Frame, QueueClosed
+
+    async def scenario() -> None:
+        queue = ClientQueue(3)
+        for n, stream in enumerate(["b", "a", "b", "a"]):
+            queue.put(Frame(f"{stream}{n}", stream))
+        assert queue.dropped == 1 and len(queue) == 3
+        queue.subscribe(["a"])
+        assert queue.wants(None) and not queue.wants("b")
+        queue.close()
+        assert [await queue.get() for _ in range(2)] == ["a1", "a3"]
+        with pytest.raises(QueueClosed):
+            await queue.get()
+
+    run(scenario())
+
+
+def test_backlog_merges_streams_in_original_order() -> None:
+    """Backlog frames of several streams come back in the order they were published."""
+    backlog = Backlog(per_stream=10, max_ended_streams=1)
+    backlog.open("a", "a-open")
+    backlog.open("b", "b-open")
+    backlog.add("a", "a1")
+    backlog.add("b", "b1")
+    backlog.end("a", "a-close")
+    backlog.add("b", "b2")
+    assert [f.text for f in backlog.frames()] == ["a-open", "b-open", "a1", "b1", "a-close", "b2"]
+    assert [f.text for f in backlog.frames(["b"])] == ["b-open", "b1", "b2"]
+    backlog.end("b", "b-close")  # only one ended stream is kept: a is forgotten
+    assert [f.text for f in backlog.frames()] == ["b-open", "b1", "b2", "b-close"]
+
+
+def test_store_failure_keeps_clients_served(tmp_path: Path) -> None:
+    """If the store stops accepting writes, clients still get events and the loss is counted."""
+
+    async def scenario() -> None:
+        async with running(tmp_path) as (hub, server):
+            async with connect(server.ws_url) as ws:
+                assert isinstance(await receive(ws), Hello)
+                assert hub.store is not None
+                hub.store.close()
+                hub.publish_event(label("a", 0))
+                assert isinstance(await receive(ws), WindowMessage)
+                assert hub.events_lost == 1
+
+    run(scenario())
