@@ -269,6 +269,8 @@ def decode(frame: str | bytes) -> Message:
         raise MessageError(
             f"not valid JSON: {exc.msg} at position {exc.pos}", "bad_json"
         ) from exc
+    except RecursionError as exc:  # e.g. "[[[[...": the parser gives up before the end
+        raise MessageError("not valid JSON: nested too deeply", "bad_json") from exc
     if not isinstance(body, dict):
         raise MessageError("a message must be a JSON object")
     kind = body.get("type")

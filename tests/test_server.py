@@ -173,6 +173,7 @@ def test_subscribe_filters_streams() -> None:
     ("frame", "code"),
     [
         ("{", "bad_json"),
+        ("[" * 50_000, "bad_json"),
         (b"\x00\x01", "binary_frame"),
         ('{"type":"nope","v":1}', "unknown_type"),
         ('{"type":"subscribe","v":7}', "bad_version"),
