@@ -182,22 +182,40 @@ def test_silence_yields_no_labels(
 def test_losing_the_audio_server_is_reported_and_store_kept(
     private_pulse_server: PulseServer, start_monitor: Any, sentence_wav: Path, tmp_path: Path
 ) -> None:
-    """Killing PulseAudio mid-run: one clear stderr line, no hang, the store keeps the windows."""
+    """Killing PulseAudio mid-run: one clear error line, no hang, the store keeps the windows."""
     store = tmp_path / "timeline.sqlite3"
     pulse = private_pulse_server
     monitor = start_monitor(["--port", "0", "--store", str(store)], env=pulse.env)
     wait_capturing(pulse, monitor, tmp_path)
-    recorder = asyncio.run(record_while_playing(monitor, pulse, [sentence_wav]))
-    received = recorder.keys()
-    assert received
 
-    pulse.kill()
-    # Documented behaviour: the monitor stops with a non-zero exit code and one error line.
+    async def scenario() -> Recorder:
+        recorder = Recorder()
+        task = asyncio.create_task(recorder.run(monitor.ws_url))
+        try:
+            await recorder.wait_for(lambda r: bool(r.of("hello")), timeout_s=TIMEOUT_S,
+                                    what="hello")
+            await asyncio.to_thread(play, pulse, sentence_wav)
+            await recorder.wait_for(lambda r: len(r.windows()) >= 1 and bool(r.of("speech_end")),
+                                    timeout_s=TIMEOUT_S * 2, what="windows and speech_end")
+            pulse.kill()
+            # Documented (docs/protocol.md): the stream closes with reason "error"; the
+            # monitor then stops and closes its clients.
+            await recorder.wait_for(lambda r: r.closed, timeout_s=TIMEOUT_S * 2,
+                                    what="the monitor to close the connection")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        return recorder
+
+    recorder = asyncio.run(scenario())
+    closes = recorder.of("stream_close")
+    assert [c["reason"] for c in closes] == ["error"], closes
+    # Documented (server/cli.py): an error a user can fix is one line and exit code 2.
     code = monitor.process.wait_exit(timeout_s=TIMEOUT_S * 2)
-    stderr = "\n".join(monitor.process.stderr)
-    assert code != 0, monitor.output()
-    assert "Traceback" not in stderr, stderr
-    errors = [line for line in monitor.process.stderr
-              if "device" in line.lower() or "audio" in line.lower()]
-    assert errors, f"no line about the lost device on stderr:\n{stderr}"
-    assert received <= store_windows(store)
+    stderr = monitor.process.stderr
+    assert code == 2, monitor.output()
+    assert not any("Traceback" in line for line in stderr), monitor.output()
+    assert stderr[-1].startswith("emotion-monitor run: error: "), monitor.output()
+    assert "device" in stderr[-1], stderr[-1]
+    received = recorder.keys()
+    assert received and received <= store_windows(store, session=recorder.session())
