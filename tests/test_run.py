@@ -312,3 +312,58 @@ def test_run_exit_when_done_records_every_window(
     analyze_files(load_model(str(tiny_wav2vec2), device="cpu"), [wav], analyzed,
                   engine_config=EngineConfig())
     assert_rows_match(read_timeline(exported), read_timeline(analyzed))
+
+
+class VanishingDevice:
+    """An outer-boundary fake of a capture device: some speech, then it disappears."""
+
+    name = "mic"
+    sample_rate_hz = 16000
+
+    def __init__(self, seconds: float) -> None:
+        self.audio = speech_like(seconds)
+        self.closed = False
+
+    async def _blocks(self) -> Any:
+        for start in range(0, self.audio.size, 1600):
+            await asyncio.sleep(0)
+            yield self.audio[start:start + 1600]
+        from streamer.errors import AudioError
+
+        raise AudioError("input device 'fake' stopped delivering audio (disconnected?)")
+
+    def __aiter__(self) -> Any:
+        return self._blocks()
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_lost_device_closes_its_stream_with_error_and_the_rest_keeps_running(
+    tmp_path: Path, tiny_model: Any
+) -> None:
+    """A source that fails mid-way: its stream closes with reason error; the other goes on."""
+    wav = write_call(tmp_path / "call.wav", seconds=(2.5,))
+    config = ServerConfig(port=0, store_path=tmp_path / "s.sqlite3", shutdown_timeout_s=TIMEOUT_S)
+    device = VanishingDevice(3.0)
+
+    async def scenario() -> tuple[list[Message], Monitor]:
+        async with Monitor(tiny_model, engine_config=EngineConfig(realtime=False),
+                           server_config=config,
+                           sources=[device, FileSource(wav, realtime=False)]) as monitor:
+            await monitor.sources_done.wait()
+            async with connect(monitor.ws_url) as ws:
+                assert isinstance(await receive(ws), Hello)
+                got = [await receive(ws)]
+                while sum(isinstance(m, StreamCloseMessage) for m in got) < 2:
+                    got.append(await receive(ws))
+            return got, monitor
+
+    got, monitor = run(scenario())
+    closes = {m.stream: m.reason for m in got if isinstance(m, StreamCloseMessage)}
+    assert closes == {"mic": "error", "call": "end"}
+    assert [str(e) for e in monitor.errors] == [
+        "input device 'fake' stopped delivering audio (disconnected?)"
+    ]
+    assert device.closed
+    assert check_order(got, "call") and check_order(got, "mic")
