@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 from conftest import TIMEOUT_S
 
 from .browser import chromium_page
-from .monitor import Monitor
+from .monitor import Monitor, Recorder
 
 pytestmark = pytest.mark.slow
 
@@ -43,6 +44,7 @@ async def page_state(page: Any) -> dict[str, Any]:
             label: $('current-label').dataset.label,
             label_text: $('current-label').textContent.trim(),
             confidence: $('current-confidence').dataset.value,
+            window_info: $('window-info').textContent.trim(),
             points: Number($('chart').dataset.points),
             chart_stream: $('chart').dataset.stream,
             options: Array.from($('stream-select').options).map(o => o.value),
@@ -64,6 +66,9 @@ def test_dashboard_shows_live_labels_and_reconnects(
     monitor: Monitor = start_monitor(["--source", str(speech_wav), "--port", "0", "--no-store"])
 
     async def scenario() -> dict[str, Any]:
+        # A Python client on the same server: what the page shows must be what was sent.
+        recorder = Recorder()
+        client = asyncio.create_task(recorder.run(monitor.ws_url))
         async with chromium_page(chromium, tmp_path, timeout_s=TIMEOUT_S) as (page, console):
             await page.goto(monitor.url)
             await wait_js(page, "() => document.getElementById('connection-state')"
@@ -76,6 +81,16 @@ def test_dashboard_shows_live_labels_and_reconnects(
                                 ".dataset.points) > n", first["points"], what="more chart points")
             live = await page_state(page)
             await page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+            match = re.match(r"#(\d+) ", live["window_info"])
+            assert match, live
+            shown_seq = int(match.group(1))
+            await recorder.wait_for(
+                lambda r: any(w["seq"] == shown_seq for w in r.windows()),
+                timeout_s=TIMEOUT_S, what=f"window {shown_seq} at the Python client",
+            )
+            shown = next(w for w in recorder.windows() if w["seq"] == shown_seq)
+            client.cancel()
+            await asyncio.gather(client, return_exceptions=True)
 
             # Stream selector: lists the stream the windows came from; choosing it shows it.
             stream = live["chart_stream"]
@@ -103,7 +118,8 @@ def test_dashboard_shows_live_labels_and_reconnects(
                                 ".dataset.points) >= 1", what="chart points of the new run")
             after = await page_state(page)
             await page.screenshot(path=str(tmp_path / "dashboard-after-restart.png"))
-            return {"first": first, "live": live, "after": after, "console": console}
+            return {"first": first, "live": live, "after": after, "console": console,
+                    "shown": shown}
 
     seen = asyncio.run(scenario())
     first, live, after = seen["first"], seen["live"], seen["after"]
@@ -112,7 +128,9 @@ def test_dashboard_shows_live_labels_and_reconnects(
     assert live["connection"] == "connected"
     assert live["label"] in labels | {"uncertain"}, live
     assert live["label_text"] == live["label"], live
-    assert 0.0 <= float(live["confidence"]) <= 1.0, live
+    # The label and confidence on the page are those of the window it says it shows.
+    assert live["label"] == seen["shown"]["smoothed_label"], (live, seen["shown"])
+    assert float(live["confidence"]) == pytest.approx(seen["shown"]["smoothed_confidence"])
     assert live["bars"] == live["labels"], live
     assert live["points"] > first["points"], (first, live)
     assert after["session"] != live["session"] and after["connection"] == "connected", after
