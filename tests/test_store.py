@@ -1,0 +1,85 @@
+"""The SQLite timeline store: WAL, commits visible to other readers, schema and label checks."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from client.messages import Hello, StreamOpenMessage, WindowMessage, encode
+from server.errors import ServerError
+from server.store import (
+    SCHEMA_VERSION,
+    TimelineStore,
+    export_timeline,
+    read_events,
+    read_sessions,
+)
+
+
+def hello(session: str, labels: tuple[str, ...] = ("a", "b")) -> Hello:
+    return Hello(session=session, model="m", labels=labels, window_s=2.0, hop_s=0.5,
+                 sample_rate_hz=16000)
+
+
+def window(seq: int, labels: tuple[str, ...] = ("a", "b")) -> WindowMessage:
+    probs = {label: 1.0 / len(labels) for label in labels}
+    return WindowMessage("s", seq, seq * 0.5, seq * 0.5 + 2, 1.0, probs, labels[0], 0.5,
+                         labels[0], 0.5)
+
+
+def test_wal_mode_and_every_record_is_committed(tmp_path: Path) -> None:
+    """The file is in WAL mode and each record is visible to another connection at once."""
+    path = tmp_path / "s.sqlite3"
+    with TimelineStore(path) as store:
+        store.start_session(hello("one"), started_at=1.0)
+        reader = sqlite3.connect(path)
+        try:
+            assert reader.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            for seq in range(3):
+                store.record(window(seq), encode(window(seq)))
+                count = reader.execute("SELECT count(*) FROM events").fetchone()[0]
+                assert count == seq + 1
+        finally:
+            reader.close()
+    assert [s.session for s in read_sessions(path)] == ["one"]
+
+
+def test_record_needs_a_session_and_an_open_store(tmp_path: Path) -> None:
+    """Recording before start_session or after close is refused with a ServerError."""
+    store = TimelineStore(tmp_path / "s.sqlite3").open()
+    message = StreamOpenMessage("s", 16000, 1.0)
+    with pytest.raises(ServerError, match="start_session"):
+        store.record(message, encode(message))
+    store.start_session(hello("x"), started_at=1.0)
+    store.close()
+    store.close()
+    with pytest.raises(ServerError, match="not open"):
+        store.record(message, encode(message))
+
+
+def test_other_schema_versions_are_refused(tmp_path: Path) -> None:
+    """A store written by another schema version is refused for writing and reading."""
+    path = tmp_path / "s.sqlite3"
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    db.close()
+    with pytest.raises(ServerError, match="schema"):
+        TimelineStore(path).open()
+    with pytest.raises(ServerError, match="schema"):
+        read_sessions(path)
+
+
+def test_export_refuses_sessions_with_different_labels(tmp_path: Path) -> None:
+    """Sessions of models with different labels cannot share one timeline without --session."""
+    path = tmp_path / "s.sqlite3"
+    for session, labels in (("one", ("a", "b")), ("two", ("x", "y", "z"))):
+        with TimelineStore(path) as store:
+            store.start_session(hello(session, labels), started_at=len(session))
+            store.record(window(0, labels), encode(window(0, labels)))
+    with pytest.raises(ServerError, match="different labels"):
+        export_timeline(path, tmp_path / "all.csv")
+    assert export_timeline(path, tmp_path / "two.csv", session="two") == 1
+    assert export_timeline(path, tmp_path / "latest.jsonl", session="latest") == 1
+    assert [m for _, m in read_events(path, session="one")] == [window(0)]
