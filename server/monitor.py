@@ -23,7 +23,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -32,7 +32,7 @@ from client.messages import WindowMessage
 from client.timeline import TimelineWriter, timeline_format
 from streamer.engine import ClassifierModel, Engine, EngineConfig, StreamFeed
 from streamer.errors import StreamerError
-from streamer.events import Event, SpeechStart, StreamClosed, WindowLabel
+from streamer.events import EngineStats, Event, SpeechStart, StreamClosed, WindowLabel
 
 from .app import EventServer
 from .config import ServerConfig
@@ -146,7 +146,7 @@ class Monitor:
         if not self._pumps:
             self.sources_done.set()
 
-    def _stats(self) -> Any:
+    def _stats(self) -> EngineStats:
         assert self.engine is not None
         return self.engine.stats()
 
