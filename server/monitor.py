@@ -220,6 +220,7 @@ class Monitor:
         assert self.engine is not None
         feed: StreamFeed | None = None
         reason = "end"
+        blocking = not self.engine_config.realtime  # backpressure: feeding may wait
         try:
             start = getattr(source, "start", None)
             if callable(start):
@@ -231,9 +232,8 @@ class Monitor:
                 metadata={"source": type(source).__name__},
                 capture=capture,  # type: ignore[arg-type]
             )
-            blocking = not self.engine_config.realtime
             async for block in source:
-                if blocking:  # backpressure: the feed may wait for the inference queue
+                if blocking:
                     await asyncio.to_thread(feed.feed, block)
                 else:
                     feed.feed(block)
@@ -251,13 +251,18 @@ class Monitor:
         finally:
             if self._stopping and reason == "end":
                 reason = "shutdown"
-            if feed is not None:
-                feed.close(reason=reason)
             source.close()
-            self._pumps.discard(asyncio.current_task())  # type: ignore[arg-type]
-            if not self._pumps:
-                self.sources_done.set()
-            logger.info("source %s finished (%s)", source.name, reason)
+            try:
+                if feed is not None:
+                    if blocking:  # the flush may wait for the inference queue: not on the loop
+                        await asyncio.to_thread(feed.close, reason)
+                    else:
+                        feed.close(reason=reason)
+            finally:
+                self._pumps.discard(asyncio.current_task())  # type: ignore[arg-type]
+                if not self._pumps:
+                    self.sources_done.set()
+                logger.info("source %s finished (%s)", source.name, reason)
 
 
 @dataclass(frozen=True, slots=True)
