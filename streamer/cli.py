@@ -30,15 +30,34 @@ def register(subparsers: Any) -> None:
             "batch 32, Adam 0.9/0.999/1e-8, linear schedule, 50 epochs, seed 42, AMP on CUDA)."
         ),
     )
-    train.add_argument("--data", required=True, type=Path, help="dataset folder (one folder per label)")
+    train.add_argument(
+        "--data", required=True, type=Path, help="dataset folder (one folder per label)"
+    )
     train.add_argument("--out", required=True, type=Path, help="output checkpoint folder")
-    train.add_argument("--base", default="compact", help="'compact' (default) or a checkpoint folder / hub id")
-    train.add_argument("--epochs", type=float, default=None, help="epochs (default: 60 compact, 50 fine-tune)")
-    train.add_argument("--seed", type=int, default=None, help="random seed (default: 0 compact, 42 fine-tune)")
+    train.add_argument(
+        "--base", default="compact", help="'compact' (default) or a checkpoint folder / hub id"
+    )
+    train.add_argument(
+        "--epochs", type=float, default=None, help="epochs (default: 60 compact, 50 fine-tune)"
+    )
+    train.add_argument(
+        "--seed", type=int, default=None, help="random seed (default: 0 compact, 42 fine-tune)"
+    )
     train.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
-    train.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 3e-3 compact, 5e-5 fine-tune)")
-    train.add_argument("--max-steps", type=int, default=-1, help="fine-tune: stop after N optimiser steps (default: no limit)")
+    train.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="peak learning rate (default: 3e-3 compact, 5e-5 fine-tune)",
+    )
+    train.add_argument(
+        "--max-steps",
+        type=int,
+        default=-1,
+        help="fine-tune: stop after N optimiser steps (default: no limit)",
+    )
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_compact_flags(train)
     train.set_defaults(handler=_train)
 
     evaluate = subparsers.add_parser(
@@ -49,12 +68,22 @@ def register(subparsers: Any) -> None:
             "(each clip cut into --window-s windows every --hop-s; the last ends at the clip end)."
         ),
     )
-    evaluate.add_argument("--model", default=None, help="checkpoint folder or hub id (default: bundled)")
-    evaluate.add_argument("--data", required=True, type=Path, help="dataset folder (one folder per label)")
-    evaluate.add_argument("--report", type=Path, default=None, help="write confusion PNGs and scores.json here")
-    evaluate.add_argument("--window-s", type=float, default=2.0, help="window length (default: 2.0)")
+    evaluate.add_argument(
+        "--model", default=None, help="checkpoint folder or hub id (default: bundled)"
+    )
+    evaluate.add_argument(
+        "--data", required=True, type=Path, help="dataset folder (one folder per label)"
+    )
+    evaluate.add_argument(
+        "--report", type=Path, default=None, help="write confusion PNGs and scores.json here"
+    )
+    evaluate.add_argument(
+        "--window-s", type=float, default=2.0, help="window length (default: 2.0)"
+    )
     evaluate.add_argument("--hop-s", type=float, default=1.0, help="window hop (default: 1.0)")
-    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    evaluate.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)"
+    )
     evaluate.set_defaults(handler=_evaluate)
 
     crossval = subparsers.add_parser(
@@ -67,47 +96,111 @@ def register(subparsers: Any) -> None:
             "80/20 split with seed 42, as the reference model reported."
         ),
     )
-    crossval.add_argument("--data", required=True, type=Path, help="dataset folder (one folder per label)")
-    crossval.add_argument("--protocol", choices=["folds", "reference"], default="folds", help="folds (default) or reference")
-    crossval.add_argument("--folds", type=int, default=5, help="number of folds (default: 5)")
-    crossval.add_argument("--group", choices=["speaker", "random"], default="speaker", help="fold grouping (default: speaker)")
     crossval.add_argument(
-        "--group-regex", default=_DEFAULT_GROUP_REGEX,
-        help=f"speaker id = first group of this regex on the file name (default: {_DEFAULT_GROUP_REGEX})",
+        "--data", required=True, type=Path, help="dataset folder (one folder per label)"
     )
-    crossval.add_argument("--seed", type=int, default=0, help="seed for folds and training (default: 0)")
-    crossval.add_argument("--epochs", type=int, default=None, help="training epochs per fold (default: 60)")
-    crossval.add_argument("--limit", type=int, default=None, help="use only every k-th clip so at most N clips (quick checks)")
-    crossval.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    crossval.add_argument(
+        "--protocol",
+        choices=["folds", "reference"],
+        default="folds",
+        help="folds (default) or reference",
+    )
+    crossval.add_argument("--folds", type=int, default=5, help="number of folds (default: 5)")
+    crossval.add_argument(
+        "--group",
+        choices=["speaker", "random"],
+        default="speaker",
+        help="fold grouping (default: speaker)",
+    )
+    crossval.add_argument(
+        "--group-regex",
+        default=_DEFAULT_GROUP_REGEX,
+        help="speaker id = first group of this regex on the file name "
+        f"(default: {_DEFAULT_GROUP_REGEX})",
+    )
+    crossval.add_argument(
+        "--seed", type=int, default=0, help="seed for folds and training (default: 0)"
+    )
+    crossval.add_argument(
+        "--epochs", type=int, default=None, help="training epochs per fold (default: 60)"
+    )
+    crossval.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="use only every k-th clip so at most N clips (quick checks)",
+    )
+    crossval.add_argument(
+        "--json", type=Path, default=None, help="also write the results as JSON here"
+    )
     crossval.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    crossval.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
+    crossval.add_argument(
+        "--lr", type=float, default=None, help="peak learning rate (default: 3e-3)"
+    )
+    _add_compact_flags(crossval)
     crossval.set_defaults(handler=_crossval)
+
+
+# Compact-recipe flags: each maps onto the CompactTrainConfig field of the same name.
+_COMPACT_FLAGS: tuple[tuple[str, type, str], ...] = (
+    ("crop_s", float, "random crop length in seconds (default: 2.0)"),
+    ("mixup_alpha", float, "mixup Beta(alpha, alpha); 0 turns mixup off (default: 0.2)"),
+    ("hidden_size", int, "CNN channels (default: 128)"),
+    ("num_blocks", int, "dilated residual blocks (default: 3)"),
+    ("dropout", float, "dropout (default: 0.3)"),
+    ("label_smoothing", float, "label smoothing (default: 0.1)"),
+    ("weight_decay", float, "AdamW weight decay (default: 0.01)"),
+    ("feature_norm", str, "log-mel normalisation per utterance: none, band or global "
+     "(default: none)"),
+    ("members", int, "ensemble size: members trained with seeds seed..seed+N-1 (default: 1)"),
+    ("balance_classes", int, "1: draw training clips with equal class weight, 0: plain shuffle "
+     "(default: 1)"),
+)
+
+
+def _add_compact_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("compact recipe (ignored when fine-tuning)")
+    for name, kind, text in _COMPACT_FLAGS:
+        group.add_argument(
+            "--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=text
+        )
+
+
+def _compact_config(args: argparse.Namespace, **fixed: Any) -> Any:
+    """CompactTrainConfig from the CLI flags; bad values become a one-line DataError."""
+    from .errors import DataError
+    from .training import CompactTrainConfig
+
+    kwargs = {name: getattr(args, name) for name, _, _ in _COMPACT_FLAGS}
+    kwargs.update(fixed)
+    kwargs["batch_size"] = args.batch_size
+    if getattr(args, "lr", None) is not None:
+        kwargs["learning_rate"] = args.lr
+    if getattr(args, "epochs", None) is not None:
+        kwargs["epochs"] = int(args.epochs)
+    if getattr(args, "seed", None) is not None:
+        kwargs["seed"] = args.seed
+    try:
+        if kwargs.get("balance_classes") is not None:
+            kwargs["balance_classes"] = bool(kwargs["balance_classes"])
+        return CompactTrainConfig(**{k: v for k, v in kwargs.items() if v is not None})
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"bad training option: {exc}") from exc
 
 
 def _train(args: argparse.Namespace) -> int:
     from .dataset import load_dataset
     from .errors import DataError
-    from .training import (
-        CompactTrainConfig,
-        FineTuneConfig,
-        fine_tune,
-        save_compact,
-        train_compact,
-    )
+    from .training import FineTuneConfig, fine_tune, save_compact, train_compact
 
     started = time.monotonic()
+    if args.base == "compact":
+        config = _compact_config(args)
     data = load_dataset(args.data)
     try:
-        if args.base == "compact":
-            kwargs: dict[str, Any] = {"batch_size": args.batch_size}
-            if args.epochs is not None:
-                kwargs["epochs"] = int(args.epochs)
-            if args.seed is not None:
-                kwargs["seed"] = args.seed
-            if args.lr is not None:
-                kwargs["learning_rate"] = args.lr
-            config = CompactTrainConfig(**kwargs)
-        else:
-            kwargs = {"batch_size": args.batch_size, "max_steps": args.max_steps}
+        if args.base != "compact":
+            kwargs: dict[str, Any] = {"batch_size": args.batch_size, "max_steps": args.max_steps}
             if args.epochs is not None:
                 kwargs["epochs"] = args.epochs
             if args.seed is not None:
@@ -143,15 +236,25 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(render_scores(result.windows, f"{args.window_s:g} s windows, hop {args.hop_s:g} s"))
     if args.report is not None:
         args.report.mkdir(parents=True, exist_ok=True)
-        plot_confusion(result.clips, args.report / "confusion_clips.png", title=f"{model.name}: clips")
         plot_confusion(
-            result.windows, args.report / "confusion_windows.png",
+            result.clips, args.report / "confusion_clips.png", title=f"{model.name}: clips"
+        )
+        plot_confusion(
+            result.windows,
+            args.report / "confusion_windows.png",
             title=f"{model.name}: {args.window_s:g} s windows",
         )
         (args.report / "scores.json").write_text(
-            json.dumps({"model": model.name, "data": str(args.data),
-                        "clips": _scores_dict(result.clips),
-                        "windows": _scores_dict(result.windows)}, indent=2) + "\n"
+            json.dumps(
+                {
+                    "model": model.name,
+                    "data": str(args.data),
+                    "clips": _scores_dict(result.clips),
+                    "windows": _scores_dict(result.windows),
+                },
+                indent=2,
+            )
+            + "\n"
         )
         print(f"report written to {args.report}")
     return 0
@@ -163,39 +266,42 @@ def _crossval(args: argparse.Namespace) -> int:
     from .crossval import group_folds, reference_split, run_crossval, stratified_folds
     from .dataset import group_ids, load_dataset
     from .errors import DataError
-    from .training import CompactTrainConfig
 
     started = time.monotonic()
+    config = _compact_config(args)
     data = load_dataset(args.data)
     if args.limit is not None:
         if args.limit < 10:
             raise DataError(f"--limit must be at least 10, got {args.limit}")
         step = max(1, int(np.ceil(len(data) / args.limit)))
         data = data.subset(list(range(0, len(data), step)))
-    groups = group_ids(data.clips, args.group_regex) if args.group == "speaker" or (
-        args.protocol == "reference") else [str(i) for i in range(len(data))]
+    groups = (
+        group_ids(data.clips, args.group_regex)
+        if args.group == "speaker" or (args.protocol == "reference")
+        else [str(i) for i in range(len(data))]
+    )
     if args.protocol == "reference":
         folds = [reference_split(data.targets, test_fraction=0.2, seed=42)]
         title = "reference protocol: one stratified random 80/20 split, seed 42"
     elif args.group == "speaker":
         folds = group_folds(groups, args.folds, seed=args.seed)
-        title = f"{args.folds} folds grouped by speaker (regex {args.group_regex!r}), seed {args.seed}"
+        title = (
+            f"{args.folds} folds grouped by speaker (regex {args.group_regex!r}), seed {args.seed}"
+        )
     else:
         folds = stratified_folds(data.targets, args.folds, seed=args.seed)
         title = f"{args.folds} stratified random folds, seed {args.seed}"
-    try:
-        kwargs: dict[str, Any] = {"seed": args.seed}
-        if args.epochs is not None:
-            kwargs["epochs"] = args.epochs
-        config = CompactTrainConfig(**kwargs)
-    except ValueError as exc:
-        raise DataError(f"bad training option: {exc}") from exc
     result = run_crossval(data, folds, groups, config, progress=not args.no_progress)
     elapsed = time.monotonic() - started
     print(f"crossval on {args.data}: {len(data)} clips, {title}")
-    print(f"{'fold':>4} {'n_test':>6} {'acc':>6} {'UAR':>6} {'lookup_acc':>10} {'lookup_UAR':>10}  classes in test")
+    print(
+        f"{'fold':>4} {'n_test':>6} {'acc':>6} {'UAR':>6} "
+        f"{'lookup_acc':>10} {'lookup_UAR':>10}  classes in test"
+    )
     for f in result.folds:
-        present = ",".join(lab for lab, r in zip(f.model.labels, f.model.recall, strict=True) if r == r)
+        present = ",".join(
+            lab for lab, r in zip(f.model.labels, f.model.recall, strict=True) if r == r
+        )
         print(
             f"{f.fold:>4} {f.model.n:>6} {f.model.accuracy:>6.3f} {f.model.uar:>6.3f} "
             f"{f.baseline.accuracy:>10.3f} {f.baseline.uar:>10.3f}  {present}"
@@ -214,15 +320,30 @@ def _crossval(args: argparse.Namespace) -> int:
     print(f"time {elapsed:.0f} s")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "data": str(args.data), "protocol": title, "n": len(data),
-            "pooled": _scores_dict(result.pooled),
-            "pooled_baseline": _scores_dict(result.pooled_baseline),
-            "uar_mean": result.uar_mean, "uar_std": result.uar_std,
-            "folds": [{"fold": f.fold, "model": _scores_dict(f.model),
-                       "baseline": _scores_dict(f.baseline)} for f in result.folds],
-            "seconds": elapsed,
-        }, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "data": str(args.data),
+                    "protocol": title,
+                    "n": len(data),
+                    "pooled": _scores_dict(result.pooled),
+                    "pooled_baseline": _scores_dict(result.pooled_baseline),
+                    "uar_mean": result.uar_mean,
+                    "uar_std": result.uar_std,
+                    "folds": [
+                        {
+                            "fold": f.fold,
+                            "model": _scores_dict(f.model),
+                            "baseline": _scores_dict(f.baseline),
+                        }
+                        for f in result.folds
+                    ],
+                    "seconds": elapsed,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return 0
 
 
@@ -231,7 +352,10 @@ def _scores_dict(scores: Any) -> dict[str, Any]:
         "n": scores.n,
         "accuracy": scores.accuracy,
         "uar": scores.uar,
-        "recall": {lab: (None if r != r else r) for lab, r in zip(scores.labels, scores.recall, strict=True)},
+        "recall": {
+            lab: (None if r != r else r)
+            for lab, r in zip(scores.labels, scores.recall, strict=True)
+        },
         "labels": list(scores.labels),
         "confusion": scores.confusion.tolist(),
     }

@@ -2,9 +2,11 @@
 
 ``CompactEmotionForAudioClassification`` takes raw mono 16 kHz audio (``input_values``, shape
 batch x samples, like wav2vec2) and computes a 64-band log-mel spectrogram inside the model
-(25 ms Hann window, 10 ms hop, torch.stft and a slaney-style triangular filterbank built here),
-normalises it per utterance (per band, or one mean and std over all bands), and classifies it with a small 1-D CNN (batch norm,
-dilated residual blocks) followed by mean + standard-deviation pooling over time.
+(25 ms Hann window, 10 ms hop, torch.stft and a slaney-style triangular filterbank built here).
+By default the log-mel is only shifted and scaled by constants, so loudness and spectral tilt
+stay visible (per-utterance normalisation, per band or global, is a config option). A small
+1-D CNN (batch norm, dilated residual blocks, mean + standard-deviation pooling over time)
+classifies it; ``num_members`` > 1 makes an ensemble that averages the members' probabilities.
 SpecAugment (time and frequency masks) is applied inside ``forward`` in training mode only.
 
 Importing this module registers nothing: call :func:`register_compact` (idempotent) before
@@ -56,11 +58,15 @@ class CompactEmotionConfig(PretrainedConfig):
         num_masks: int = 2,
         label_smoothing: float = 0.1,
         initializer_range: float = 0.02,
-        feature_norm: str = "band",
+        feature_norm: str = "none",
+        num_members: int = 1,
         **kwargs: Any,
     ) -> None:
-        if feature_norm not in ("band", "global"):
-            raise ValueError(f"feature_norm must be 'band' or 'global', got {feature_norm!r}")
+        if num_members < 1:
+            raise ValueError(f"num_members must be >= 1, got {num_members}")
+        self.num_members = num_members
+        if feature_norm not in ("band", "global", "none"):
+            raise ValueError(f"feature_norm must be band, global or none, got {feature_norm!r}")
         self.feature_norm = feature_norm
         self.sampling_rate = sampling_rate
         self.n_fft = n_fft
@@ -116,6 +122,39 @@ class _Block(nn.Module):
         return x + self.drop(F.relu(self.norm(self.conv(x))))
 
 
+class _Member(nn.Module):
+    """One CNN classifier over log-mel: stem, dilated residual blocks, mean+std pooling, linear."""
+
+    def __init__(self, config: CompactEmotionConfig) -> None:
+        super().__init__()
+        h = config.hidden_size
+        self.stem = nn.Sequential(
+            nn.Conv1d(config.n_mels, h, config.kernel_size, padding=config.kernel_size // 2),
+            nn.BatchNorm1d(h),
+            nn.ReLU(),
+        )
+        self.blocks = nn.ModuleList(
+            _Block(h, config.kernel_size, 2**i, config.dropout) for i in range(config.num_blocks)
+        )
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(2 * h, config.num_labels or 2)
+
+    def forward(self, feats: torch.Tensor, fmask: torch.Tensor | None) -> torch.Tensor:
+        x = self.stem(feats.to(self.classifier.weight.dtype))
+        for block in self.blocks:
+            x = block(x)
+        if fmask is None:
+            mean = x.mean(-1)
+            var = x.var(-1, unbiased=False)
+        else:
+            m = fmask.to(x.dtype)
+            count = m.sum(-1, keepdim=True).clamp(min=1)
+            mean = (x * m[:, None, :]).sum(-1) / count
+            var = ((x - mean[:, :, None]).square() * m[:, None, :]).sum(-1) / count
+        pooled = torch.cat([mean, torch.sqrt(var + 1e-5)], dim=-1)
+        return self.classifier(self.dropout(pooled))
+
+
 class CompactEmotionPreTrainedModel(PreTrainedModel):
     """Weight initialisation and config binding for the compact network."""
 
@@ -132,7 +171,7 @@ class CompactEmotionPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.BatchNorm1d):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
-            if module.running_mean is not None:
+            if module.running_mean is not None and module.running_var is not None:
                 module.running_mean.zero_()
                 module.running_var.fill_(1.0)
         elif isinstance(module, CompactEmotionForAudioClassification):
@@ -140,7 +179,11 @@ class CompactEmotionPreTrainedModel(PreTrainedModel):
 
 
 class CompactEmotionForAudioClassification(CompactEmotionPreTrainedModel):
-    """Log-mel front end + 1-D CNN + mean/std pooling + linear classifier."""
+    """Log-mel front end + 1-D CNN(s) + mean/std pooling + linear classifier (an ensemble of
+    ``num_members`` such CNNs averages their probabilities)."""
+
+    window: torch.Tensor
+    mel_fb: torch.Tensor
 
     def __init__(self, config: CompactEmotionConfig) -> None:
         super().__init__(config)
@@ -149,17 +192,7 @@ class CompactEmotionForAudioClassification(CompactEmotionPreTrainedModel):
             "mel_fb", torch.zeros(config.n_fft // 2 + 1, config.n_mels), persistent=True
         )
         self.reset_frontend()
-        h = config.hidden_size
-        self.stem = nn.Sequential(
-            nn.Conv1d(config.n_mels, h, config.kernel_size, padding=config.kernel_size // 2),
-            nn.BatchNorm1d(h),
-            nn.ReLU(),
-        )
-        self.blocks = nn.ModuleList(
-            _Block(h, config.kernel_size, 2**i, config.dropout) for i in range(config.num_blocks)
-        )
-        self.dropout = nn.Dropout(config.dropout)
-        self.classifier = nn.Linear(2 * h, config.num_labels)
+        self.members = nn.ModuleList(_Member(config) for _ in range(config.num_members))
         self.post_init()
 
     @torch.no_grad()
@@ -194,6 +227,9 @@ class CompactEmotionForAudioClassification(CompactEmotionPreTrainedModel):
         power = spec.real.square() + spec.imag.square()  # (batch, bins, frames)
         mel = torch.matmul(self.mel_fb.float().t(), power)
         logmel = torch.log(mel + 1e-6)
+        if self.config.feature_norm == "none":
+            # Fixed affine map only: loudness and spectral tilt stay visible to the network.
+            return (logmel + 5.0) / 5.0
         # Per-utterance normalisation removes loudness (global) or also the channel's and the
         # speaker's long-term spectrum (per band, mean and std over time).
         dims = (-1,) if self.config.feature_norm == "band" else (-2, -1)
@@ -231,21 +267,18 @@ class CompactEmotionForAudioClassification(CompactEmotionPreTrainedModel):
         feats = self.log_mel(input_values)
         if self.training:
             feats = self._spec_augment(feats)
-        x = self.stem(feats.to(self.classifier.weight.dtype))
-        for block in self.blocks:
-            x = block(x)
-        frames = x.shape[-1]
+        frames = feats.shape[-1]
+        fmask = None
         if attention_mask is not None and frames > 1:
             # Sample-level mask -> frame-level mask, so padding does not enter the pooled stats.
-            valid = attention_mask.to(x.dtype).sum(-1) / self.config.hop_length + 1
-            fmask = (torch.arange(frames, device=x.device)[None, :] < valid[:, None]).to(x.dtype)
+            valid = attention_mask.float().sum(-1) / self.config.hop_length + 1
+            fmask = torch.arange(frames, device=feats.device)[None, :] < valid[:, None]
+        if len(self.members) == 1:
+            logits = self.members[0](feats, fmask)
         else:
-            fmask = torch.ones(x.shape[0], frames, dtype=x.dtype, device=x.device)
-        count = fmask.sum(-1, keepdim=True).clamp(min=1)
-        mean = (x * fmask[:, None, :]).sum(-1) / count
-        var = ((x - mean[:, :, None]).square() * fmask[:, None, :]).sum(-1) / count
-        pooled = torch.cat([mean, torch.sqrt(var + 1e-5)], dim=-1)
-        logits = self.classifier(self.dropout(pooled))
+            # Ensemble: average the members' probabilities; logits = log of that average.
+            probs = torch.stack([F.softmax(m(feats, fmask).float(), dim=-1) for m in self.members])
+            logits = torch.log(probs.mean(0).clamp(min=1e-12))
         loss = None
         if labels is not None:
             if labels.dim() == 2:
@@ -275,4 +308,3 @@ def receptive_field_frames(config: CompactEmotionConfig) -> int:
     """Frames seen by one output position (for documentation and sanity checks)."""
     k = config.kernel_size
     return k + sum((k - 1) * 2**i for i in range(config.num_blocks))
-

@@ -187,8 +187,11 @@ def run_crossval(
             )
         )
         logger.info(
-            "fold %d: n=%d accuracy %.3f UAR %.3f", f + 1, len(test_idx),
-            fold_scores.accuracy, fold_scores.uar,
+            "fold %d: n=%d accuracy %.3f UAR %.3f",
+            f + 1,
+            len(test_idx),
+            fold_scores.accuracy,
+            fold_scores.uar,
         )
         all_true.extend(int(t) for t in test.targets)
         all_pred.extend(int(p) for p in pred)

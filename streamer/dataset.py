@@ -157,7 +157,9 @@ def load_dataset(
     )
 
 
-def group_ids(clips: tuple[Clip, ...] | list[Clip], pattern: str = DEFAULT_GROUP_REGEX) -> list[str]:
+def group_ids(
+    clips: tuple[Clip, ...] | list[Clip], pattern: str = DEFAULT_GROUP_REGEX
+) -> list[str]:
     """Group (speaker) id of each clip: the first capture group of ``pattern`` on the file name."""
     try:
         regex = re.compile(pattern)

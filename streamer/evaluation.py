@@ -58,9 +58,7 @@ class Scores:
         return int(self.confusion.sum())
 
 
-def score(
-    y_true: NDArray[np.int64], y_pred: NDArray[np.int64], labels: tuple[str, ...]
-) -> Scores:
+def score(y_true: NDArray[np.int64], y_pred: NDArray[np.int64], labels: tuple[str, ...]) -> Scores:
     """Scores of predicted class ids against true ids (both index ``labels``)."""
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
@@ -83,7 +81,10 @@ def score(
 
 
 def clip_windows(
-    audio: NDArray[np.float32], *, window_s: float = 2.0, hop_s: float = 1.0,
+    audio: NDArray[np.float32],
+    *,
+    window_s: float = 2.0,
+    hop_s: float = 1.0,
     rate_hz: int = MODEL_RATE_HZ,
 ) -> NDArray[np.float32]:
     """Cut one clip into (k, window) windows; see the module docstring for the rule."""
@@ -182,8 +183,14 @@ def plot_confusion(scores: Scores, path: str | Path, *, title: str) -> Path:
         ax.set_title(f"{title}\naccuracy {scores.accuracy:.3f}, UAR {scores.uar:.3f}")
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, str(int(counts[i, j])), ha="center", va="center",
-                        color="white" if norm[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(int(counts[i, j])),
+                    ha="center",
+                    va="center",
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
         fig.tight_layout()
         fig.savefig(path, dpi=100)
     finally:

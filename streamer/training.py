@@ -10,7 +10,7 @@ recipe. Both save a folder that :func:`streamer.models.load_model` reads.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +51,15 @@ class CompactTrainConfig:
     label_smoothing: float = 0.1
     freq_mask_bands: int = 8
     time_mask_frames: int = 20
-    feature_norm: str = "band"
+    feature_norm: str = "none"
+    balance_classes: bool = True
+    members: int = 1
 
     def __post_init__(self) -> None:
-        if self.feature_norm not in ("band", "global"):
-            raise ValueError(f"feature_norm must be band or global, got {self.feature_norm!r}")
+        if self.feature_norm not in ("band", "global", "none"):
+            raise ValueError(
+                f"feature_norm must be band, global or none, got {self.feature_norm!r}"
+            )
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
@@ -64,6 +68,8 @@ class CompactTrainConfig:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if not 0.2 <= self.crop_s <= 30:
             raise ValueError(f"crop_s must be in [0.2, 30], got {self.crop_s}")
+        if not 1 <= self.members <= 16:
+            raise ValueError(f"members must be in [1, 16], got {self.members}")
         if self.mixup_alpha < 0:
             raise ValueError(f"mixup_alpha must be >= 0, got {self.mixup_alpha}")
         if not 0 <= self.dropout < 1:
@@ -134,18 +140,35 @@ def train_compact(
     progress: bool = True,
     description: str = "train",
 ) -> Any:
-    """Train the compact network on ``data``; returns the model in eval mode (CPU)."""
-    import torch
-    from tqdm.auto import tqdm
+    """Train the compact network on ``data``; returns the model in eval mode (CPU).
 
-    from .compact import CompactEmotionConfig, CompactEmotionForAudioClassification
-
+    With ``config.members`` > 1 the members are trained one after the other with seeds
+    ``seed, seed + 1, ...`` and joined into one ensemble checkpoint.
+    """
     config = config or CompactTrainConfig()
     if len(data) == 0:
         raise ModelError("nothing to train on: the dataset is empty")
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    n_labels = len(data.labels)
+    if config.members == 1:
+        return _train_one(data, config, progress=progress, description=description)
+    singles = [
+        _train_one(
+            data,
+            replace(config, seed=config.seed + i, members=1),
+            progress=progress,
+            description=f"{description} [{i + 1}/{config.members}]",
+        )
+        for i in range(config.members)
+    ]
+    ensemble = _new_model(data.labels, config)
+    for member, single in zip(ensemble.members, singles, strict=True):
+        member.load_state_dict(single.members[0].state_dict())
+    ensemble.eval()
+    return ensemble
+
+
+def _new_model(labels: tuple[str, ...], config: CompactTrainConfig) -> Any:
+    from .compact import CompactEmotionConfig, CompactEmotionForAudioClassification
+
     model_config = CompactEmotionConfig(
         hidden_size=config.hidden_size,
         num_blocks=config.num_blocks,
@@ -154,10 +177,23 @@ def train_compact(
         freq_mask_bands=config.freq_mask_bands,
         time_mask_frames=config.time_mask_frames,
         feature_norm=config.feature_norm,
-        id2label=dict(enumerate(data.labels)),
-        label2id={label: i for i, label in enumerate(data.labels)},
+        num_members=config.members,
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
     )
-    model = CompactEmotionForAudioClassification(model_config)
+    return CompactEmotionForAudioClassification(model_config)
+
+
+def _train_one(
+    data: Dataset, config: CompactTrainConfig, *, progress: bool, description: str
+) -> Any:
+    import torch
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    n_labels = len(data.labels)
+    model = _new_model(data.labels, config)
     model.train()
     n_samples = int(round(config.crop_s * MODEL_RATE_HZ))
     batch = min(config.batch_size, len(data))
@@ -177,7 +213,7 @@ def train_compact(
     )
     try:
         for epoch in range(config.epochs):
-            order = rng.permutation(len(data))
+            order = _epoch_order(data.targets, rng, balance=config.balance_classes)
             losses = []
             for step in range(steps_per_epoch):
                 idx = order[step * batch : (step + 1) * batch]
@@ -201,6 +237,21 @@ def train_compact(
         bar.close()
     model.eval()
     return model
+
+
+def _epoch_order(
+    targets: NDArray[np.int64], rng: np.random.Generator, *, balance: bool
+) -> NDArray[np.int64]:
+    """Clip indices for one epoch: a permutation, or (balance) draws with equal class weight.
+
+    Balanced draws matter for speaker folds, where holding out one speaker can leave a class
+    with a quarter of the clips of the others.
+    """
+    if not balance:
+        return rng.permutation(len(targets))
+    counts = np.bincount(targets)
+    weights = 1.0 / counts[targets]
+    return rng.choice(len(targets), size=len(targets), replace=True, p=weights / weights.sum())
 
 
 def save_compact(model: Any, out: str | Path) -> Path:
@@ -296,10 +347,17 @@ def fine_tune(
     trainer.train()
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
+    _remove_if_empty(out / "checkpoints")
     model.save_pretrained(out, safe_serialization=True)
     extractor.save_pretrained(out)
     logger.info("saved fine-tuned model to %s", out)
     return out
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Trainer creates its output_dir even with save_strategy='no'; drop it when empty."""
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
 
 
 def _reset_head(model: Any, labels: tuple[str, ...]) -> Any:
@@ -311,8 +369,6 @@ def _reset_head(model: Any, labels: tuple[str, ...]) -> Any:
     config.label2id = {label: i for i, label in enumerate(labels)}
     config.num_labels = len(labels)
     fresh = AutoModelForAudioClassification.from_config(config)
-    state = {
-        k: v for k, v in model.state_dict().items() if fresh.state_dict()[k].shape == v.shape
-    }
+    state = {k: v for k, v in model.state_dict().items() if fresh.state_dict()[k].shape == v.shape}
     fresh.load_state_dict(state, strict=False)
     return fresh

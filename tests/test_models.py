@@ -67,7 +67,9 @@ def test_save_load_round_trip(bundled, tmp_path: Path) -> None:
     assert copy.labels == bundled.labels
     assert copy.name == str(tmp_path)
     windows = np.stack([speech_like(1.5, seed=7), tone(220, 1.5)])
-    np.testing.assert_allclose(copy.predict_proba(windows), bundled.predict_proba(windows), atol=1e-6)
+    np.testing.assert_allclose(
+        copy.predict_proba(windows), bundled.predict_proba(windows), atol=1e-6
+    )
 
 
 def test_loads_offline_in_a_fresh_process() -> None:
@@ -78,7 +80,11 @@ def test_loads_offline_in_a_fresh_process() -> None:
         "p = m.predict_proba(np.zeros((1, 32000), np.float32)); print(m.labels, p.shape)"
     )
     done = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
         cwd=REPO,
     )
     assert done.returncode == 0, done.stderr
@@ -122,7 +128,10 @@ def test_not_an_audio_classifier(tmp_path: Path) -> None:
     from streamer.models import load_model
 
     config = BertConfig(
-        vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+        vocab_size=50,
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
         intermediate_size=16,
     )
     BertModel(config).save_pretrained(tmp_path)
@@ -140,7 +149,9 @@ def test_missing_folder_and_folder_without_config(tmp_path: Path) -> None:
         load_model(tmp_path)
 
 
-def test_uncached_hub_id_fails_fast_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_uncached_hub_id_fails_fast_offline(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """Offline, a hub id that is not cached fails with a message naming it and a local folder."""
     from streamer.models import load_model
 
