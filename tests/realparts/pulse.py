@@ -15,7 +15,9 @@ grew to full scale and never died out). The recipe in ../shared/TESTING.md lacks
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 from .procs import OutputProcess, require_binary, require_file, require_library, wait_until
@@ -45,10 +47,12 @@ class PulseServer:
         require_file("/usr/lib/*/alsa-lib/libasound_module_pcm_pulse.so", "libasound2-plugins")
         self.timeout_s = timeout_s
         self.root = root
-        self.runtime = root / "runtime"
+        root.mkdir(parents=True, exist_ok=True)
+        # The socket path must fit in sun_path (108 bytes): a short folder of its own, not one
+        # under pytest's deep tmp_path. mkdtemp makes it mode 0700.
+        short = "/tmp" if os.path.isdir("/tmp") else None
+        self.runtime = Path(tempfile.mkdtemp(prefix="em-pulse-", dir=short))
         self.home = root / "home"
-        self.runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.runtime.chmod(0o700)  # mkdir's mode is masked by the umask
         (self.runtime / "pulse").mkdir(mode=0o700, exist_ok=True)
         self.home.mkdir(parents=True, exist_ok=True)
         self.socket = self.runtime / "pulse" / "native"
@@ -81,9 +85,10 @@ class PulseServer:
             env=self.env,
             log_path=self.root / "pulseaudio.log",
         )
-        wait_until(
-            lambda: self._ready(), timeout_s=self.timeout_s, what="PulseAudio to accept clients"
-        )
+        try:
+            wait_until(self._ready, timeout_s=self.timeout_s, what="PulseAudio to accept clients")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.process.output()}") from None
         return self
 
     def _ready(self) -> bool:
@@ -112,8 +117,10 @@ class PulseServer:
         self.process.kill()
 
     def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL) and remove its runtime folder."""
         if self.process is not None:
             self.process.stop()
+        shutil.rmtree(self.runtime, ignore_errors=True)
 
     def source_outputs(self) -> list[str]:
         """Recording streams connected right now (one line each, from ``pactl``)."""
@@ -127,7 +134,11 @@ class PulseServer:
         play(self, wav)
 
     def __enter__(self) -> PulseServer:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()  # a server that started but never got ready is stopped too
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
