@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
 __all__ = ["register"]
@@ -139,6 +140,23 @@ def _client(args: argparse.Namespace) -> Any:
     )
 
 
+@contextlib.contextmanager
+def _logging_to(console: Any) -> Iterator[None]:
+    """Route log records through the rich console, above the live view, while it runs."""
+    from rich.logging import RichHandler
+
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    handler = RichHandler(console=console, show_path=False)
+    if saved:
+        handler.setLevel(min(h.level for h in saved))
+    root.handlers = [handler]
+    try:
+        yield
+    finally:
+        root.handlers = saved
+
+
 def _print_line(line: str) -> None:
     print(line, flush=True)
 
@@ -156,7 +174,9 @@ def _watch(args: argparse.Namespace) -> int:
             else:
                 from rich.console import Console
 
-                await watch_live(client, Console())
+                console = Console()
+                with _logging_to(console):
+                    await watch_live(client, console)
 
     try:
         asyncio.run(_until_signal(main()))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import signal
 
 from conftest import TIMEOUT_S
 from rich.console import Console
@@ -135,3 +136,27 @@ def test_live_view_draws_events_and_reconnects() -> None:
     text = asyncio.run(main())
     assert "HAPPY" in text and "#2 1.0-3.0s" in text and "lag=0.25s" in text
     assert "reconnecting in" in text
+
+
+def test_watch_exits_0_on_ctrl_c_while_reconnecting() -> None:
+    """Ctrl-C (SIGINT) stops `watch` cleanly with exit code 0, even between reconnect attempts."""
+
+    async def main() -> tuple[int | None, str]:
+        async with StandInServer([]) as server:
+            url = server.url  # nothing listens here once the server is gone
+        proc = await start_command("watch", url, "--backoff-initial-s", "5")
+        try:
+            assert proc.stdout is not None
+            line = await wait_for_line(proc.stdout, r"^disconnected: cannot connect", [])
+            proc.send_signal(signal.SIGINT)
+            async with asyncio.timeout(TIMEOUT_S):
+                await proc.communicate()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        return proc.returncode, line
+
+    code, line = asyncio.run(main())
+    assert code == 0
+    assert "retrying in" in line
