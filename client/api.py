@@ -75,8 +75,8 @@ Event = Message | Disconnected
 def normalize_url(url: str) -> str:
     """Check an events URL: ``ws://`` or ``wss://``; ``http(s)://`` becomes ``ws(s)://``.
 
-    An http(s) URL without a path (the dashboard URL) gets ``/ws``. Anything else is a
-    ClientError naming the bad value and what is allowed.
+    A URL without a path (or just ``/``, like the dashboard URL) gets the events path ``/ws``.
+    Anything else is a ClientError naming the bad value and what is allowed.
     """
     if not isinstance(url, str) or not url.strip():
         raise ClientError("empty URL; expected e.g. ws://127.0.0.1:8765/ws")
@@ -94,10 +94,8 @@ def normalize_url(url: str) -> str:
     if not host:
         raise ClientError(f"bad URL {url!r}: no host (e.g. ws://127.0.0.1:8765/ws)")
     del port
-    path = parts.path
-    if parts.scheme.lower() in ("http", "https") and path in ("", "/"):
-        path = "/ws"
-    return urlunsplit((scheme, parts.netloc, path or "/", parts.query, ""))
+    path = parts.path if parts.path not in ("", "/") else "/ws"
+    return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
 
 
 def _backoff(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:

@@ -197,6 +197,7 @@ def _log(args: argparse.Namespace) -> int:
             await log_events(client, timeline)
 
     with timeline:
+        print(f"logging {client.url} to {timeline.path} (Ctrl-C to stop)", file=sys.stderr)
         asyncio.run(_until_signal(main()))
     print(
         f"{timeline.path}: {timeline.rows_written} rows written, "

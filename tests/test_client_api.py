@@ -166,10 +166,11 @@ async def collect(client: EventClient, server: StandInServer) -> list[object]:
         ("http://127.0.0.1:8765", "ws://127.0.0.1:8765/ws"),
         ("https://host:9/", "wss://host:9/ws"),
         ("http://host:9/custom", "ws://host:9/custom"),
+        ("ws://127.0.0.1:8765", "ws://127.0.0.1:8765/ws"),
     ],
 )
 def test_normalize_url_accepts_ws_and_converts_http(url: str, expected: str) -> None:
-    """ws(s) URLs pass; http(s) becomes ws(s), with /ws added when there is no path."""
+    """ws(s) URLs pass; http(s) becomes ws(s); /ws is added when there is no path."""
     assert normalize_url(url) == expected
 
 
