@@ -10,7 +10,6 @@ import asyncio
 import json
 import os
 import sqlite3
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from conftest import REPO
 
 from .procs import OutputProcess, monitor_command
 
-__all__ = ["Monitor", "Recorder", "base_env", "healthz", "store_windows"]
+__all__ = ["Monitor", "Recorder", "base_env", "store_windows"]
 
 # The dashboard URL the monitor prints at start.
 URL_PATTERN = r"(https?://(?:127\.0\.0\.1|localhost|\[::1\]):(\d+))/?"
@@ -76,12 +75,6 @@ class Monitor:
 
     def output(self) -> str:
         return self.process.output()
-
-
-def healthz(url: str, *, timeout_s: float) -> tuple[int, str]:
-    """``GET /healthz``: (status, body)."""
-    with urllib.request.urlopen(url + "/healthz", timeout=timeout_s) as response:
-        return response.status, response.read().decode("utf-8", "replace")
 
 
 @dataclass
