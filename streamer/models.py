@@ -1,10 +1,12 @@
-"""One loading path for every emotion model (loaded on the main thread, used by one inference thread).
+"""One loading path for every emotion model (loaded on the main thread, used by one inference
+thread).
 
 :func:`load_model` reads any Hugging Face audio-classification checkpoint (a local folder or a
-hub id already in the local cache) with ``AutoFeatureExtractor`` + ``AutoModelForAudioClassification``
-and wraps it as an :class:`EmotionModel`: label names from ``config.id2label`` in id order, the
-model sample rate, and :meth:`EmotionModel.predict_proba` for batches of mono float32 windows.
-With no argument it loads the compact model bundled in ``streamer/bundled``.
+hub id already in the local cache) with ``AutoFeatureExtractor`` +
+``AutoModelForAudioClassification`` and wraps it as an :class:`EmotionModel`: label names from
+``config.id2label`` in id order, the model sample rate, and :meth:`EmotionModel.predict_proba`
+for batches of mono float32 windows. With no argument it loads the compact model bundled in
+``streamer/bundled``.
 
 An ``EmotionModel`` is not thread-safe: one inference thread owns it.
 """
@@ -15,6 +17,8 @@ import logging
 import os
 import re
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,7 +81,9 @@ class EmotionModel:
         )
         dtype = next(self.model.parameters()).dtype
         tensors = {
-            key: (value.to(self.device, dtype) if value.is_floating_point() else value.to(self.device))
+            key: (
+                value.to(self.device, dtype) if value.is_floating_point() else value.to(self.device)
+            )
             for key, value in inputs.items()
             if key in ("input_values", "input_features", "attention_mask")
         }
@@ -111,8 +117,27 @@ def _audio_classifier_config_types() -> set[type]:
     return set(MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING.keys())
 
 
+@contextmanager
+def quiet_progress() -> Iterator[None]:
+    """Hide transformers' per-file progress bars (loading/saving weights) inside the block."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def _load_parts(source: str, *, local_only: bool) -> tuple[Any, Any]:
     """Config check, then feature extractor and model; transformers errors -> ModelError."""
+    with quiet_progress():
+        return _load_parts_noisy(source, local_only=local_only)
+
+
+def _load_parts_noisy(source: str, *, local_only: bool) -> tuple[Any, Any]:
     from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForAudioClassification
 
     try:

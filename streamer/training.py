@@ -256,9 +256,12 @@ def _epoch_order(
 
 def save_compact(model: Any, out: str | Path) -> Path:
     """Save a compact model plus its pass-through feature extractor as a checkpoint folder."""
+    from .models import quiet_progress
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
+    with quiet_progress():
+        model.save_pretrained(out, safe_serialization=True)
     compact_feature_extractor().save_pretrained(out)
     logger.info("saved compact model to %s", out)
     return out
@@ -293,7 +296,7 @@ def fine_tune(
     import torch
     from transformers import Trainer, TrainingArguments
 
-    from .models import load_model
+    from .models import load_model, quiet_progress
 
     config = config or FineTuneConfig()
     loaded = load_model(base, device="cpu")
@@ -348,7 +351,8 @@ def fine_tune(
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
     _remove_if_empty(out / "checkpoints")
-    model.save_pretrained(out, safe_serialization=True)
+    with quiet_progress():
+        model.save_pretrained(out, safe_serialization=True)
     extractor.save_pretrained(out)
     logger.info("saved fine-tuned model to %s", out)
     return out

@@ -72,7 +72,8 @@ def test_stratified_folds_and_reference_split() -> None:
 
 def test_speaker_majority_baseline() -> None:
     """Known speakers get their majority training label; unknown ones the overall majority."""
-    pred = speaker_majority(["s1", "s1", "s1", "s2", "s2"], np.array([2, 2, 1, 0, 0]), ["s1", "s3"])
+    groups = ["s1", "s1", "s1", "s2", "s2", "s2"]
+    pred = speaker_majority(groups, np.array([2, 2, 1, 0, 0, 0]), ["s1", "s3"])
     assert pred.tolist() == [2, 0]
 
 
