@@ -7,6 +7,10 @@ once: windows are named by ``(session, stream, seq)``, and a server may resend a
 recent windows after a reconnect. When the file already exists its rows are read back first,
 so a restarted logger does not duplicate them either.
 
+A resent window is the very same message, so its ``wall_time`` matches too; a window whose key
+is known but whose ``wall_time`` differs (a stream name reused within one server run restarts
+its sequence numbers) is written anyway, with a warning, rather than lost.
+
 Only the keys of the current server session are kept once a Hello arrives (a session id names
 one server run and never comes back), so memory stays bounded by one run, not the file.
 The file is opened at the first Hello, because its columns depend on the model's labels; a
@@ -50,7 +54,10 @@ class TimelineLogger:
         self.rows_written = 0
         #: windows skipped because their (session, stream, seq) was already in the file
         self.duplicates_skipped = 0
-        self._seen: dict[str, set[tuple[str, int]]] = {}  # session -> {(stream, seq)}
+        # session -> {(stream, seq): wall times written under that key}
+        self._seen: dict[str, dict[tuple[str, int], set[float]]] = {}
+        #: windows written although their key was in the file already (a reused stream name)
+        self.key_collisions = 0
         self._file_labels: tuple[str, ...] | None = None
         self._writer: TimelineWriter | None = None
         self._session: str | None = None
@@ -78,7 +85,8 @@ class TimelineLogger:
                     session, stream, seq = row_key(row)
                 except (KeyError, ValueError) as exc:
                     raise ClientError(f"{self.path}: not a timeline row: {row!r}") from exc
-                self._seen.setdefault(session, set()).add((stream, seq))
+                walls = self._seen.setdefault(session, {}).setdefault((stream, seq), set())
+                walls.add(float(row["wall_time"]))
                 if self._file_labels is None:
                     self._file_labels = tuple(name[2:] for name in row if name.startswith("p_"))
                 rows += 1
@@ -96,7 +104,7 @@ class TimelineLogger:
             )
         if hello.session != self._session:
             # keep only this run's keys: other sessions cannot send windows any more
-            self._seen = {hello.session: self._seen.get(hello.session, set())}
+            self._seen = {hello.session: self._seen.get(hello.session, {})}
             self._session = hello.session
         self._labels = labels
         if self._writer is None:
@@ -116,12 +124,25 @@ class TimelineLogger:
             return False
         seen = self._seen[self._session]
         key = (event.stream, event.seq)
-        if key in seen:
-            self.duplicates_skipped += 1
-            logger.debug("skipping duplicate window %s#%d", event.stream, event.seq)
-            return False
+        known = seen.get(key)
+        if known is not None:
+            if event.wall_time in known:
+                self.duplicates_skipped += 1
+                logger.debug("skipping duplicate window %s#%d", event.stream, event.seq)
+                return False
+            # same key, another window: a stream name reused in this session restarts its
+            # sequence numbers. Keep the window (losing data is worse than a repeated key).
+            self.key_collisions += 1
+            logger.warning(
+                "window %s#%d of session %s repeats a key already in %s (stream reopened?); "
+                "writing it anyway",
+                event.stream,
+                event.seq,
+                self._session,
+                self.path,
+            )
         self._writer.write_window(event, session=self._session)
-        seen.add(key)
+        seen.setdefault(key, set()).add(event.wall_time)
         self.rows_written += 1
         logger.debug("wrote %s %s#%d", self._session, event.stream, event.seq)
         return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
 import signal
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, TIMEOUT_S, TINY_LABELS
-from test_client_api import real_server, window
+from test_client_api import hello, real_server, window
 
 from client.api import Event, EventClient
 from client.errors import ClientError
@@ -235,3 +236,19 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path: Path, args: list[str], nee
     assert len(lines) == 1 and needle in lines[0], result.stderr
     assert lines[0].startswith(f"emotion-monitor {args[0]}: error:")
     assert not (tmp_path / "timeline.csv").exists()
+
+
+def test_a_reused_stream_name_is_not_mistaken_for_a_resent_window(tmp_path: Path) -> None:
+    """Same key, other wall time (a stream reopened in one run): written, not dropped."""
+    out = tmp_path / "timeline.csv"
+    reopened = dataclasses.replace(window(0), wall_time=window(0).wall_time + 60.0)
+    with TimelineLogger(out) as timeline:
+        timeline.handle(hello("run1"))
+        assert timeline.handle(window(0))
+        assert not timeline.handle(window(0))  # resent: the very same window
+        assert timeline.handle(reopened)
+    assert (timeline.duplicates_skipped, timeline.key_collisions) == (1, 1)
+    with TimelineLogger(out) as timeline:  # read back: both are known, neither is written again
+        timeline.handle(hello("run1"))
+        assert not timeline.handle(window(0)) and not timeline.handle(reopened)
+    assert [row["wall_time"] for row in read_timeline(out)] == [1.7e9, 1.7e9 + 60.0]

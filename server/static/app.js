@@ -53,7 +53,7 @@
     var s = state.streams.get(name);
     if (!s) {
       s = { name: name, open: true, speaking: false, last: null, lastSeq: -1,
-            updatedWall: null, history: [] };
+            updatedWall: null, openedWall: null, history: [] };
       state.streams.set(name, s);
     }
     return s;
@@ -76,6 +76,16 @@
     el.span.textContent = String(CHART_SPAN_S);
   }
 
+  function onOpen(m) {
+    var s = streamRecord(m.stream);
+    if (s.openedWall !== null && s.openedWall !== m.wall_time) {
+      // the name was reused in this run: a new stream whose sequence numbers start over
+      s.history = []; s.last = null; s.lastSeq = -1; s.updatedWall = null;
+    }
+    s.openedWall = m.wall_time; // a stream_open replayed after a reconnect has the same time
+    s.open = true;
+  }
+
   function onWindow(m) {
     var s = streamRecord(m.stream);
     if (m.seq <= s.lastSeq) return; // a backlog resent after a reconnect
@@ -96,7 +106,7 @@
       case "window": onWindow(m); break;
       case "speech_start": streamRecord(m.stream).speaking = true; break;
       case "speech_end": streamRecord(m.stream).speaking = false; break;
-      case "stream_open": streamRecord(m.stream).open = true; break;
+      case "stream_open": onOpen(m); break;
       case "stream_close": {
         var s = streamRecord(m.stream);
         s.open = false; s.speaking = false;
