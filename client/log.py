@@ -79,6 +79,7 @@ class TimelineLogger:
         if self.path.is_dir():
             raise ClientError(f"{self.path}: is a folder, expected a .csv or .jsonl file")
         if self.path.exists():
+            self._drop_torn_tail()
             rows = 0
             for row in iter_timeline(self.path):
                 try:
@@ -93,6 +94,19 @@ class TimelineLogger:
             logger.info("resuming %s: %d rows already there", self.path, rows)
         self._opened = True
         return self
+
+    def _drop_torn_tail(self) -> None:
+        """Cut a last line without its newline (a crash mid-row) so appending starts clean."""
+        try:
+            with self.path.open("rb+") as handle:
+                data = handle.read()
+                if not data or data.endswith(b"\n"):
+                    return
+                keep = data.rfind(b"\n") + 1
+                handle.truncate(keep)
+        except OSError as exc:
+            raise ClientError(f"{self.path}: cannot open timeline ({exc.strerror or exc})") from exc
+        logger.warning("%s: dropped a torn last row (%d bytes)", self.path, len(data) - keep)
 
     def _on_hello(self, hello: Hello) -> None:
         labels = tuple(hello.labels)

@@ -252,3 +252,17 @@ def test_a_reused_stream_name_is_not_mistaken_for_a_resent_window(tmp_path: Path
         timeline.handle(hello("run1"))
         assert not timeline.handle(window(0)) and not timeline.handle(reopened)
     assert [row["wall_time"] for row in read_timeline(out)] == [1.7e9, 1.7e9 + 60.0]
+
+
+def test_a_torn_last_row_is_cut_before_appending(tmp_path: Path) -> None:
+    """A row cut short by a crash is dropped, so new rows start on a line of their own."""
+    out = tmp_path / "timeline.csv"
+    with TimelineLogger(out) as timeline:
+        timeline.handle(hello("run1"))
+        timeline.handle(window(0))
+    with out.open("a") as handle:
+        handle.write("run1,mic,1,0.5,2.5,Hap")  # the crash
+    with TimelineLogger(out) as timeline:
+        timeline.handle(hello("run1"))
+        assert not timeline.handle(window(0)) and timeline.handle(window(1))
+    assert keys(out) == expected("run1", range(2))
