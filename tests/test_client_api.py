@@ -325,3 +325,27 @@ def test_client_modules_import_no_heavy_packages() -> None:
         check=True,
     )
     assert result.stdout.strip() == ""
+
+
+def test_real_server_backlog_then_live_events_in_order_for_subscribed_streams() -> None:
+    """Against the real server: hello, backlog, then live windows, only of the subscribed stream."""
+
+    async def main() -> list[object]:
+        backlog = [window(0, "a"), window(0, "b"), window(1, "a")]
+        async with real_server("run1", windows=backlog) as (hub, srv):
+            seen: list[object] = []
+            async with EventClient(srv.ws_url, streams=("a",), reconnect=False) as client:
+                async with asyncio.timeout(TIMEOUT_S):
+                    async for event in client.events():
+                        seen.append(event)
+                        if event == window(1, "a"):
+                            for message in (window(1, "b"), window(2, "a")):
+                                hub.publish(message)
+                        if event == window(2, "a"):
+                            break
+            return seen
+
+    seen = asyncio.run(main())
+    assert isinstance(seen[0], Hello) and seen[0].session == "run1"
+    windows = [(e.stream, e.seq) for e in seen if isinstance(e, WindowMessage)]
+    assert windows == [("a", 0), ("a", 1), ("a", 2)]
