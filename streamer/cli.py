@@ -38,7 +38,7 @@ def register(subparsers: Any) -> None:
         "--base", default="compact", help="'compact' (default) or a checkpoint folder / hub id"
     )
     train.add_argument(
-        "--epochs", type=float, default=None, help="epochs (default: 60 compact, 50 fine-tune)"
+        "--epochs", type=float, default=None, help="epochs (default: 40 compact, 50 fine-tune)"
     )
     train.add_argument(
         "--seed", type=int, default=None, help="random seed (default: 0 compact, 42 fine-tune)"
@@ -122,7 +122,7 @@ def register(subparsers: Any) -> None:
         "--seed", type=int, default=0, help="seed for folds and training (default: 0)"
     )
     crossval.add_argument(
-        "--epochs", type=int, default=None, help="training epochs per fold (default: 60)"
+        "--epochs", type=int, default=None, help="training epochs per fold (default: 40)"
     )
     crossval.add_argument(
         "--limit",
@@ -153,7 +153,7 @@ _COMPACT_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("weight_decay", float, "AdamW weight decay (default: 0.01)"),
     ("feature_norm", str, "log-mel normalisation per utterance: none, band or global "
      "(default: none)"),
-    ("members", int, "ensemble size: members trained with seeds seed..seed+N-1 (default: 1)"),
+    ("members", int, "ensemble size: members trained with seeds seed..seed+N-1 (default: 3)"),
     ("balance_classes", int, "1: draw training clips with equal class weight, 0: plain shuffle "
      "(default: 1)"),
 )

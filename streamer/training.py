@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 class CompactTrainConfig:
     """The compact recipe: optimisation, augmentation and network size."""
 
-    epochs: int = 60
+    epochs: int = 40
     batch_size: int = 32
     learning_rate: float = 3e-3
     weight_decay: float = 1e-2
@@ -53,7 +53,7 @@ class CompactTrainConfig:
     time_mask_frames: int = 20
     feature_norm: str = "none"
     balance_classes: bool = True
-    members: int = 1
+    members: int = 3
 
     def __post_init__(self) -> None:
         if self.feature_norm not in ("band", "global", "none"):

@@ -148,7 +148,7 @@ def test_speaker_crossval_on_urdu_subset(
     out_json = tmp_path / "cv.json"
     code = main([
         "crossval", "--data", str(urdu_dir), "--folds", "3", "--group", "speaker",
-        "--limit", "120", "--epochs", "4", "--no-progress", "--json", str(out_json),
+        "--limit", "120", "--epochs", "4", "--members", "1", "--no-progress", "--json", str(out_json),
     ])
     assert code == 0
     out = capsys.readouterr().out

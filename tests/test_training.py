@@ -74,7 +74,7 @@ def test_compact_recipe_learns_generated_classes(gen_train: Path, gen_test: Path
 
     train = load_dataset(gen_train)
     assert train.labels == GEN_LABELS and len(train) == 36
-    net = train_compact(train, CompactTrainConfig(epochs=12, batch_size=8, seed=0), progress=False)
+    net = train_compact(train, CompactTrainConfig(epochs=12, batch_size=8, seed=0, members=1), progress=False)
     model = EmotionModel(
         name="gen",
         labels=train.labels,
@@ -100,6 +100,8 @@ def test_train_cli_compact_output_loads(gen_train: Path, tmp_path: Path) -> None
             str(gen_train),
             "--out",
             str(out),
+            "--members",
+            "1",
             "--epochs",
             "2",
             "--batch-size",
@@ -216,7 +218,9 @@ def test_bad_files_are_skipped_with_a_warning(
                 str(data_dir),
                 "--out",
                 str(out),
-                "--epochs",
+                "--members",
+            "1",
+            "--epochs",
                 "1",
                 "--batch-size",
                 "4",
