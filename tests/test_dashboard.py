@@ -26,6 +26,16 @@ PAGE_IDS = {
     "stream-list",
     "stats",
     "server-info",
+    "call-list",
+    "call-view",
+    "channels",
+    "alerts",
+    "channel-template",
+}
+# classes of one channel in the call view (the browser tests read them)
+CHANNEL_CLASSES = {
+    "channel", "channel-role", "channel-speech", "channel-label", "channel-confidence",
+    "channel-chart", "channel-utterances",
 }
 
 
@@ -37,13 +47,15 @@ class _Page(HTMLParser):
         self.ids: set[str] = set()
         self.resources: list[str] = []
         self.live: set[str] = set()
+        self.classes: set[str] = set()
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         attributes = dict(attrs)
         if attributes.get("id"):
             self.ids.add(str(attributes["id"]))
         if attributes.get("aria-live"):
-            self.live.add(str(attributes.get("id")))
+            self.live.add(str(attributes.get("id") or attributes.get("class")))
+        self.classes.update(str(attributes.get("class") or "").split())
         for name in ("src", "href"):
             value = attributes.get(name)
             if value and not value.startswith("data:"):
@@ -80,7 +92,9 @@ def test_server_serves_the_page_and_its_files() -> None:
     assert got["style.css"][:2] == (200, "text/css; charset=utf-8")
     assert got["app.js"][2] == (STATIC / "app.js").read_text()
     assert PAGE_IDS <= page.ids
-    assert "current-label" in page.live
+    assert CHANNEL_CLASSES <= page.classes
+    # a screen reader hears label changes and new alerts
+    assert {"current-label", "alerts", "channel-label"} <= page.live
 
 
 def test_dashboard_needs_no_network() -> None:

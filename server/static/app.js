@@ -1,15 +1,27 @@
 // emotion-monitor dashboard: connects to ws(s)://<this host>/ws and draws what arrives.
 // Plain JavaScript, no libraries, no build step. The wire format is documented in
-// docs/protocol.md (client/messages.py is the reference). Element ids are stable so a
-// browser test can read the page: #connection-state, #stream-select, #current-label,
-// #current-confidence, #speech-state, #chart (data-points), #stats, #stream-list.
+// docs/protocol.md (client/messages.py is the reference). Element ids and data attributes are
+// stable so a browser test can read the page:
+//   one stream:  #connection-state, #stream-select, #current-label, #current-confidence,
+//                #speech-state, #chart (data-points), #stats, #stream-list li[data-stream]
+//   calls:       #call-list li[data-call] .chip[data-stream][data-label],
+//                #call-view[data-call] .channel[data-stream] .channel-label[data-label],
+//                canvas.channel-chart[data-points], .channel-utterances li[data-label],
+//                #alerts li[data-alert-id][data-stream][data-label][data-state]
+// A call is the part of a stream name before the first "/" (call-42/agent, call-42/customer);
+// a stream without "/" (a file, the microphone) is a call of one channel.
 (function () {
   "use strict";
 
   var PROTOCOL_VERSION = 1;
-  var CHART_SPAN_S = 180;          // seconds of stream time shown in the chart, at most
+  var CHART_SPAN_S = 180;          // seconds of stream time shown in a chart, at most
   var MIN_SPAN_S = 30;             // the axis starts this wide and grows with the data
   var MAX_POINTS = 4000;           // per stream, a hard cap whatever the hop
+  var MAX_UTTERANCES = 5;          // per channel, newest first
+  var MAX_ALERTS = 100;            // in the alerts panel, newest first
+  var CALL_LINGER_S = 120;         // an ended call stays listed this long (unless selected)
+  var MAX_ENDED_CALLS = 32;        // and at most this many ended calls are kept
+  var MIN_FRAME_MS = 100;          // at most ten renders a second, however many streams
   var BACKOFF_INITIAL_MS = 500;
   var BACKOFF_MAX_MS = 10000;
   var UNCERTAIN = "uncertain";
@@ -29,16 +41,27 @@
     streamState: $("stream-state"), lastUpdate: $("last-update"), windowInfo: $("window-info"),
     bars: $("probabilities"), chart: $("chart"), legend: $("legend"), span: $("chart-span"),
     list: $("stream-list"), stats: $("stats"), server: $("server-info"),
+    calls: $("call-list"), callsEmpty: $("call-list-empty"), callCount: $("call-count"),
+    callView: $("call-view"), callName: $("call-name"), callState: $("call-state"),
+    channels: $("channels"), callLegend: $("call-legend"), channelTemplate: $("channel-template"),
+    alerts: $("alerts"), alertsEmpty: $("alerts-empty"), alertCount: $("alert-count"),
   };
 
   var state = {
     hello: null,        // the latest hello
     labels: [],
-    streams: new Map(), // name -> stream record
-    selected: null,
+    streams: new Map(), // name -> stream record, in the order they were first seen
+    selected: null,     // the stream shown in "Now"; its call is the call shown
+    pinned: false,      // the user (or the URL) chose the selection: never move it for them
     stats: null,
+    alerts: [],         // alert records, newest first, at most MAX_ALERTS
+    alertIndex: new Map(), // session + "/" + alert_id -> alert record
+    maxWall: 0,         // the latest server wall_time seen (to age replayed events)
   };
-  var initialStream = new URLSearchParams(location.search).get("stream");
+  var params = new URLSearchParams(location.search);
+  var initialStream = params.get("stream");
+  var initialCall = params.get("call");
+  if (initialStream || initialCall) state.pinned = true;
 
   function colour(label) {
     if (label === UNCERTAIN) return GREY;
@@ -49,14 +72,32 @@
     return PALETTE[i % PALETTE.length];
   }
 
+  function callOf(name) {
+    var i = name.indexOf("/");
+    return i > 0 ? name.slice(0, i) : name;
+  }
+
+  function roleOf(name) {
+    var i = name.indexOf("/");
+    return i > 0 ? name.slice(i + 1) : name;
+  }
+
+  function nowS() { return Date.now() / 1000; }
+
   function streamRecord(name) {
     var s = state.streams.get(name);
     if (!s) {
-      s = { name: name, open: true, speaking: false, last: null, lastSeq: -1,
-            updatedWall: null, openedWall: null, history: [] };
+      s = { name: name, call: callOf(name), role: roleOf(name), open: true, speaking: false,
+            last: null, lastSeq: -1, updatedWall: null, openedWall: null, history: [],
+            version: 0, utterances: [], endedAt: null };
       state.streams.set(name, s);
     }
     return s;
+  }
+
+  function resetStream(s) {
+    s.history = []; s.last = null; s.lastSeq = -1; s.updatedWall = null;
+    s.utterances = []; s.version += 1; s.endedAt = null;
   }
 
   // ---- messages ---------------------------------------------------------------------------
@@ -65,12 +106,21 @@
     var newRun = !state.hello || state.hello.session !== m.session;
     state.hello = m;
     state.labels = m.labels.slice();
+    var live = new Set(m.streams.map(function (info) { return info.stream; }));
     if (newRun) {
-      // a different server run: its sequence numbers and stream times start over
+      // a different server run: its sequence numbers, stream times and alert ids start over
       state.streams.clear();
       state.stats = null;
+      state.alerts.forEach(function (a) {
+        if (a.state !== "end") { a.state = "end"; a.interrupted = true; a.dirty = true; }
+      });
+    } else {
+      // the same run after a reconnect: what is not open now ended while we were away
+      state.streams.forEach(function (s) {
+        if (s.open && !live.has(s.name)) { s.open = false; s.speaking = false; s.endedAt = nowS(); }
+      });
     }
-    m.streams.forEach(function (info) { streamRecord(info.stream).open = true; });
+    live.forEach(function (name) { streamRecord(name).open = true; });
     el.server.textContent = "model " + m.model + " · window " + m.window_s + " s, hop " +
       m.hop_s + " s · session " + m.session;
     el.span.textContent = String(CHART_SPAN_S);
@@ -79,11 +129,19 @@
   function onOpen(m) {
     var s = streamRecord(m.stream);
     if (s.openedWall !== null && s.openedWall !== m.wall_time) {
-      // the name was reused in this run: a new stream whose sequence numbers start over
-      s.history = []; s.last = null; s.lastSeq = -1; s.updatedWall = null;
+      resetStream(s); // the name was reused in this run: a new stream, numbers start over
     }
     s.openedWall = m.wall_time; // a stream_open replayed after a reconnect has the same time
     s.open = true;
+    s.endedAt = null;
+  }
+
+  function onClose(m) {
+    var s = streamRecord(m.stream);
+    s.open = false; s.speaking = false;
+    // a stream_close replayed after a reconnect ended earlier than now: age it by server time
+    if (s.endedAt === null) s.endedAt = nowS() - Math.max(0, state.maxWall - m.wall_time);
+    s.closeReason = m.reason;
   }
 
   function onWindow(m) {
@@ -92,6 +150,7 @@
     s.lastSeq = m.seq;
     s.last = m;
     s.updatedWall = m.wall_time;
+    s.version += 1;
     s.history.push({ start: m.start_s, end: m.end_s, p: m.probabilities });
     var cutoff = m.end_s - CHART_SPAN_S;
     var drop = 0;
@@ -100,18 +159,51 @@
     if (drop) s.history.splice(0, drop);
   }
 
+  function onUtterance(m) {
+    var s = streamRecord(m.stream);
+    var newest = s.utterances[0];
+    if (newest && m.end_s <= newest.end_s) return; // a backlog resent after a reconnect
+    s.utterances.unshift(m);
+    if (s.utterances.length > MAX_UTTERANCES) s.utterances.length = MAX_UTTERANCES;
+    s.utterancesVersion = (s.utterancesVersion || 0) + 1;
+  }
+
+  function onAlert(m) {
+    var session = state.hello ? state.hello.session : "";
+    var key = session + "/" + m.alert_id;
+    var a = state.alertIndex.get(key);
+    if (m.state === "start" || !a) {
+      if (a) return; // a backlog resent after a reconnect
+      a = { key: key, id: m.alert_id, stream: m.stream, rule: m.rule, label: m.label,
+            threshold: m.threshold, for_s: m.for_s, since_s: m.since_s, at_s: m.at_s,
+            probability: m.probability, wall_time: m.wall_time, state: "start",
+            end: null, interrupted: false, dirty: true, node: null };
+      state.alertIndex.set(key, a);
+      state.alerts.unshift(a);
+      while (state.alerts.length > MAX_ALERTS) {
+        var gone = state.alerts.pop();
+        state.alertIndex.delete(gone.key);
+        if (gone.node) gone.node.remove();
+      }
+    }
+    if (m.state === "end" && !a.end) {
+      a.state = "end";
+      a.end = { at_s: m.at_s, probability: m.probability, wall_time: m.wall_time };
+      a.dirty = true;
+    }
+  }
+
   function handle(m) {
+    if (typeof m.wall_time === "number" && m.wall_time > state.maxWall) state.maxWall = m.wall_time;
     switch (m.type) {
       case "hello": onHello(m); break;
       case "window": onWindow(m); break;
       case "speech_start": streamRecord(m.stream).speaking = true; break;
       case "speech_end": streamRecord(m.stream).speaking = false; break;
       case "stream_open": onOpen(m); break;
-      case "stream_close": {
-        var s = streamRecord(m.stream);
-        s.open = false; s.speaking = false;
-        break;
-      }
+      case "stream_close": onClose(m); break;
+      case "utterance": onUtterance(m); break;
+      case "alert": onAlert(m); break;
       case "stats": state.stats = m; break;
       case "error": console.warn("server error", m.code, m.message); break;
       default: return; // unknown types are ignored (forward compatible)
@@ -156,7 +248,11 @@
         console.warn("skipping a frame of another protocol", m); return;
       }
       if (m.type === "hello") failures = 0;
-      handle(m);
+      try {
+        handle(m);
+      } catch (err) { // one odd frame must not stop the page
+        console.warn("skipping a frame the page cannot use", m.type, err);
+      }
     };
     ws.onclose = function (event) {
       if (socket !== ws) return;
@@ -173,25 +269,89 @@
     };
   }
 
+  // ---- calls ------------------------------------------------------------------------------
+
+  // Calls from the streams: {name, streams (first-seen order), open, endedAt, alerts}.
+  function collectCalls() {
+    var calls = new Map();
+    state.streams.forEach(function (s) {
+      var c = calls.get(s.call);
+      if (!c) {
+        c = { name: s.call, streams: [], open: false, endedAt: 0 };
+        calls.set(s.call, c);
+      }
+      c.streams.push(s);
+      if (s.open) c.open = true;
+      else c.endedAt = Math.max(c.endedAt, s.endedAt || 0);
+    });
+    return calls;
+  }
+
+  var naturally = new Intl.Collator(undefined, { numeric: true });
+  function callOrder(a, b) { // live calls first, then by name ("call-2" before "call-10")
+    if (a.open !== b.open) return a.open ? -1 : 1;
+    return naturally.compare(a.name, b.name);
+  }
+
+  // Forget calls that ended long ago, or too many of them (never the selected one).
+  function pruneCalls(calls) {
+    var keep = state.selected !== null ? callOf(state.selected) : null;
+    var ended = Array.from(calls.values()).filter(function (c) {
+      return !c.open && c.name !== keep;
+    }).sort(function (a, b) { return b.endedAt - a.endedAt; });
+    var now = nowS();
+    ended.forEach(function (c, i) {
+      if (i >= MAX_ENDED_CALLS || now - c.endedAt > CALL_LINGER_S) {
+        c.streams.forEach(function (s) { state.streams.delete(s.name); });
+        calls.delete(c.name);
+      }
+    });
+  }
+
+  function activeAlerts() { // stream -> number of alerts on now
+    var on = new Map();
+    state.alerts.forEach(function (a) {
+      if (a.state !== "end") on.set(a.stream, (on.get(a.stream) || 0) + 1);
+    });
+    return on;
+  }
+
   // ---- rendering --------------------------------------------------------------------------
 
   var renderPending = false;
+  var lastRenderMs = -Infinity;
   function scheduleRender() {
     if (renderPending) return;
     renderPending = true;
-    // a timer, not requestAnimationFrame: hidden tabs and headless browsers still update
-    setTimeout(function () { renderPending = false; render(); }, 50);
+    var wait = Math.max(0, lastRenderMs + MIN_FRAME_MS - performance.now());
+    setTimeout(function () {
+      var done = false;
+      var run = function () {
+        if (done) return;
+        done = true;
+        renderPending = false;
+        lastRenderMs = performance.now();
+        render();
+      };
+      requestAnimationFrame(run);
+      setTimeout(run, 250); // hidden tabs run no animation frames; still keep the page current
+    }, wait);
   }
 
   function fmt(x, digits) { return Number(x).toFixed(digits); }
 
+  function setText(node, text) { if (node.textContent !== text) node.textContent = text; }
+  function setData(node, key, value) { if (node.dataset[key] !== value) node.dataset[key] = value; }
+
+  function clock(wall) {
+    var d = new Date(wall * 1000);
+    var two = function (n) { return (n < 10 ? "0" : "") + n; };
+    return two(d.getHours()) + ":" + two(d.getMinutes()) + ":" + two(d.getSeconds());
+  }
+
   function renderSelect() {
-    var names = Array.from(state.streams.keys()).sort();
-    if (state.selected === null || !state.streams.has(state.selected)) {
-      state.selected = initialStream && state.streams.has(initialStream) ? initialStream
-        : (names.length ? names[0] : null);
-    }
     var sel = el.select;
+    var names = Array.from(state.streams.keys()).sort(naturally.compare);
     var wanted = names.map(function (n) {
       return n + (state.streams.get(n).open ? "" : " (closed)");
     });
@@ -210,6 +370,23 @@
     }
     sel.disabled = false;
     sel.value = state.selected;
+  }
+
+  // Which stream is shown: the user's choice, else the URL's, else the first live call.
+  function chooseSelection(calls, ordered) {
+    if (state.selected !== null && !state.streams.has(state.selected)) state.selected = null;
+    if (state.selected === null && initialStream && state.streams.has(initialStream)) {
+      state.selected = initialStream;
+    }
+    if (state.selected === null && initialCall && calls.has(initialCall)) {
+      state.selected = calls.get(initialCall).streams[0].name;
+    }
+    var current = state.selected !== null ? calls.get(callOf(state.selected)) : null;
+    if (state.selected === null || (!state.pinned && current && !current.open)) {
+      // nothing chosen yet, or the call shown by default ended: follow a live call
+      var pick = ordered.length ? ordered[0] : null;
+      if (pick && (state.selected === null || pick.open)) state.selected = pick.streams[0].name;
+    }
   }
 
   function renderCurrent(s) {
@@ -248,7 +425,8 @@
         li.querySelector(".fill").style.background = colour(name);
         el.bars.appendChild(li);
       });
-      renderLegend();
+      renderLegend(el.legend);
+      renderLegend(el.callLegend);
     }
     Array.from(el.bars.children).forEach(function (li) {
       var p = m && m.probabilities[li.dataset.label];
@@ -265,14 +443,14 @@
       el.lastUpdate.dataset.wallTime = "";
       return;
     }
-    var age = Math.max(0, Date.now() / 1000 - s.updatedWall);
+    var age = Math.max(0, nowS() - s.updatedWall);
     el.lastUpdate.dataset.wallTime = String(s.updatedWall);
     el.lastUpdate.textContent = "updated " + (age < 60 ? fmt(age, 0) + " s" :
       fmt(age / 60, 0) + " min") + " ago";
   }
 
-  function renderLegend() {
-    el.legend.innerHTML = "";
+  function renderLegend(list) {
+    list.innerHTML = "";
     state.labels.forEach(function (name) {
       var li = document.createElement("li");
       var sw = document.createElement("span");
@@ -280,32 +458,244 @@
       sw.style.background = colour(name);
       li.appendChild(sw);
       li.appendChild(document.createTextNode(name));
-      el.legend.appendChild(li);
+      list.appendChild(li);
     });
   }
 
+  // Keep a list's children in the given order, creating and removing them by key.
+  function reconcile(list, keys, nodes, make) {
+    var wanted = new Set(keys);
+    nodes.forEach(function (node, key) {
+      if (!wanted.has(key)) { node.remove(); nodes.delete(key); }
+    });
+    keys.forEach(function (key, i) {
+      var node = nodes.get(key);
+      if (!node) { node = make(key); nodes.set(key, node); }
+      if (list.children[i] !== node) list.insertBefore(node, list.children[i] || null);
+    });
+  }
+
+  var streamNodes = new Map();
   function renderList() {
-    var names = Array.from(state.streams.keys()).sort();
-    el.list.innerHTML = "";
-    names.forEach(function (name) {
-      var s = state.streams.get(name);
+    var names = Array.from(state.streams.keys()).sort(naturally.compare);
+    reconcile(el.list, names, streamNodes, function (name) {
       var li = document.createElement("li");
       li.dataset.stream = name;
-      li.dataset.label = s.last ? s.last.smoothed_label : "";
       var b = document.createElement("button");
       b.type = "button";
-      b.setAttribute("aria-pressed", String(name === state.selected));
       b.textContent = name;
-      if (!s.open) b.classList.add("closed");
       var chip = document.createElement("span");
       chip.className = "chip";
-      chip.textContent = s.last ? s.last.smoothed_label : "—";
-      chip.style.color = s.last ? colour(s.last.smoothed_label) : GREY;
       b.appendChild(chip);
       b.addEventListener("click", function () { select(name); });
       li.appendChild(b);
-      el.list.appendChild(li);
+      return li;
     });
+    streamNodes.forEach(function (li, name) {
+      var s = state.streams.get(name);
+      var label = s.last ? s.last.smoothed_label : "";
+      setData(li, "label", label);
+      var b = li.firstChild;
+      b.setAttribute("aria-pressed", String(name === state.selected));
+      b.classList.toggle("closed", !s.open);
+      var chip = b.querySelector(".chip");
+      setText(chip, label || "—");
+      chip.style.color = label ? colour(label) : GREY;
+    });
+  }
+
+  var callNodes = new Map();
+  function renderCalls(ordered, alertsOn) {
+    reconcile(el.calls, ordered.map(function (c) { return c.name; }), callNodes, function (name) {
+      var li = document.createElement("li");
+      li.dataset.call = name;
+      var b = document.createElement("button");
+      b.type = "button";
+      b.className = "call";
+      b.innerHTML = '<span class="call-title"></span> <span class="call-status"></span>' +
+        '<span class="chips"></span>';
+      b.querySelector(".call-title").textContent = name;
+      b.addEventListener("click", function () { selectCall(name); });
+      li.appendChild(b);
+      return li;
+    });
+    var shown = state.selected !== null ? callOf(state.selected) : null;
+    var live = 0;
+    ordered.forEach(function (c) {
+      if (c.open) live += 1;
+      var li = callNodes.get(c.name);
+      var alerting = c.streams.some(function (s) { return alertsOn.has(s.name); });
+      setData(li, "open", String(c.open));
+      setData(li, "alert", String(alerting));
+      setData(li, "channels", String(c.streams.length));
+      var b = li.firstChild;
+      b.setAttribute("aria-pressed", String(c.name === shown));
+      setText(b.querySelector(".call-status"), c.open ? (alerting ? "alert" : "live") : "ended");
+      var chips = b.querySelector(".chips");
+      var keys = c.streams.map(function (s) { return s.name; });
+      if (chips.dataset.streams !== keys.join("\n")) {
+        chips.dataset.streams = keys.join("\n");
+        chips.innerHTML = "";
+        c.streams.forEach(function (s) {
+          var chip = document.createElement("span");
+          chip.className = "chip";
+          chip.dataset.stream = s.name;
+          chip.innerHTML = '<span class="role"></span> <span class="chip-label"></span>';
+          chip.querySelector(".role").textContent = s.role;
+          chips.appendChild(chip);
+        });
+      }
+      c.streams.forEach(function (s, i) {
+        var chip = chips.children[i];
+        var label = s.last ? s.last.smoothed_label : "";
+        setData(chip, "label", label);
+        setData(chip, "open", String(s.open));
+        setData(chip, "speaking", String(s.speaking));
+        var text = chip.querySelector(".chip-label");
+        setText(text, label || "—");
+        chip.style.setProperty("--chip", label ? colour(label) : GREY);
+      });
+    });
+    setData(el.callCount, "live", String(live));
+    setData(el.callCount, "ended", String(ordered.length - live));
+    setText(el.callCount, ordered.length ? live + " live" +
+      (ordered.length > live ? ", " + (ordered.length - live) + " ended" : "") : "");
+    el.callsEmpty.hidden = ordered.length > 0;
+  }
+
+  var channelNodes = new Map();
+  function renderCallView(call, alertsOn) {
+    var name = call ? call.name : "";
+    if (el.callView.dataset.call !== name) {
+      el.callView.dataset.call = name;
+      channelNodes.forEach(function (node) { node.remove(); });
+      channelNodes.clear();
+    }
+    setText(el.callName, name || "—");
+    setData(el.callView, "open", call ? String(call.open) : "");
+    setText(el.callState, call ? (call.open ? "live" : "ended") : "no calls yet");
+    var streams = call ? call.streams : [];
+    reconcile(el.channels, streams.map(function (s) { return s.name; }), channelNodes,
+      function (stream) {
+        var node = el.channelTemplate.content.firstElementChild.cloneNode(true);
+        node.dataset.stream = stream;
+        node.querySelector(".channel-chart").dataset.stream = stream;
+        var role = node.querySelector(".channel-role");
+        role.textContent = roleOf(stream);
+        role.title = "show " + stream + " in detail below";
+        role.addEventListener("click", function () { select(stream, true); });
+        return node;
+      });
+    setData(el.channels, "count", String(streams.length));
+    var range = timeRange(streams);
+    streams.forEach(function (s) {
+      var node = channelNodes.get(s.name);
+      setData(node, "open", String(s.open));
+      setData(node, "alert", String(alertsOn.has(s.name)));
+      node.querySelector(".channel-role").setAttribute("aria-pressed",
+        String(s.name === state.selected));
+      var speech = node.querySelector(".channel-speech");
+      setData(speech, "speaking", String(s.speaking));
+      setText(speech.querySelector(".text"), s.open ? (s.speaking ? "speaking" : "quiet")
+        : "ended");
+      var m = s.last;
+      var labelNode = node.querySelector(".channel-label");
+      var label = m ? m.smoothed_label : "";
+      if (labelNode.dataset.label !== label) { // aria-live: announce changes only
+        labelNode.dataset.label = label;
+        labelNode.textContent = "";
+        var who = document.createElement("span");
+        who.className = "sr-only"; // a screen reader hears whose label changed
+        who.textContent = s.role + ": ";
+        labelNode.appendChild(who);
+        labelNode.appendChild(document.createTextNode(m ? label : "—"));
+        labelNode.style.color = m ? colour(label) : GREY;
+      }
+      var conf = node.querySelector(".channel-confidence");
+      setData(conf, "value", m ? String(m.smoothed_confidence) : "");
+      setText(conf, m ? fmt(m.smoothed_confidence, 2) + " · " + fmt(m.end_s, 1) + " s" :
+        (s.open ? "no windows yet" : "no speech"));
+      drawChart(node.querySelector(".channel-chart"), s, range); // one time axis per call
+      renderUtterances(node.querySelector(".channel-utterances"), s);
+    });
+  }
+
+  function renderUtterances(list, s) {
+    var version = String(s.utterancesVersion || 0);
+    if (list.dataset.version === version) return;
+    list.dataset.version = version;
+    list.innerHTML = "";
+    s.utterances.forEach(function (u) {
+      var li = document.createElement("li");
+      li.dataset.label = u.label;
+      li.dataset.confidence = String(u.confidence);
+      li.dataset.startS = String(u.start_s);
+      li.dataset.endS = String(u.end_s);
+      var strong = document.createElement("strong");
+      strong.textContent = u.label;
+      strong.style.color = colour(u.label);
+      li.appendChild(strong);
+      li.appendChild(document.createTextNode(" " + fmt(u.confidence, 2) + " · " +
+        fmt(u.end_s - u.start_s, 1) + " s long, " + fmt(u.start_s, 1) + "–" +
+        fmt(u.end_s, 1) + " s"));
+      li.title = u.windows + " windows" +
+        (u.windows_dropped ? ", " + u.windows_dropped + " dropped" : "");
+      list.appendChild(li);
+    });
+  }
+
+  function renderAlerts() {
+    var active = 0;
+    // newest first: a new alert goes on top (state.alerts is kept newest first)
+    for (var i = state.alerts.length - 1; i >= 0; i--) {
+      var a = state.alerts[i];
+      if (a.state !== "end") active += 1;
+      if (!a.node) {
+        a.node = makeAlert(a);
+        el.alerts.insertBefore(a.node, el.alerts.firstChild);
+      }
+      if (a.dirty) { updateAlert(a); a.dirty = false; }
+    }
+    el.alertsEmpty.hidden = state.alerts.length > 0;
+    setData(el.alertCount, "active", String(active));
+    setText(el.alertCount, state.alerts.length ? active + " active" : "");
+  }
+
+  function makeAlert(a) {
+    var li = document.createElement("li");
+    li.dataset.alertId = String(a.id);
+    li.dataset.stream = a.stream;
+    li.dataset.label = a.label;
+    li.dataset.rule = a.rule;
+    li.dataset.value = String(a.probability);
+    li.innerHTML = '<time></time> <button type="button" class="alert-stream"></button> ' +
+      '<span class="alert-rule"></span> <strong class="alert-value"></strong> ' +
+      '<span class="alert-status muted"></span>';
+    var time = li.querySelector("time");
+    time.dateTime = new Date(a.wall_time * 1000).toISOString();
+    time.textContent = clock(a.wall_time);
+    var b = li.querySelector(".alert-stream");
+    b.textContent = a.stream;
+    b.addEventListener("click", function () { select(a.stream, true); });
+    li.querySelector(".alert-rule").textContent = a.rule;
+    var v = li.querySelector(".alert-value");
+    v.textContent = a.label + " " + fmt(a.probability, 2);
+    v.style.color = colour(a.label);
+    return li;
+  }
+
+  function updateAlert(a) {
+    var li = a.node;
+    li.dataset.state = a.state;
+    var status = "since " + fmt(a.since_s, 1) + " s";
+    if (a.end) {
+      status += ", ended at " + fmt(a.end.at_s, 1) + " s (" + fmt(a.end.probability, 2) + ")";
+    } else if (a.interrupted) {
+      status += ", server restarted";
+    } else {
+      status += ", active";
+    }
+    li.querySelector(".alert-status").textContent = status;
   }
 
   function renderStats() {
@@ -330,10 +720,27 @@
     return 1200;
   }
 
-  function drawChart(s) {
-    var canvas = el.chart;
+  // Stream times [first, last] of some streams' charted windows (null: none yet).
+  function timeRange(streams) {
+    var range = null;
+    streams.forEach(function (s) {
+      if (!s || !s.history.length) return;
+      var first = Math.floor(s.history[0].end), last = s.history[s.history.length - 1].end;
+      range = range ? [Math.min(range[0], first), Math.max(range[1], last)] : [first, last];
+    });
+    return range;
+  }
+
+  // Draw a stream's rolling probabilities over ``range`` (default: its own windows' times);
+  // skipped when nothing it shows has changed.
+  function drawChart(canvas, s, range) {
+    range = range || timeRange([s]) || [0, 0];
     var dpr = window.devicePixelRatio || 1;
-    var cssW = canvas.clientWidth || 800, cssH = canvas.clientHeight || 260;
+    var cssW = canvas.clientWidth || canvas.width, cssH = canvas.clientHeight || canvas.height;
+    var key = (s ? s.name + "#" + s.version : "") + "|" + cssW + "x" + cssH + "@" + dpr + "|" +
+      state.labels.join(",") + "|" + range.join(",");
+    if (canvas.drawn === key) return;
+    canvas.drawn = key;
     if (canvas.width !== Math.round(cssW * dpr) || canvas.height !== Math.round(cssH * dpr)) {
       canvas.width = Math.round(cssW * dpr);
       canvas.height = Math.round(cssH * dpr);
@@ -345,8 +752,7 @@
     var w = cssW - L - R, h = cssH - T - B;
     var hist = s ? s.history : [];
     // the axis grows from MIN_SPAN_S with the data, then rolls once it spans CHART_SPAN_S
-    var tFirst = hist.length ? Math.floor(hist[0].end) : 0;
-    var tLast = hist.length ? hist[hist.length - 1].end : 0;
+    var tFirst = range[0], tLast = range[1];
     var span = Math.min(CHART_SPAN_S, Math.max(MIN_SPAN_S, tLast - tFirst));
     var t0 = tLast - tFirst < span ? tFirst : tLast - span;
     var t1 = t0 + span;
@@ -403,29 +809,57 @@
   }
 
   function render() {
+    var calls = collectCalls();
+    pruneCalls(calls);
+    var ordered = Array.from(calls.values()).sort(callOrder);
+    chooseSelection(calls, ordered);
+    var alertsOn = activeAlerts();
     renderSelect();
     var s = state.selected !== null ? state.streams.get(state.selected) : null;
+    renderCalls(ordered, alertsOn);
+    renderCallView(s ? calls.get(s.call) : null, alertsOn);
+    renderAlerts();
     renderCurrent(s || null);
     renderList();
     renderStats();
-    drawChart(s || null);
+    drawChart(el.chart, s || null);
   }
 
-  function select(name) {
+  function select(name, pinned) {
     state.selected = name;
+    state.pinned = pinned !== false;
     scheduleRender();
+  }
+
+  function selectCall(call) {
+    if (state.selected !== null && callOf(state.selected) === call) {
+      state.pinned = true;
+      scheduleRender();
+      return;
+    }
+    var first = null;
+    state.streams.forEach(function (s) { if (first === null && s.call === call) first = s.name; });
+    if (first !== null) select(first);
   }
 
   el.select.addEventListener("change", function () { select(el.select.value); });
   window.addEventListener("resize", scheduleRender);
   setInterval(function () {
     renderAge(state.selected !== null ? state.streams.get(state.selected) : null);
+    if (state.streams.size) scheduleRender(); // ended calls age out of the list
   }, 1000);
 
   // exposed for debugging and tests: read-only view of what the page knows
   window.emotionMonitor = {
     state: state,
     connected: function () { return socket !== null && socket.readyState === 1; },
+    calls: function () {
+      return Array.from(collectCalls().values()).sort(callOrder).map(function (c) {
+        return { call: c.name, open: c.open, streams: c.streams.map(function (s) {
+          return s.name;
+        }) };
+      });
+    },
   };
 
   render();
