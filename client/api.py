@@ -37,7 +37,16 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from .errors import ClientError
-from .messages import ErrorMessage, Hello, Message, MessageError, Subscribe, decode, encode
+from .messages import (
+    ErrorMessage,
+    Hello,
+    Message,
+    MessageError,
+    Subscribe,
+    decode,
+    encode,
+    stream_wanted,
+)
 
 __all__ = [
     "DEFAULT_URL",
@@ -191,7 +200,7 @@ class EventClient:
 
     def _wanted(self, message: Message) -> bool:
         stream = getattr(message, "stream", None)
-        return not self.streams or stream is None or stream in self.streams
+        return stream_wanted(stream, self.streams)
 
     async def _wait_closed(self, delay_s: float) -> bool:
         """Sleep ``delay_s`` unless closed first; True if the client was closed."""

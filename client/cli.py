@@ -1,4 +1,4 @@
-"""The ``watch`` and ``log`` subcommands (main thread; each runs one asyncio loop).
+"""The ``watch``, ``log`` and ``push`` subcommands (main thread; each runs one asyncio loop).
 
 ``register`` imports nothing beyond the standard library; the handlers import the client
 modules (websockets, rich) when they run. Handlers return an exit code: 0 when stopped by
@@ -23,6 +23,7 @@ __all__ = ["register"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_URL = "ws://127.0.0.1:8765/ws"  # the same as client.api.DEFAULT_URL, kept import-free
+DEFAULT_INGEST_URL = "ws://127.0.0.1:8765/ingest"  # client.push.DEFAULT_INGEST_URL
 
 
 def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,6 +91,32 @@ def register(subparsers: Any) -> None:
         "--out", required=True, metavar="FILE", help="timeline file, .csv or .jsonl (appended)"
     )
     log.set_defaults(handler=_log)
+
+    push = subparsers.add_parser(
+        "push",
+        help="send an audio file to a running monitor's /ingest as a live call",
+        description=(
+            "Send FILE (8000-48000 Hz, mono or stereo, any format soundfile reads) to a "
+            "server's WS /ingest, paced in real time (or as fast as the server takes it with "
+            "--fast). Each channel becomes its own stream, ID/ROLE (ID/ch0, ID/ch1 without "
+            "--roles). Exits 2 with one line when the server rejects the stream."
+        ),
+    )
+    push.add_argument("file", metavar="FILE", help="audio file to send")
+    push.add_argument("url", nargs="?", default=DEFAULT_INGEST_URL,
+                      help=f"ingest URL (default {DEFAULT_INGEST_URL})")
+    push.add_argument("--stream", required=True, metavar="ID", help="call id, e.g. call-42")
+    push.add_argument("--roles", default=None, metavar="R1,R2",
+                      help="one role per channel, e.g. agent,customer (default: ch0, ch1)")
+    push.add_argument("--fast", action="store_true",
+                      help="send as fast as the server accepts instead of in real time")
+    push.add_argument("--format", dest="fmt", default="s16le", choices=("s16le", "f32le"),
+                      help="sample format on the wire (default s16le)")
+    push.add_argument("--frame-ms", type=int, default=20,
+                      help="audio per binary frame in ms (default 20)")
+    push.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
+                      help="metadata for the server's stream_open (repeatable)")
+    push.set_defaults(handler=_push)
 
 
 async def _until_signal(coro: Coroutine[Any, Any, None]) -> None:
@@ -204,4 +231,28 @@ def _log(args: argparse.Namespace) -> int:
         f"{timeline.duplicates_skipped} duplicates skipped",
         file=sys.stderr,
     )
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    from .errors import ClientError
+    from .push import push_file
+
+    roles = tuple(r.strip() for r in args.roles.split(",")) if args.roles else ()
+    metadata = {}
+    for item in args.meta:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ClientError(f"--meta {item!r}: write KEY=VALUE")
+        metadata[key] = value
+
+    async def main() -> Any:
+        return await push_file(
+            args.file, args.url, stream=args.stream, roles=roles, fast=args.fast,
+            fmt=args.fmt, frame_ms=args.frame_ms, metadata=metadata,
+        )
+
+    result = asyncio.run(main())
+    print(f"pushed {result.seconds:.1f} s of {args.file} as {', '.join(result.streams)} "
+          f"in {result.wall_s:.1f} s", flush=True)
     return 0

@@ -1,4 +1,4 @@
-"""The wire schema: every JSON message on ``/ws`` (pure functions, any thread or loop).
+"""The wire schema: every JSON message on ``/ws`` and ``/ingest`` (pure; any thread or loop).
 
 This module is the one place that knows the wire format; ``server`` encodes with it and
 ``client`` decodes with it. It imports only the standard library. Every message is a JSON
@@ -16,9 +16,15 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
 __all__ = [
+    "ALERT_STATES",
+    "INGEST_FORMATS",
     "PROTOCOL_VERSION",
+    "AlertMessage",
     "ErrorMessage",
     "Hello",
+    "IngestAck",
+    "IngestEnd",
+    "IngestStart",
     "Message",
     "MessageError",
     "SpeechEndMessage",
@@ -28,12 +34,18 @@ __all__ = [
     "StreamInfo",
     "StreamOpenMessage",
     "Subscribe",
+    "UtteranceMessage",
     "WindowMessage",
     "decode",
     "encode",
+    "stream_wanted",
 ]
 
 PROTOCOL_VERSION = 1
+#: sample formats a sender may push to ``/ingest`` (little-endian, interleaved channels)
+INGEST_FORMATS = ("s16le", "f32le")
+#: ``AlertMessage.state`` values
+ALERT_STATES = ("start", "end")
 
 
 class MessageError(ValueError):
@@ -133,6 +145,49 @@ class WindowMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class UtteranceMessage:
+    """Server -> client: a closed speech segment labelled as a whole.
+
+    ``probabilities`` is the mean of the segment's labelled window probabilities; ``windows``
+    were averaged and ``windows_dropped`` of the segment were dropped under overload.
+    """
+
+    TYPE: ClassVar[str] = "utterance"
+    stream: str
+    start_s: float
+    end_s: float
+    wall_time: float
+    probabilities: Mapping[str, float]  # label -> probability, in model label order
+    label: str
+    confidence: float
+    windows: int
+    windows_dropped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AlertMessage:
+    """Server -> client: an alert rule started (``state`` "start") or stopped ("end") holding.
+
+    ``alert_id`` counts alerts of one server run; the "start" and "end" of one alert share it.
+    ``since_s`` is the stream time the condition began to hold, ``at_s`` the stream time of this
+    message, ``probability`` the label's smoothed probability then.
+    """
+
+    TYPE: ClassVar[str] = "alert"
+    alert_id: int
+    stream: str
+    state: str  # "start" or "end"
+    rule: str  # canonical text, e.g. "Angry>=0.7 for 5s"
+    label: str
+    threshold: float
+    for_s: float
+    since_s: float
+    at_s: float
+    probability: float
+    wall_time: float
+
+
+@dataclass(frozen=True, slots=True)
 class StatsMessage:
     """Server -> client, periodically: engine and fan-out counters (totals since start)."""
 
@@ -158,10 +213,60 @@ class ErrorMessage:
 
 @dataclass(frozen=True, slots=True)
 class Subscribe:
-    """Client -> server: receive events of these streams only (empty tuple = all streams)."""
+    """Client -> server: receive events of these streams only (empty tuple = all streams).
+
+    An entry ending in ``/`` is a prefix: ``"call-42/"`` covers ``call-42/agent`` and
+    ``call-42/customer`` (see :func:`stream_wanted`).
+    """
 
     TYPE: ClassVar[str] = "subscribe"
     streams: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class IngestStart:
+    """Sender -> server on ``/ingest``: open a pushed stream (first frame of the connection).
+
+    ``stream`` is the call id; each channel becomes the engine stream ``<stream>/<role>``
+    (``roles``, one per channel) or ``<stream>/ch<N>`` without roles. Binary frames of
+    interleaved ``format`` samples follow the server's :class:`IngestAck`.
+    """
+
+    TYPE: ClassVar[str] = "ingest_start"
+    stream: str
+    sample_rate_hz: int
+    channels: int
+    format: str  # one of INGEST_FORMATS
+    roles: tuple[str, ...] = ()
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestAck:
+    """Server -> sender: the stream is open; ``streams`` are its per-channel stream ids."""
+
+    TYPE: ClassVar[str] = "ingest_ack"
+    stream: str
+    streams: tuple[str, ...]
+    max_frame_bytes: int
+    idle_timeout_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class IngestEnd:
+    """Sender -> server: no more audio; the server flushes the streams and closes with 1000."""
+
+    TYPE: ClassVar[str] = "ingest_end"
+
+
+def stream_wanted(stream: str | None, streams: tuple[str, ...] | frozenset[str]) -> bool:
+    """Whether a subscription (``streams``; empty = all) covers ``stream`` (None = always).
+
+    Entries match a stream id exactly, or, when they end in ``/``, as a prefix.
+    """
+    if stream is None or not streams or stream in streams:
+        return True
+    return any(entry.endswith("/") and stream.startswith(entry) for entry in streams)
 
 
 Message = (
@@ -171,9 +276,14 @@ Message = (
     | SpeechStartMessage
     | SpeechEndMessage
     | WindowMessage
+    | UtteranceMessage
+    | AlertMessage
     | StatsMessage
     | ErrorMessage
     | Subscribe
+    | IngestStart
+    | IngestAck
+    | IngestEnd
 )
 
 _TYPES: dict[str, type[Any]] = {
@@ -185,9 +295,14 @@ _TYPES: dict[str, type[Any]] = {
         SpeechStartMessage,
         SpeechEndMessage,
         WindowMessage,
+        UtteranceMessage,
+        AlertMessage,
         StatsMessage,
         ErrorMessage,
         Subscribe,
+        IngestStart,
+        IngestAck,
+        IngestEnd,
     )
 }
 

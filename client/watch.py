@@ -22,14 +22,19 @@ from rich.text import Text
 
 from .api import Disconnected, Event, EventClient
 from .messages import (
+    AlertMessage,
     ErrorMessage,
     Hello,
+    IngestAck,
+    IngestEnd,
+    IngestStart,
     SpeechEndMessage,
     SpeechStartMessage,
     StatsMessage,
     StreamCloseMessage,
     StreamOpenMessage,
     Subscribe,
+    UtteranceMessage,
     WindowMessage,
 )
 
@@ -123,8 +128,8 @@ class WatchState:
         if isinstance(event, ErrorMessage):
             self.last_error = f"{event.code}: {event.message}"
             return
-        if isinstance(event, Subscribe):
-            return
+        if isinstance(event, (Subscribe, IngestStart, IngestAck, IngestEnd)):
+            return  # not sent on /ws
         view = self._stream(event.stream)
         view.updated_wall = event.wall_time
         if isinstance(event, StreamOpenMessage):
@@ -173,6 +178,16 @@ def format_event(event: Event) -> str | None:
         return f"stats {_stats_text(event)}"
     if isinstance(event, ErrorMessage):
         return f"error {event.code}: {event.message}"
+    if isinstance(event, UtteranceMessage):
+        return (
+            f"utterance {event.stream} {event.start_s:.2f}-{event.end_s:.2f}s {event.label} "
+            f"{event.confidence:.2f} windows={event.windows}"
+        )
+    if isinstance(event, AlertMessage):
+        return (
+            f"alert {event.state} #{event.alert_id} {event.stream} {event.rule} "
+            f"since={event.since_s:.2f}s at={event.at_s:.2f}s p={event.probability:.2f}"
+        )
     return None
 
 

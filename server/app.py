@@ -1,10 +1,15 @@
-"""The event server: ``WS /ws`` events, ``GET /`` dashboard, ``GET /healthz`` (event loop).
+"""The event server: ``WS /ws`` events, ``WS /ingest`` audio, ``GET /``, ``GET /healthz`` (loop).
 
 One websockets server on one port. Plain HTTP GETs are answered in ``process_request`` (the
 dashboard's static files, the health check, 404 for anything else); ``/ws`` upgrades to a
 WebSocket whose handler sends ``hello``, the backlog, then live events from the client's own
 bounded queue (see :mod:`server.fanout`), while reading the client's frames: ``subscribe``
 changes its filter, anything else gets an ``error`` reply and the connection stays open.
+
+``/ingest`` (only when an :class:`~server.ingest.IngestEndpoint` is given) takes pushed call
+audio; its connections may send frames up to 4 x ``ingest_max_frame_bytes`` before websockets
+itself closes them with 1009 (the endpoint answers bigger-than-allowed frames with an ``error``
+and 1009 first).
 
 Close codes: 1001 at shutdown, 1008 after too many bad frames, 1009 for a frame larger than
 ``max_message_bytes`` (websockets does it), 1011 when our handler fails (only that connection).
@@ -36,6 +41,7 @@ from .config import ServerConfig
 from .errors import ServerError
 from .fanout import ClientQueue, QueueClosed
 from .hub import EventHub
+from .ingest import INGEST_PATH, IngestEndpoint
 
 __all__ = ["CONTENT_TYPES", "EventServer", "format_host"]
 
@@ -89,9 +95,12 @@ class EventServer:
     already queued (up to ``shutdown_timeout_s``), then closes the rest with 1001.
     """
 
-    def __init__(self, config: ServerConfig, hub: EventHub) -> None:
+    def __init__(
+        self, config: ServerConfig, hub: EventHub, *, ingest: IngestEndpoint | None = None
+    ) -> None:
         self.config = config
         self.hub = hub
+        self.ingest = ingest
         self._server: Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
         self._closed = False
@@ -143,6 +152,11 @@ class EventServer:
         """The events URL, e.g. ``ws://127.0.0.1:8765/ws``."""
         return f"ws://{format_host(self.config.host)}:{self.port}{WS_PATH}"
 
+    @property
+    def ingest_url(self) -> str:
+        """The audio ingest URL, e.g. ``ws://127.0.0.1:8765/ingest``."""
+        return f"ws://{format_host(self.config.host)}:{self.port}{INGEST_PATH}"
+
     async def close(self) -> None:
         """Drain client queues, close clients with 1001, stop listening. Idempotent."""
         if self._closed:
@@ -176,6 +190,10 @@ class EventServer:
         path = urlsplit(request.path).path
         if path == WS_PATH:
             return None  # the WebSocket handshake (websockets answers 426 to a plain GET)
+        if path == INGEST_PATH and self.ingest is not None:
+            # audio frames are bigger than client messages; set before any frame is read
+            connection.protocol.max_message_size = 4 * self.config.ingest_max_frame_bytes
+            return None
         if "upgrade" in request.headers.get("Connection", "").lower():
             return _text(HTTPStatus.NOT_FOUND, f"no WebSocket endpoint at {path}; use {WS_PATH}\n")
         if path == "/healthz":
@@ -211,6 +229,12 @@ class EventServer:
     # -- WebSocket ----------------------------------------------------------------------------
 
     async def _handle(self, connection: ServerConnection) -> None:
+        request = connection.request
+        if self.ingest is not None and request is not None and (
+            urlsplit(request.path).path == INGEST_PATH
+        ):
+            await self.ingest.handle(connection)
+            return
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)

@@ -46,7 +46,8 @@ def register(subparsers: Any) -> None:
     )
     run.add_argument(
         "--source", default="mic",
-        help="'mic' (default), an audio FILE, or 'none' (serve only, no audio)",
+        help="'mic' (default), an audio FILE, or 'none' (no local audio: serve pushed calls on "
+        "WS /ingest only)",
     )
     run.add_argument(
         "--device", default=None,
@@ -182,6 +183,39 @@ def _add_server_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--shutdown-timeout-s", type=float, default=d.shutdown_timeout_s,
                        help="time clients get to receive queued events at shutdown "
                        f"(default: {d.shutdown_timeout_s})")
+    ingest = parser.add_argument_group("pushed calls (WS /ingest)")
+    ingest.add_argument("--ingest-max-frame-bytes", type=int, default=d.ingest_max_frame_bytes,
+                        help="largest binary audio frame; bigger ones get an error and 1009 "
+                        f"(default: {d.ingest_max_frame_bytes})")
+    ingest.add_argument("--ingest-idle-timeout-s", type=float, default=d.ingest_idle_timeout_s,
+                        help="close a sender that sends nothing for this long "
+                        f"(default: {d.ingest_idle_timeout_s})")
+    alerts = parser.add_argument_group("alerts")
+    alerts.add_argument("--alert", dest="alerts", action="append", default=[], type=_alert_rule,
+                        metavar="RULE",
+                        help="raise an alert when a label's smoothed probability stays at or "
+                        "above a threshold, e.g. 'angry>=0.7 for 5s' (label case-insensitive; "
+                        "repeat for several rules)")
+    alerts.add_argument("--webhook", dest="webhook_url", default=None, metavar="URL",
+                        help="POST every alert message (JSON) to this http(s) URL")
+    alerts.add_argument("--webhook-queue-size", type=int, default=d.webhook_queue_size,
+                        help="alerts waiting for the webhook before the oldest is dropped "
+                        f"(default: {d.webhook_queue_size})")
+    alerts.add_argument("--webhook-max-attempts", type=int, default=d.webhook_max_attempts,
+                        help="tries per alert, with doubling backoff from 0.5 s "
+                        f"(default: {d.webhook_max_attempts})")
+    alerts.add_argument("--webhook-timeout-s", type=float, default=d.webhook_timeout_s,
+                        help=f"timeout of one POST (default: {d.webhook_timeout_s})")
+
+
+def _alert_rule(text: str) -> Any:
+    """argparse type for --alert: a parsed rule, or a one-line usage error."""
+    from .alerts import parse_rule
+
+    try:
+        return parse_rule(text)
+    except ServerError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _given(args: argparse.Namespace, names: dict[str, str]) -> dict[str, Any]:
@@ -223,6 +257,13 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
         max_client_errors=args.max_client_errors,
         shutdown_timeout_s=args.shutdown_timeout_s,
         static_dir=args.static_dir,
+        ingest_max_frame_bytes=args.ingest_max_frame_bytes,
+        ingest_idle_timeout_s=args.ingest_idle_timeout_s,
+        alerts=tuple(args.alerts),
+        webhook_url=args.webhook_url,
+        webhook_queue_size=args.webhook_queue_size,
+        webhook_max_attempts=args.webhook_max_attempts,
+        webhook_timeout_s=args.webhook_timeout_s,
     )
 
 
@@ -293,6 +334,7 @@ async def _serve(
         ) as monitor:
             print(f"dashboard: {monitor.url}", flush=True)
             print(f"events:    {monitor.ws_url}", flush=True)
+            print(f"ingest:    {monitor.ingest_url}", flush=True)
             store = server_config.store_path
             print(f"store:     {store.resolve() if store else 'off (--no-store)'}", flush=True)
             print(f"session:   {monitor.session}", flush=True)

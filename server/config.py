@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .alerts import AlertRule
 from .errors import ServerError
+from .webhook import WebhookConfig
 
 __all__ = ["DEFAULT_STORE_PATH", "STATIC_DIR", "ServerConfig"]
 
@@ -28,6 +30,11 @@ class ServerConfig:
     - ``max_message_bytes``: larger client frames close the connection with 1009.
     - ``max_client_errors``: bad frames one client may send before it is closed with 1008.
     - ``shutdown_timeout_s``: how long clients get to receive their queued frames at shutdown.
+    - ``ingest_max_frame_bytes``: largest binary audio frame on ``/ingest`` (error + 1009).
+    - ``ingest_idle_timeout_s``: an ``/ingest`` sender silent this long is closed (1008).
+    - ``alerts``: alert rules (labels checked against the model's at start).
+    - ``webhook_url``: POST every alert message here (None = no webhook); ``webhook_*``: its
+      queue size (drop-oldest), attempts per alert and per-request timeout.
     """
 
     host: str = "127.0.0.1"
@@ -40,6 +47,13 @@ class ServerConfig:
     max_client_errors: int = 100
     shutdown_timeout_s: float = 5.0
     static_dir: Path = field(default=STATIC_DIR)
+    ingest_max_frame_bytes: int = 128 * 1024
+    ingest_idle_timeout_s: float = 10.0
+    alerts: tuple[AlertRule, ...] = ()
+    webhook_url: str | None = None
+    webhook_queue_size: int = 256
+    webhook_max_attempts: int = 4
+    webhook_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host.strip():
@@ -74,3 +88,27 @@ class ServerConfig:
             raise ServerError(
                 f"shutdown_timeout_s must be in (0, 600] s, got {self.shutdown_timeout_s!r}"
             )
+        if not 1024 <= self.ingest_max_frame_bytes <= 16 * 1024 * 1024:
+            raise ServerError(
+                f"ingest_max_frame_bytes must be 1 KiB-16 MiB, got {self.ingest_max_frame_bytes!r}"
+            )
+        if not 0 < self.ingest_idle_timeout_s <= 3600:
+            raise ServerError(
+                f"ingest_idle_timeout_s must be in (0, 3600] s, got {self.ingest_idle_timeout_s!r}"
+            )
+        if not all(isinstance(rule, AlertRule) for rule in self.alerts):
+            raise ServerError(f"alerts must be AlertRule objects, got {self.alerts!r}")
+        object.__setattr__(self, "alerts", tuple(self.alerts))
+        if self.webhook_url is not None:
+            self.webhook()  # validates the URL and the webhook settings
+
+    def webhook(self) -> WebhookConfig:
+        """The webhook settings (ServerError when ``webhook_url`` is None or bad)."""
+        if self.webhook_url is None:
+            raise ServerError("no webhook_url configured")
+        return WebhookConfig(
+            self.webhook_url,
+            queue_size=self.webhook_queue_size,
+            max_attempts=self.webhook_max_attempts,
+            timeout_s=self.webhook_timeout_s,
+        )

@@ -17,6 +17,7 @@ from client.messages import (
     StatsMessage,
     StreamCloseMessage,
     StreamOpenMessage,
+    UtteranceMessage,
     WindowMessage,
 )
 from streamer.events import (
@@ -26,12 +27,13 @@ from streamer.events import (
     SpeechStart,
     StreamClosed,
     StreamOpened,
+    Utterance,
     WindowLabel,
 )
 
 from .errors import ServerError
 
-__all__ = ["event_message", "stats_message", "window_message"]
+__all__ = ["event_message", "stats_message", "utterance_message", "window_message"]
 
 
 def window_message(event: WindowLabel, labels: Sequence[str]) -> WindowMessage:
@@ -57,6 +59,28 @@ def window_message(event: WindowLabel, labels: Sequence[str]) -> WindowMessage:
     )
 
 
+def utterance_message(event: Utterance, labels: Sequence[str]) -> UtteranceMessage:
+    """A labelled speech segment -> its wire message (probabilities keyed by label)."""
+    if len(event.probabilities) != len(labels):
+        raise ServerError(
+            f"utterance {event.stream}@{event.start_s:.2f}s has {len(event.probabilities)} "
+            f"probabilities for {len(labels)} labels {list(labels)}"
+        )
+    return UtteranceMessage(
+        stream=event.stream,
+        start_s=float(event.start_s),
+        end_s=float(event.end_s),
+        wall_time=float(event.wall_time),
+        probabilities={
+            label: float(p) for label, p in zip(labels, event.probabilities, strict=True)
+        },
+        label=event.label,
+        confidence=float(event.confidence),
+        windows=int(event.windows),
+        windows_dropped=int(event.windows_dropped),
+    )
+
+
 def stats_message(
     stats: EngineStats, *, clients: int, client_messages_dropped: int
 ) -> StatsMessage:
@@ -79,6 +103,8 @@ def event_message(
     """Any engine event -> its wire message (stats get the fan-out counters given)."""
     if isinstance(event, WindowLabel):
         return window_message(event, labels)
+    if isinstance(event, Utterance):
+        return utterance_message(event, labels)
     if isinstance(event, SpeechStart):
         return SpeechStartMessage(
             stream=event.stream, start_s=float(event.start_s), wall_time=float(event.wall_time)

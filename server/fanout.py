@@ -22,6 +22,8 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
+from client.messages import stream_wanted
+
 __all__ = [
     "Backlog",
     "BacklogRole",
@@ -65,8 +67,11 @@ class ClientQueue:
         return self._closed
 
     def wants(self, stream: str | None) -> bool:
-        """Whether this client's subscription covers ``stream`` (``None`` = every client)."""
-        return stream is None or not self.streams or stream in self.streams
+        """Whether this client's subscription covers ``stream`` (``None`` = every client).
+
+        Entries ending in ``/`` are prefixes (``call-42/`` covers ``call-42/agent``).
+        """
+        return stream_wanted(stream, self.streams)
 
     def subscribe(self, streams: Collection[str]) -> None:
         """Change the subscription; queued frames of streams no longer wanted are skipped."""
@@ -166,7 +171,7 @@ class Backlog:
         """The backlog in original order, for ``streams`` (empty = all)."""
         runs = []
         for stream, entry in self._streams.items():
-            if streams and stream not in streams:
+            if not stream_wanted(stream, frozenset(streams)):
                 continue
             items = list(entry.events)
             if entry.opened is not None:

@@ -9,6 +9,11 @@ Events from one thread keep their order (``call_soon_threadsafe`` is FIFO).
 The hub also knows what a new client needs: the ``hello`` (session id, model, labels, window,
 hop, live streams) and the backlog; and it publishes periodic stats from a stats source
 (``Engine.stats``) with the fan-out's own counters added.
+
+With an :class:`~server.alerts.AlertMonitor` every engine event also goes through the alert
+rules; an ``alert`` message is published after the window that caused it (and before the
+``stream_close`` that ends it) and its frame is handed to ``on_alert`` (the webhook's
+non-blocking ``submit``).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from client.messages import (
+    AlertMessage,
     Hello,
     Message,
     MessageError,
@@ -29,11 +35,13 @@ from client.messages import (
     StreamCloseMessage,
     StreamInfo,
     StreamOpenMessage,
+    UtteranceMessage,
     WindowMessage,
     encode,
 )
-from streamer.events import EngineStats, Event
+from streamer.events import EngineStats, Event, StreamClosed
 
+from .alerts import AlertMonitor
 from .convert import event_message
 from .errors import ServerError
 from .fanout import Backlog, BacklogRole, FanOut, Frame
@@ -44,8 +52,11 @@ __all__ = ["EventHub", "ModelInfo", "new_session_id"]
 logger = logging.getLogger(__name__)
 
 StatsSource = Callable[[], EngineStats]
+AlertSink = Callable[[str], None]
 
-_BACKLOG_TYPES = (WindowMessage, SpeechStartMessage, SpeechEndMessage)
+_BACKLOG_TYPES = (
+    WindowMessage, SpeechStartMessage, SpeechEndMessage, UtteranceMessage, AlertMessage
+)
 
 
 def new_session_id() -> str:
@@ -96,8 +107,12 @@ class EventHub:
         session: str | None = None,
         stats_interval_s: float = 1.0,
         stats_source: StatsSource | None = None,
+        alerts: AlertMonitor | None = None,
+        on_alert: AlertSink | None = None,
     ) -> None:
         self.info = info
+        self.alerts = alerts
+        self.on_alert = on_alert
         self.session = session or new_session_id()
         self.fanout = fanout if fanout is not None else FanOut(backlog=Backlog())
         self.store = store
@@ -180,23 +195,43 @@ class EventHub:
             logger.exception("cannot convert %s; skipped", type(event).__name__)
             self.events_lost += 1
             return
-        self.publish(message)
+        if self.alerts is None:
+            self.publish(message)
+            return
+        try:
+            alerts = self.alerts.on_event(event, wall_time=time.time())
+        except ServerError:
+            logger.exception("alert rules failed on %s; skipped", type(event).__name__)
+            alerts = []
+        if not isinstance(event, StreamClosed):
+            self.publish(message)
+        for alert in alerts:
+            text = self.publish(alert)
+            logger.info("alert %s #%d on %s: %s (%.2f)", alert.state, alert.alert_id,
+                        alert.stream, alert.rule, alert.probability)
+            if text is not None and self.on_alert is not None:
+                self.on_alert(text)
+        if isinstance(event, StreamClosed):
+            self.publish(message)
 
     def publish_stats(self, stats: EngineStats) -> None:
         """Publish one stats message (engine counters + fan-out counters)."""
         self.publish_event(stats)
 
-    def publish(self, message: Message) -> None:
-        """Encode once, record (committed), then queue for every interested client."""
+    def publish(self, message: Message) -> str | None:
+        """Encode once, record (committed), then queue for every interested client.
+
+        Returns the frame text (None when the message was not published).
+        """
         if self._closed:
             self.events_lost += 1
-            return
+            return None
         try:
             text = encode(message)
         except MessageError:
             logger.exception("cannot encode %s; skipped", message.TYPE)
             self.events_lost += 1
-            return
+            return None
         self._record(message, text)
         stream = getattr(message, "stream", None)
         if isinstance(message, StreamOpenMessage):
@@ -216,6 +251,7 @@ class EventHub:
         self.events_published += 1
         if isinstance(message, WindowMessage):
             logger.debug("window %s#%d %s", message.stream, message.seq, message.smoothed_label)
+        return text
 
     def _record(self, message: Message, text: str) -> None:
         if self.store is None:
@@ -270,6 +306,7 @@ class EventHub:
             "clients": self.fanout.clients,
             "client_messages_dropped": self.fanout.messages_dropped,
             "events": self.events_published,
+            "alerts": 0 if self.alerts is None else self.alerts.alerts_started,
             "store": None if self.store is None else str(self.store.path),
             "uptime_s": round(time.time() - self.started_at, 3),
         }

@@ -6,11 +6,16 @@
 - the :class:`~streamer.engine.Engine` (its inference worker threads);
 - the :class:`~server.hub.EventHub` (engine events -> store -> client queues, periodic stats);
 - the :class:`~server.store.TimelineStore` (unless ``store_path`` is None);
-- the :class:`~server.app.EventServer` (HTTP + WebSocket).
+- the :class:`~server.app.EventServer` (HTTP + WebSocket) and its
+  :class:`~server.ingest.IngestEndpoint` (``WS /ingest``: pushed calls, one stream per channel);
+- the alert rules (:class:`~server.alerts.AlertMonitor`, in the hub) and, with a webhook URL,
+  the :class:`~server.webhook.WebhookSender`.
 
-Shutdown goes from source to sink: stop the sources (their streams close and flush), drain
+Shutdown goes from source to sink: stop the sources and the pushed calls (their streams close
+and flush; ingest senders get 1001), drain
 the engine, publish what it produced, let clients receive their queues and close them with
-1001, stop the engine, close the store. ``close()`` is idempotent.
+1001, stop the engine, send the webhook's queued alerts, close the store. ``close()`` is
+idempotent.
 
 :func:`analyze_files` runs the same engine and conversion without a server, as fast as the model
 allows (``realtime=False``: backpressure instead of drops), and writes a timeline file.
@@ -34,13 +39,16 @@ from streamer.engine import ClassifierModel, Engine, EngineConfig, StreamFeed
 from streamer.errors import StreamerError
 from streamer.events import EngineStats, Event, SpeechStart, StreamClosed, WindowLabel
 
+from .alerts import AlertMonitor
 from .app import EventServer
 from .config import ServerConfig
 from .convert import window_message
 from .errors import ServerError
 from .fanout import Backlog, FanOut
 from .hub import EventHub, ModelInfo, new_session_id
+from .ingest import IngestEndpoint
 from .store import TimelineStore
+from .webhook import WebhookSender
 
 __all__ = ["AnalyzeResult", "AudioSource", "Monitor", "analyze_files"]
 
@@ -99,6 +107,8 @@ class Monitor:
         self.hub: EventHub | None = None
         self.engine: Engine | None = None
         self.server: EventServer | None = None
+        self.ingest: IngestEndpoint | None = None
+        self.webhook: WebhookSender | None = None
         self._pumps: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._closed = False
@@ -120,6 +130,7 @@ class Monitor:
 
     async def _start(self) -> None:
         config, engine_config = self.server_config, self.engine_config
+        alerts = AlertMonitor(config.alerts, self.model.labels) if config.alerts else None
         if config.store_path is not None:
             self.store = TimelineStore(config.store_path).open()
         info = ModelInfo(
@@ -133,13 +144,17 @@ class Monitor:
             queue_size=config.client_queue_size,
             backlog=Backlog(per_stream=config.backlog_per_stream),
         )
+        if config.webhook_url is not None:
+            self.webhook = await WebhookSender(config.webhook()).start()
         self.hub = hub = EventHub(
             info, fanout=fanout, store=self.store, session=self.session,
             stats_interval_s=config.stats_interval_s, stats_source=self._stats,
+            alerts=alerts, on_alert=None if self.webhook is None else self.webhook.submit,
         )
         await hub.start()
         self.engine = Engine(self.model, engine_config, hub.sink)
-        self.server = await EventServer(config, hub).start()
+        self.ingest = IngestEndpoint(self.engine, config)
+        self.server = await EventServer(config, hub, ingest=self.ingest).start()
         for source in self.sources:
             task = asyncio.create_task(self._pump(source), name=f"source-{source.name}")
             self._pumps.add(task)
@@ -171,6 +186,13 @@ class Monitor:
             raise ServerError("the monitor is not started")
         return self.server.ws_url
 
+    @property
+    def ingest_url(self) -> str:
+        """The audio ingest URL (``ws://HOST:PORT/ingest``)."""
+        if self.server is None:
+            raise ServerError("the monitor is not started")
+        return self.server.ingest_url
+
     async def close(self) -> None:
         """Graceful shutdown, source to sink (see module doc). Idempotent."""
         if self._closed:
@@ -186,6 +208,8 @@ class Monitor:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
+        if self.ingest is not None:
+            await self.ingest.close()
         engine, hub = self.engine, self.hub
         if engine is not None:
             drained = await asyncio.to_thread(engine.drain, self.engine_config.close_timeout_s)
@@ -203,6 +227,8 @@ class Monitor:
             await asyncio.to_thread(engine.close)
         if hub is not None:
             await hub.flush()  # anything the engine's close emitted is recorded or counted lost
+        if self.webhook is not None:
+            await self.webhook.close(timeout_s)
         if self.store is not None:
             self.store.close()
         logger.info("monitor stopped")

@@ -27,6 +27,7 @@ _EXPORTS: dict[str, str] = {
     "StreamClosed": "streamer.events",
     "StreamOpened": "streamer.events",
     "WindowLabel": "streamer.events",
+    "Utterance": "streamer.events",
     "Engine": "streamer.engine",
     "EngineConfig": "streamer.engine",
     "StreamFeed": "streamer.engine",

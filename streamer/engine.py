@@ -10,6 +10,8 @@ windows go to a bounded per-stream queue; ``workers`` inference threads owned by
 Ordering: each stream has an ordered outbox. An event (SpeechStart, SpeechEnd, StreamClosed) is
 held until every window submitted before it is labelled or dropped, so one stream's events reach
 the sink in stream order, one at a time, and ``StreamClosed`` comes after the last WindowLabel.
+Right after a SpeechEnd comes the segment's :class:`~streamer.events.Utterance` (the mean of its
+labelled windows' probabilities), when at least one of its windows was labelled.
 ``WindowLabel.seq`` counts emitted labels per stream from 0 (dropped windows take no number);
 smoothing is applied in that order.
 
@@ -51,6 +53,7 @@ from .events import (
     SpeechStart,
     StreamClosed,
     StreamOpened,
+    Utterance,
     WindowLabel,
 )
 from .smoothing import Smoother, SmoothingConfig
@@ -184,6 +187,10 @@ class _StreamState:
         self.smoother = Smoother(labels, smoothing)
         self.labels = labels
         self.seq = 0
+        # the open speech segment's labelled windows (sum of probabilities) and drops
+        self.segment_sum = np.zeros(len(labels), dtype=np.float64)
+        self.segment_windows = 0
+        self.segment_dropped = 0
         self.jobs: deque[_Job] = deque()  # guarded by Engine._cond
         self.scheduled = False  # in Engine._rotation; guarded by Engine._cond
 
@@ -497,9 +504,38 @@ class Engine:
             if slot.state is _State.READY:
                 assert slot.event is not None
                 self._deliver(slot.event)
+                if isinstance(slot.event, SpeechEnd):
+                    utterance = self._utterance(state, slot.event)
+                    if utterance is not None:
+                        self._deliver(utterance)
             elif slot.state is _State.DONE:
                 assert slot.window is not None and slot.probs is not None
+                state.segment_sum += slot.probs
+                state.segment_windows += 1
                 self._deliver(self._label(state, slot.window, slot.probs))
+            else:
+                state.segment_dropped += 1
+
+    def _utterance(self, state: _StreamState, end: SpeechEnd) -> Utterance | None:
+        """The closed segment's utterance (None when none of its windows was labelled)."""
+        n, dropped = state.segment_windows, state.segment_dropped
+        mean = state.segment_sum / max(n, 1)
+        state.segment_sum = np.zeros_like(state.segment_sum)
+        state.segment_windows = state.segment_dropped = 0
+        if n == 0:
+            return None
+        top = int(np.argmax(mean))
+        return Utterance(
+            stream=state.stream_id,
+            start_s=end.start_s,
+            end_s=end.end_s,
+            wall_time=time.time(),
+            probabilities=tuple(float(p) for p in mean),
+            label=state.labels[top],
+            confidence=float(mean[top]),
+            windows=n,
+            windows_dropped=dropped,
+        )
 
     def _label(self, state: _StreamState, window: SpeechWindow, probs: NDArray[np.float32]
                ) -> WindowLabel:
@@ -516,6 +552,7 @@ class Engine:
             confidence=float(probs[top]),
             smoothed_label=smoothed.label,
             smoothed_confidence=smoothed.confidence,
+            smoothed_probabilities=smoothed.probabilities,
         )
         state.seq += 1
         logger.debug("stream %s: window %s %.2f-%.2f s %s (%.2f) smoothed %s",

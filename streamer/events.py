@@ -16,6 +16,7 @@ __all__ = [
     "SpeechStart",
     "StreamClosed",
     "StreamOpened",
+    "Utterance",
     "WindowLabel",
 ]
 
@@ -73,6 +74,28 @@ class WindowLabel:
     confidence: float  # raw probability of ``label``
     smoothed_label: str  # may be "uncertain"
     smoothed_confidence: float
+    smoothed_probabilities: tuple[float, ...] = ()  # the rolling (EMA) probabilities, label order
+
+
+@dataclass(frozen=True, slots=True)
+class Utterance:
+    """One closed speech segment, labelled as a whole.
+
+    ``probabilities`` is the mean of the segment's labelled window probabilities (label order):
+    no second model pass, so it costs nothing under load and agrees with the rolling labels.
+    ``windows`` were averaged; ``windows_dropped`` of the segment were dropped under overload.
+    Emitted right after the segment's SpeechEnd, only when at least one window was labelled.
+    """
+
+    stream: str
+    start_s: float
+    end_s: float
+    wall_time: float
+    probabilities: tuple[float, ...]
+    label: str  # arg-max of ``probabilities``
+    confidence: float  # its probability
+    windows: int
+    windows_dropped: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,4 +110,6 @@ class EngineStats:
     input_overflows: int  # driver-reported overflows
 
 
-Event = StreamOpened | StreamClosed | SpeechStart | SpeechEnd | WindowLabel | EngineStats
+Event = (
+    StreamOpened | StreamClosed | SpeechStart | SpeechEnd | WindowLabel | Utterance | EngineStats
+)

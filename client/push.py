@@ -1,0 +1,221 @@
+"""Push an audio file to a server's ``WS /ingest`` as a live call would arrive (caller's loop).
+
+Usage::
+
+    result = await push_file("call.wav", stream="call-42", roles=("agent", "customer"))
+
+The file is read frame by frame (bounded memory) at its own rate and channel count: 8000 to
+48000 Hz and 1 or 2 channels pass through unchanged, so a stereo call keeps one stream per
+channel on the server; anything else is refused here with a ClientError (resample or split it
+first: the client does no signal processing). Frames of ``frame_ms`` are sent paced in real time
+(frame *i* leaves when its last sample would have been captured live, on a monotonic clock, so
+the pace never drifts), or with ``fast=True`` as fast as the server reads them (websockets'
+write buffer gives the backpressure).
+
+The server's ``error`` frame (any time) or a close other than 1000 becomes a ClientError that
+names the server's code and message. Imports the wire schema, websockets, numpy and soundfile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import soundfile as sf
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from .errors import ClientError
+from .messages import (
+    INGEST_FORMATS,
+    ErrorMessage,
+    IngestAck,
+    IngestEnd,
+    IngestStart,
+    MessageError,
+    decode,
+    encode,
+)
+
+__all__ = ["DEFAULT_INGEST_URL", "PushResult", "ingest_url", "pcm_frames", "push_file"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_INGEST_URL = "ws://127.0.0.1:8765/ingest"
+MIN_RATE_HZ = 8_000
+MAX_RATE_HZ = 48_000
+_SCHEMES = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}
+_DTYPES = {"s16le": ("int16", "<i2"), "f32le": ("float32", "<f4")}
+
+
+@dataclass(frozen=True, slots=True)
+class PushResult:
+    """What one push did."""
+
+    stream: str
+    streams: tuple[str, ...]  # the server's per-channel stream ids
+    seconds: float  # audio sent
+    frames_sent: int
+    wall_s: float
+
+
+def ingest_url(url: str) -> str:
+    """Check an ingest URL (ws/wss, or http(s) made ws(s)); no path means ``/ingest``."""
+    parts = urlsplit(url.strip()) if isinstance(url, str) else None
+    scheme = _SCHEMES.get(parts.scheme.lower()) if parts is not None else None
+    if parts is None or scheme is None or not parts.hostname:
+        raise ClientError(f"bad URL {url!r}: expected e.g. {DEFAULT_INGEST_URL}")
+    path = parts.path if parts.path not in ("", "/") else "/ingest"
+    return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
+
+
+def pcm_frames(
+    blocks: Iterator[np.ndarray], fmt: str
+) -> Iterator[bytes]:
+    """(frames, channels) blocks of int16 or float32 -> interleaved little-endian bytes (pure)."""
+    dtype = np.dtype(_DTYPES[fmt][1])
+    for block in blocks:
+        yield np.ascontiguousarray(block, dtype=dtype).tobytes()
+
+
+def _open_file(path: Path) -> sf.SoundFile:
+    if not path.is_file():
+        raise ClientError(f"{path}: no such audio file")
+    try:
+        audio = sf.SoundFile(str(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as exc:
+        raise ClientError(f"{path}: cannot read audio ({exc})") from exc
+    try:
+        if audio.frames <= 0:
+            raise ClientError(f"{path}: the file holds no audio samples")
+        if not MIN_RATE_HZ <= audio.samplerate <= MAX_RATE_HZ:
+            raise ClientError(
+                f"{path}: sample rate {audio.samplerate} Hz not accepted by /ingest (allowed "
+                f"{MIN_RATE_HZ}..{MAX_RATE_HZ} Hz); resample the file first"
+            )
+        if audio.channels not in (1, 2):
+            raise ClientError(
+                f"{path}: {audio.channels} channels; /ingest takes 1 or 2 (split the file first)"
+            )
+    except ClientError:
+        audio.close()
+        raise
+    return audio
+
+
+async def push_file(
+    path: str | Path,
+    url: str = DEFAULT_INGEST_URL,
+    *,
+    stream: str,
+    roles: Sequence[str] = (),
+    fast: bool = False,
+    fmt: str = "s16le",
+    frame_ms: int = 20,
+    metadata: Mapping[str, str] | None = None,
+    open_timeout_s: float = 10.0,
+) -> PushResult:
+    """Send ``path`` to ``url`` as stream ``stream``; see the module docstring."""
+    if fmt not in INGEST_FORMATS:
+        raise ClientError(f"format {fmt!r} not allowed: use {', '.join(INGEST_FORMATS)}")
+    if not 5 <= frame_ms <= 1000:
+        raise ClientError(f"frame_ms must be 5..1000, got {frame_ms}")
+    target = ingest_url(url)
+    path = Path(path)
+    with _open_file(path) as audio:
+        rate, channels = int(audio.samplerate), int(audio.channels)
+        if roles and len(roles) != channels:
+            raise ClientError(
+                f"{len(roles)} role(s) {list(roles)} for a {channels}-channel file: give one "
+                "per channel"
+            )
+        start = IngestStart(
+            stream=stream, sample_rate_hz=rate, channels=channels, format=fmt,
+            roles=tuple(roles), metadata=dict(metadata or {}),
+        )
+        per_frame = max(1, rate * frame_ms // 1000)
+        blocks = audio.blocks(blocksize=per_frame, dtype=_DTYPES[fmt][0], always_2d=True)
+        try:
+            connection = await connect(target, open_timeout=open_timeout_s, proxy=None,
+                                       max_size=1 << 20)
+        except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
+            raise ClientError(f"cannot connect to {target}: {exc}") from exc
+        async with connection:
+            return await _push(connection, start, pcm_frames(blocks, fmt), fast)
+
+
+def _rejected(error: ErrorMessage, stream: str) -> ClientError:
+    return ClientError(f"server rejected stream {stream!r}: {error.code}: {error.message}")
+
+
+async def _push(
+    connection: ClientConnection,
+    start: IngestStart,
+    frames: Iterator[bytes],
+    fast: bool,
+) -> PushResult:
+    began = time.monotonic()
+    await connection.send(encode(start))
+    try:
+        reply = decode(await connection.recv())
+    except ConnectionClosed as exc:
+        raise ClientError(f"server closed the connection before acknowledging: {exc}") from exc
+    except MessageError as exc:
+        raise ClientError(f"server sent a bad reply: {exc}") from exc
+    if isinstance(reply, ErrorMessage):
+        raise _rejected(reply, start.stream)
+    if not isinstance(reply, IngestAck):
+        raise ClientError(f"server replied {reply.TYPE!r} instead of ingest_ack")
+    errors: list[ErrorMessage] = []
+    reader = asyncio.create_task(_read_errors(connection, errors), name="push-reader")
+    sent = samples = 0
+    frame_bytes = start.channels * (2 if start.format == "s16le" else 4)
+    clock = time.monotonic()
+    try:
+        for payload in frames:
+            if reader.done():
+                break
+            samples += len(payload) // frame_bytes
+            if not fast:
+                delay = clock + samples / start.sample_rate_hz - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            await connection.send(payload)
+            sent += 1
+        if not reader.done():
+            await connection.send(encode(IngestEnd()))
+        await reader  # the server closes after flushing the streams
+    except ConnectionClosed:
+        pass
+    finally:
+        if not reader.done():
+            reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+    if errors:
+        raise _rejected(errors[0], start.stream)
+    if connection.close_code != 1000:
+        why = f"{connection.close_code} {connection.close_reason or ''}".strip()
+        raise ClientError(f"stream {start.stream!r}: connection closed abnormally ({why})")
+    seconds = samples / start.sample_rate_hz
+    return PushResult(start.stream, reply.streams, seconds, sent, time.monotonic() - began)
+
+
+async def _read_errors(connection: ClientConnection, errors: list[ErrorMessage]) -> None:
+    """Read the server's frames until it closes; keep its error messages."""
+    with contextlib.suppress(ConnectionClosed):
+        async for frame in connection:
+            try:
+                message = decode(frame)
+            except MessageError:
+                logger.warning("server sent a bad frame; ignored")
+                continue
+            if isinstance(message, ErrorMessage):
+                errors.append(message)

@@ -1,0 +1,395 @@
+"""``WS /ingest``: pushed call audio into engine streams, one per channel (event loop).
+
+Protocol (see ``docs/protocol.md``): the sender's first frame is an ``ingest_start`` JSON text
+frame; the server answers ``ingest_ack`` (or ``error`` and a close); then binary frames of
+interleaved little-endian samples; an ``ingest_end`` text frame (or the connection closing)
+ends the call. Channel ``i`` feeds the engine stream ``<call>/<role i>`` (``<call>/ch<i>``
+without roles), each with its own VAD, windows, smoothing, events and timeline.
+
+The pure parts (:func:`check_start`, :func:`decode_audio`) validate and convert; the handler
+(:class:`IngestEndpoint`) is a thin adapter. A rejected sender gets one ``error`` frame (its
+``code`` names the case) and a close code: 1008 for protocol order (audio before start, a
+second start, a duplicate live call id, an idle sender), 1003 for data the server will not
+take (bad start fields, unsupported format/rate/channels, frames that are not whole sample
+frames, non-finite floats), 1009 for a frame over ``ingest_max_frame_bytes``. Only that call
+ends; whatever it produced is already in the store. Closes: 1000 after ``ingest_end``, 1001 at
+server shutdown. ``stream_close.reason``: ``end`` (ingest_end or a clean close),
+``disconnected`` (the connection dropped), ``idle_timeout``, ``error`` (rejected mid-call),
+``shutdown``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
+
+from client.messages import (
+    INGEST_FORMATS,
+    ErrorMessage,
+    IngestAck,
+    IngestEnd,
+    IngestStart,
+    MessageError,
+    decode,
+    encode,
+)
+from streamer.audio import int16_to_float32
+from streamer.engine import Engine, StreamFeed
+from streamer.errors import StreamerError
+
+from .config import ServerConfig
+
+__all__ = [
+    "INGEST_PATH",
+    "MAX_RATE_HZ",
+    "MIN_RATE_HZ",
+    "IngestEndpoint",
+    "IngestRejected",
+    "IngestSpec",
+    "check_start",
+    "decode_audio",
+]
+
+logger = logging.getLogger(__name__)
+
+INGEST_PATH = "/ingest"
+MIN_RATE_HZ = 8_000
+MAX_RATE_HZ = 48_000
+MAX_CHANNELS = 2
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@+-]{0,127}")
+_MAX_METADATA = 32
+_MAX_METADATA_CHARS = 256
+_BYTES = {"s16le": 2, "f32le": 4}
+#: metadata keys the server sets on each channel's stream_open (a sender's own keys may not)
+RESERVED_METADATA = ("source", "call", "role", "channel", "channels", "format")
+
+
+class IngestRejected(Exception):
+    """A sender's frame the server refuses: ``code`` for the error frame, ``close`` code."""
+
+    def __init__(self, code: str, message: str, close: int) -> None:
+        super().__init__(message)
+        self.code = code
+        self.close = close
+
+
+@dataclass(frozen=True, slots=True)
+class IngestSpec:
+    """A validated ``ingest_start``: what the binary frames hold and where they go."""
+
+    call: str
+    sample_rate_hz: int
+    channels: int
+    format: str
+    streams: tuple[str, ...]  # engine stream id per channel
+    roles: tuple[str, ...]  # role per channel ("ch0", "ch1" without roles)
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def frame_bytes(self) -> int:
+        """Bytes of one sample frame (all channels)."""
+        return self.channels * _BYTES[self.format]
+
+    def stream_metadata(self, channel: int) -> dict[str, str]:
+        """The stream_open metadata of one channel: the sender's, then ours."""
+        return {
+            **self.metadata,
+            "source": "ingest",
+            "call": self.call,
+            "role": self.roles[channel],
+            "channel": str(channel),
+            "channels": str(self.channels),
+            "format": self.format,
+        }
+
+
+def _unsupported(code: str, message: str) -> IngestRejected:
+    return IngestRejected(code, message, CloseCode.UNSUPPORTED_DATA)
+
+
+def check_start(start: IngestStart) -> IngestSpec:
+    """Validate an ``ingest_start``; IngestRejected names the bad value and the allowed ones."""
+    if not _ID.fullmatch(start.stream):
+        raise _unsupported(
+            "bad_stream_id",
+            f"stream id {start.stream!r} not allowed: 1-128 characters, letters, digits and "
+            "_ . : @ + - (no '/': the server appends '/<role>')",
+        )
+    if start.format not in INGEST_FORMATS:
+        raise _unsupported(
+            "unsupported_format",
+            f"unsupported format {start.format!r}: allowed {', '.join(INGEST_FORMATS)}",
+        )
+    if not MIN_RATE_HZ <= start.sample_rate_hz <= MAX_RATE_HZ:
+        raise _unsupported(
+            "unsupported_rate",
+            f"unsupported sample_rate_hz {start.sample_rate_hz}: allowed {MIN_RATE_HZ}.."
+            f"{MAX_RATE_HZ}",
+        )
+    if not 1 <= start.channels <= MAX_CHANNELS:
+        raise _unsupported(
+            "unsupported_channels",
+            f"unsupported channels {start.channels}: allowed 1..{MAX_CHANNELS}",
+        )
+    roles = start.roles
+    if roles:
+        if len(roles) != start.channels:
+            raise _unsupported(
+                "bad_roles",
+                f"{len(roles)} role(s) {list(roles)} for {start.channels} channel(s): give one "
+                "role per channel or none",
+            )
+        if len(set(roles)) != len(roles) or not all(_ID.fullmatch(r) for r in roles):
+            raise _unsupported(
+                "bad_roles",
+                f"roles {list(roles)} not allowed: distinct ids of letters, digits, _ . : @ + -",
+            )
+    else:
+        roles = tuple(f"ch{i}" for i in range(start.channels))
+    metadata = dict(start.metadata)
+    if len(metadata) > _MAX_METADATA or any(
+        len(k) > _MAX_METADATA_CHARS or len(v) > _MAX_METADATA_CHARS for k, v in metadata.items()
+    ):
+        raise _unsupported(
+            "bad_metadata",
+            f"metadata too large: at most {_MAX_METADATA} entries of {_MAX_METADATA_CHARS} "
+            "characters",
+        )
+    reserved = sorted(set(metadata) & set(RESERVED_METADATA))
+    if reserved:
+        raise _unsupported(
+            "bad_metadata", f"metadata keys {reserved} are set by the server; use other names"
+        )
+    return IngestSpec(
+        call=start.stream,
+        sample_rate_hz=start.sample_rate_hz,
+        channels=start.channels,
+        format=start.format,
+        streams=tuple(f"{start.stream}/{role}" for role in roles),
+        roles=roles,
+        metadata=metadata,
+    )
+
+
+def decode_audio(spec: IngestSpec, data: bytes) -> NDArray[np.float32]:
+    """One binary frame -> float32 (frames, channels); IngestRejected for a bad frame."""
+    if len(data) % spec.frame_bytes:
+        raise _unsupported(
+            "partial_frame",
+            f"a binary frame of {len(data)} bytes is not a whole number of {spec.frame_bytes}-"
+            f"byte sample frames ({spec.channels} channel(s) x {spec.format})",
+        )
+    if spec.format == "s16le":
+        samples = int16_to_float32(np.frombuffer(data, dtype="<i2").astype(np.int16))
+    else:
+        samples = np.frombuffer(data, dtype="<f4").astype(np.float32)
+        if not np.all(np.isfinite(samples)):
+            raise _unsupported("bad_samples", "f32le samples must be finite (no NaN or inf)")
+    return samples.reshape(-1, spec.channels)
+
+
+class IngestEndpoint:
+    """Serves ``/ingest`` connections into one engine. ``close()`` is idempotent.
+
+    ``handle(connection)`` runs one call (the server's handler for that path). Live call ids
+    are tracked here, so a second sender with a live id is refused. With a non-realtime engine
+    feeding may block (backpressure), so it runs in a worker thread.
+    """
+
+    def __init__(self, engine: Engine, config: ServerConfig) -> None:
+        self.engine = engine
+        self.config = config
+        self.calls_started = 0
+        self.calls_rejected = 0
+        self._live: set[str] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
+        self._closing = False
+
+    @property
+    def live_calls(self) -> tuple[str, ...]:
+        return tuple(sorted(self._live))
+
+    async def close(self) -> None:
+        """Close every ingest connection with 1001; their streams close with reason shutdown."""
+        self._closing = True
+        tasks = set(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.config.shutdown_timeout_s)
+
+    async def handle(self, connection: ServerConnection) -> None:
+        """One pushed call, start to end (the connection's handler task)."""
+        task = asyncio.current_task()
+        assert task is not None
+        peer = connection.remote_address
+        if self._closing:
+            await connection.close(CloseCode.GOING_AWAY, "server shutting down")
+            return
+        self._tasks.add(task)
+        spec: IngestSpec | None = None
+        feeds: list[StreamFeed] = []
+        reason = "error"
+        try:
+            spec = await self._start(connection)
+            feeds = self._open(spec)
+            await connection.send(encode(IngestAck(
+                stream=spec.call, streams=spec.streams,
+                max_frame_bytes=self.config.ingest_max_frame_bytes,
+                idle_timeout_s=self.config.ingest_idle_timeout_s,
+            )))
+            logger.info("ingest %s from %s: %s Hz, %s x %s -> %s", spec.call, peer,
+                        spec.sample_rate_hz, spec.channels, spec.format, ", ".join(spec.streams))
+            reason = await self._receive(connection, spec, feeds)
+            if reason == "end":
+                await self._close_feeds(feeds, reason)
+                feeds = []
+                await connection.close(CloseCode.NORMAL_CLOSURE, "stream ended")
+        except IngestRejected as exc:
+            self.calls_rejected += 1
+            reason = "idle_timeout" if exc.code == "idle_timeout" else "error"
+            logger.warning("ingest %s from %s rejected: %s (%s)",
+                           spec.call if spec else "(not started)", peer, exc, exc.code)
+            try:
+                await connection.send(encode(ErrorMessage(code=exc.code, message=str(exc))))
+                await connection.close(exc.close, exc.code)
+            except ConnectionClosed:
+                pass
+        except ConnectionClosed as exc:
+            clean = exc.rcvd is not None and exc.rcvd.code in (
+                CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY)
+            reason = "end" if clean else "disconnected"
+            if spec is not None:
+                logger.info("ingest %s: sender closed (%s)", spec.call, reason)
+        except asyncio.CancelledError:
+            reason = "shutdown"
+            await self._close_feeds(feeds, reason)
+            feeds = []
+            await connection.close(CloseCode.GOING_AWAY, "server shutting down")
+            raise
+        except Exception:
+            logger.exception("ingest %s: handler failed; closing that call only",
+                             spec.call if spec else peer)
+            await connection.close(CloseCode.INTERNAL_ERROR, "internal error")
+        finally:
+            await self._close_feeds(feeds, reason)
+            if spec is not None:
+                self._live.discard(spec.call)
+            self._tasks.discard(task)
+
+    async def _recv(self, connection: ServerConnection) -> str | bytes:
+        try:  # recv is cancellation-safe: a timeout loses no frame (none had arrived)
+            return await asyncio.wait_for(connection.recv(), self.config.ingest_idle_timeout_s)
+        except asyncio.TimeoutError:
+            raise IngestRejected(
+                "idle_timeout",
+                f"no frame for {self.config.ingest_idle_timeout_s:g} s (--ingest-idle-timeout-s)",
+                CloseCode.POLICY_VIOLATION,
+            ) from None
+
+    async def _start(self, connection: ServerConnection) -> IngestSpec:
+        frame = await self._recv(connection)
+        if isinstance(frame, bytes):
+            raise IngestRejected(
+                "audio_before_start", "audio before ingest_start: send ingest_start first",
+                CloseCode.POLICY_VIOLATION,
+            )
+        try:
+            message = decode(frame)
+        except MessageError as exc:
+            raise _unsupported(exc.code, f"bad ingest_start: {exc}") from exc
+        if not isinstance(message, IngestStart):
+            raise IngestRejected(
+                "expected_start", f"the first frame must be ingest_start, not {message.TYPE!r}",
+                CloseCode.POLICY_VIOLATION,
+            )
+        spec = check_start(message)
+        if self._closing:
+            raise IngestRejected("shutting_down", "the server is shutting down",
+                                 CloseCode.GOING_AWAY)
+        busy = spec.call in self._live or set(spec.streams) & set(self.engine.stream_ids)
+        if busy:
+            raise IngestRejected(
+                "duplicate_stream", f"stream {spec.call!r} is already live; use another id",
+                CloseCode.POLICY_VIOLATION,
+            )
+        return spec
+
+    def _open(self, spec: IngestSpec) -> list[StreamFeed]:
+        feeds: list[StreamFeed] = []
+        self._live.add(spec.call)
+        self.calls_started += 1
+        try:
+            for channel, stream in enumerate(spec.streams):
+                feeds.append(self.engine.open_stream(
+                    stream, sample_rate_hz=spec.sample_rate_hz,
+                    metadata=spec.stream_metadata(channel),
+                ))
+        except StreamerError as exc:
+            for feed in feeds:
+                feed.close(reason="error")
+            self._live.discard(spec.call)
+            raise IngestRejected("duplicate_stream", str(exc), CloseCode.POLICY_VIOLATION) from exc
+        return feeds
+
+    async def _receive(
+        self, connection: ServerConnection, spec: IngestSpec, feeds: list[StreamFeed]
+    ) -> str:
+        """Feed frames until ingest_end ("end"); raises for anything else."""
+        blocking = not self.engine.config.realtime
+        limit = self.config.ingest_max_frame_bytes
+        while True:
+            frame = await self._recv(connection)
+            if isinstance(frame, str):
+                try:
+                    message = decode(frame)
+                except MessageError as exc:
+                    raise IngestRejected(exc.code, str(exc), CloseCode.POLICY_VIOLATION) from exc
+                if isinstance(message, IngestEnd):
+                    return "end"
+                raise IngestRejected(
+                    "unexpected_type",
+                    f"after ingest_start only binary audio and ingest_end, not {message.TYPE!r}",
+                    CloseCode.POLICY_VIOLATION,
+                )
+            if len(frame) > limit:
+                raise IngestRejected(
+                    "frame_too_big",
+                    f"binary frame of {len(frame)} bytes over the {limit}-byte limit "
+                    "(--ingest-max-frame-bytes)",
+                    CloseCode.MESSAGE_TOO_BIG,
+                )
+            audio = decode_audio(spec, frame)
+            if audio.shape[0] == 0:
+                continue
+            channels = [np.ascontiguousarray(audio[:, i]) for i in range(spec.channels)]
+            try:
+                if blocking:
+                    await asyncio.to_thread(_feed_all, feeds, channels)
+                else:
+                    _feed_all(feeds, channels)
+            except StreamerError as exc:
+                raise _unsupported("bad_audio", str(exc)) from exc
+
+    async def _close_feeds(self, feeds: list[StreamFeed], reason: str) -> None:
+        for feed in feeds:
+            if feed.closed:
+                continue
+            if self.engine.config.realtime:
+                feed.close(reason=reason)
+            else:  # the flush may wait for the inference queue: not on the loop
+                await asyncio.to_thread(feed.close, reason)
+
+
+def _feed_all(feeds: list[StreamFeed], channels: list[NDArray[np.float32]]) -> None:
+    for feed, samples in zip(feeds, channels, strict=True):
+        feed.feed(samples)
