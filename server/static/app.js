@@ -82,6 +82,20 @@
     return i > 0 ? name.slice(i + 1) : name;
   }
 
+  function callName(stream) {
+    var s = state.streams.get(stream);
+    return s ? s.call : callOf(stream);
+  }
+
+  // The server names a pushed call's channels in their metadata (ingest): trust that first.
+  function placeStream(s, metadata) {
+    if (metadata && typeof metadata.call === "string" && metadata.call &&
+        typeof metadata.role === "string" && metadata.role) {
+      s.call = metadata.call;
+      s.role = metadata.role;
+    }
+  }
+
   function nowS() { return Date.now() / 1000; }
 
   function streamRecord(name) {
@@ -120,7 +134,11 @@
         if (s.open && !live.has(s.name)) { s.open = false; s.speaking = false; s.endedAt = nowS(); }
       });
     }
-    live.forEach(function (name) { streamRecord(name).open = true; });
+    m.streams.forEach(function (info) {
+      var s = streamRecord(info.stream);
+      s.open = true;
+      placeStream(s, info.metadata);
+    });
     el.server.textContent = "model " + m.model + " · window " + m.window_s + " s, hop " +
       m.hop_s + " s · session " + m.session;
     el.span.textContent = String(CHART_SPAN_S);
@@ -134,6 +152,7 @@
     s.openedWall = m.wall_time; // a stream_open replayed after a reconnect has the same time
     s.open = true;
     s.endedAt = null;
+    placeStream(s, m.metadata);
   }
 
   function onClose(m) {
@@ -295,7 +314,7 @@
 
   // Forget calls that ended long ago, or too many of them (never the selected one).
   function pruneCalls(calls) {
-    var keep = state.selected !== null ? callOf(state.selected) : null;
+    var keep = state.selected !== null ? callName(state.selected) : null;
     var ended = Array.from(calls.values()).filter(function (c) {
       return !c.open && c.name !== keep;
     }).sort(function (a, b) { return b.endedAt - a.endedAt; });
@@ -381,7 +400,7 @@
     if (state.selected === null && initialCall && calls.has(initialCall)) {
       state.selected = calls.get(initialCall).streams[0].name;
     }
-    var current = state.selected !== null ? calls.get(callOf(state.selected)) : null;
+    var current = state.selected !== null ? calls.get(callName(state.selected)) : null;
     if (state.selected === null || (!state.pinned && current && !current.open)) {
       // nothing chosen yet, or the call shown by default ended: follow a live call
       var pick = ordered.length ? ordered[0] : null;
@@ -519,7 +538,7 @@
       li.appendChild(b);
       return li;
     });
-    var shown = state.selected !== null ? callOf(state.selected) : null;
+    var shown = state.selected !== null ? callName(state.selected) : null;
     var live = 0;
     ordered.forEach(function (c) {
       if (c.open) live += 1;
@@ -581,7 +600,7 @@
         node.dataset.stream = stream;
         node.querySelector(".channel-chart").dataset.stream = stream;
         var role = node.querySelector(".channel-role");
-        role.textContent = roleOf(stream);
+        role.textContent = state.streams.get(stream).role;
         role.title = "show " + stream + " in detail below";
         role.addEventListener("click", function () { select(stream, true); });
         return node;
@@ -832,7 +851,7 @@
   }
 
   function selectCall(call) {
-    if (state.selected !== null && callOf(state.selected) === call) {
+    if (state.selected !== null && callName(state.selected) === call) {
       state.pinned = true;
       scheduleRender();
       return;
