@@ -5,15 +5,21 @@ from __future__ import annotations
 import pytest
 
 from client.messages import (
+    AlertMessage,
     ErrorMessage,
     Hello,
+    IngestAck,
+    IngestEnd,
+    IngestStart,
     MessageError,
     StatsMessage,
     StreamInfo,
     Subscribe,
+    UtteranceMessage,
     WindowMessage,
     decode,
     encode,
+    stream_wanted,
 )
 
 WINDOW = WindowMessage(
@@ -33,6 +39,17 @@ WINDOW = WindowMessage(
                      blocks_dropped=0, input_overflows=2, clients=1, client_messages_dropped=0),
         ErrorMessage(code="bad_json", message="nope"),
         Subscribe(streams=("a", "b")),
+        UtteranceMessage(stream="c/agent", start_s=0.3, end_s=3.1, wall_time=1.7e9,
+                         probabilities={"a": 0.25, "b": 0.75}, label="b", confidence=0.75,
+                         windows=4, windows_dropped=1),
+        AlertMessage(alert_id=1, stream="c/customer", state="start", rule="Angry>=0.7 for 5s",
+                     label="Angry", threshold=0.7, for_s=5.0, since_s=10.0, at_s=15.0,
+                     probability=0.81, wall_time=1.7e9),
+        IngestStart(stream="call-42", sample_rate_hz=8000, channels=2, format="s16le",
+                    roles=("agent", "customer"), metadata={"campaign": "x"}),
+        IngestAck(stream="call-42", streams=("call-42/agent", "call-42/customer"),
+                  max_frame_bytes=131072, idle_timeout_s=10.0),
+        IngestEnd(),
     ],
 )
 def test_round_trip(message: object) -> None:
@@ -72,3 +89,12 @@ def test_unknown_fields_are_ignored_and_nan_refused() -> None:
     )
     with pytest.raises(MessageError, match="non-finite"):
         encode(nan_stats)
+
+
+def test_subscription_entries_ending_in_slash_are_prefixes() -> None:
+    """'call-42/' covers that call's channels only; plain entries match exactly; () is all."""
+    wanted = ("call-42/", "mic")
+    assert stream_wanted("call-42/agent", wanted) and stream_wanted("mic", wanted)
+    assert not stream_wanted("call-420/agent", wanted) and not stream_wanted("mic2", wanted)
+    assert not stream_wanted("call-42", wanted)
+    assert stream_wanted("anything", ()) and stream_wanted(None, wanted)
