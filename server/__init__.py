@@ -27,6 +27,12 @@ _EXPORTS: dict[str, str] = {
     "Monitor": "server.monitor",
     "analyze_files": "server.monitor",
     "event_message": "server.convert",
+    "AlertMonitor": "server.alerts",
+    "AlertRule": "server.alerts",
+    "parse_rule": "server.alerts",
+    "IngestEndpoint": "server.ingest",
+    "WebhookConfig": "server.webhook",
+    "WebhookSender": "server.webhook",
 }
 
 __all__ = sorted(_EXPORTS)
