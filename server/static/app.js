@@ -196,20 +196,23 @@
       a = { key: key, id: m.alert_id, stream: m.stream, rule: m.rule, label: m.label,
             threshold: m.threshold, for_s: m.for_s, since_s: m.since_s, at_s: m.at_s,
             probability: m.probability, wall_time: m.wall_time, state: "start",
-            end: null, interrupted: false, dirty: true, node: null };
+            end: null, interrupted: false, dirty: true };
       state.alertIndex.set(key, a);
-      state.alerts.unshift(a);
-      while (state.alerts.length > MAX_ALERTS) {
-        var gone = state.alerts.pop();
-        state.alertIndex.delete(gone.key);
-        if (gone.node) gone.node.remove();
-      }
+      // newest first by server time: a backlog replays stream by stream, not in time order
+      var i = 0;
+      while (i < state.alerts.length && newer(state.alerts[i], a)) i++;
+      state.alerts.splice(i, 0, a);
+      while (state.alerts.length > MAX_ALERTS) state.alertIndex.delete(state.alerts.pop().key);
     }
     if (m.state === "end" && !a.end) {
       a.state = "end";
       a.end = { at_s: m.at_s, probability: m.probability, wall_time: m.wall_time };
       a.dirty = true;
     }
+  }
+
+  function newer(a, b) {
+    return a.wall_time !== b.wall_time ? a.wall_time > b.wall_time : a.id > b.id;
   }
 
   function handle(m) {
@@ -663,18 +666,15 @@
     });
   }
 
+  var alertNodes = new Map();
   function renderAlerts() {
     var active = 0;
-    // newest first: a new alert goes on top (state.alerts is kept newest first)
-    for (var i = state.alerts.length - 1; i >= 0; i--) {
-      var a = state.alerts[i];
+    reconcile(el.alerts, state.alerts.map(function (a) { return a.key; }), alertNodes,
+      function (key) { return makeAlert(state.alertIndex.get(key)); });
+    state.alerts.forEach(function (a) {
       if (a.state !== "end") active += 1;
-      if (!a.node) {
-        a.node = makeAlert(a);
-        el.alerts.insertBefore(a.node, el.alerts.firstChild);
-      }
-      if (a.dirty) { updateAlert(a); a.dirty = false; }
-    }
+      if (a.dirty) { updateAlert(a, alertNodes.get(a.key)); a.dirty = false; }
+    });
     el.alertsEmpty.hidden = state.alerts.length > 0;
     setData(el.alertCount, "active", String(active));
     setText(el.alertCount, state.alerts.length ? active + " active" : "");
@@ -703,8 +703,7 @@
     return li;
   }
 
-  function updateAlert(a) {
-    var li = a.node;
+  function updateAlert(a, li) {
     li.dataset.state = a.state;
     var status = "since " + fmt(a.since_s, 1) + " s";
     if (a.end) {
@@ -827,7 +826,9 @@
       : "no stream selected");
   }
 
+  var renders = 0;
   function render() {
+    renders += 1;
     var calls = collectCalls();
     pruneCalls(calls);
     var ordered = Array.from(calls.values()).sort(callOrder);
@@ -872,6 +873,7 @@
   window.emotionMonitor = {
     state: state,
     connected: function () { return socket !== null && socket.readyState === 1; },
+    get renders() { return renders; }, // counts renders: the page shows all it had received
     calls: function () {
       return Array.from(collectCalls().values()).sort(callOrder).map(function (c) {
         return { call: c.name, open: c.open, streams: c.streams.map(function (s) {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,25 @@ async def wait_page(page: Any, expression: str, arg: Any = None, *, what: str) -
         raise AssertionError(f"timed out waiting for {what}; page state {state}") from exc
 
 
+async def settled(page: Any, what: str) -> None:
+    """Wait for a new connection's hello, a stats frame after its backlog, then a render.
+
+    The server sends hello, the backlog, then live frames (stats every second): once a stats
+    frame of this connection arrived and the page rendered after it, the page shows the backlog.
+    """
+    await wait_page(page, """() => window.emotionMonitor.state.hello &&
+        window.emotionMonitor.state.hello !== window.__lastHello &&
+        document.getElementById('connection-state').dataset.state === 'connected'""",
+                    what=f"{what}: a new hello")
+    await page.evaluate("""() => { window.__lastHello = window.emotionMonitor.state.hello;
+                                   window.__stats = window.emotionMonitor.state.stats; }""")
+    await wait_page(page, "() => window.emotionMonitor.state.stats !== window.__stats",
+                    what=f"{what}: stats after the backlog")
+    await page.evaluate("() => { window.__renders = window.emotionMonitor.renders; }")
+    await wait_page(page, "() => window.emotionMonitor.renders > window.__renders",
+                    what=f"{what}: a render")
+
+
 def stereo_call(path: Path, *, seed: int) -> Path:
     """Speech-like audio on the left (agent) channel, digital silence on the right (customer)."""
     lead = np.zeros(RATE_HZ // 2, dtype=np.float32)
@@ -126,6 +146,13 @@ def test_dashboard_shows_pushed_calls_channels_utterances_and_alerts(
         recorder = Recorder()
         client = asyncio.create_task(recorder.run(monitor.ws_url))
         async with chromium_page(chromium, tmp_path, timeout_s=TIMEOUT_S) as (page, console):
+            # The page's /ws goes through to the real server; the test can drop the connection.
+            sockets: list[tuple[Any, Any]] = []
+
+            def route(ws: Any) -> None:
+                sockets.append((ws, ws.connect_to_server()))
+
+            await page.route_web_socket(re.compile(r"/ws$"), route)
             await page.goto(monitor.url)
             await wait_page(page, "() => document.getElementById('connection-state')"
                                   ".dataset.state === 'connected'", what="connected")
@@ -191,11 +218,29 @@ def test_dashboard_shows_pushed_calls_channels_utterances_and_alerts(
             await page.click('#call-list li[data-call="call-2"] button')
             await wait_page(page, "() => document.getElementById('call-view')"
                                   ".dataset.call === 'call-2'", what="call-2 in the call view")
+            await wait_page(page, """() => document.querySelector(
+                '#call-view .channel[data-stream="call-2/ch0"] .channel-label').dataset.label""",
+                what="call-2's label in the call view")
             single = await page.evaluate(CALLS_STATE)
             await page.screenshot(path=str(tmp_path / "calls-single.png"), full_page=True)
+
+            # The connection drops: the page reconnects to the same run, whose backlog resends
+            # the calls' events; nothing shows twice.
+            await page.evaluate("() => { window.__lastHello = window.emotionMonitor.state.hello; }")
+            page_side, server_side = sockets[-1]
+            await page_side.close(code=4000, reason="network drop (test)")
+            await server_side.close()
+            await settled(page, "reconnect")
+            reconnected = await page.evaluate(CALLS_STATE)
+            # A new page (reload) shows the ended calls from the backlog alone.
+            await page.reload()
+            await settled(page, "reload")
+            reloaded = await page.evaluate(CALLS_STATE)
+            await page.screenshot(path=str(tmp_path / "calls-reloaded.png"), full_page=True)
             client.cancel()
             await asyncio.gather(client, return_exceptions=True)
             return {"empty": empty, "live": live, "ended": ended, "single": single,
+                    "reconnected": reconnected, "reloaded": reloaded, "sockets": len(sockets),
                     "recorder": recorder, "console": list(console)}
 
     with ExitStack() as pushes:
@@ -264,6 +309,11 @@ def test_dashboard_shows_pushed_calls_channels_utterances_and_alerts(
     ch0_windows = [w for w in windows if w["stream"] == "call-2/ch0"]
     assert channel["stream"] == "call-2/ch0" and channel["points"] == len(ch0_windows) >= 1
     assert channel["label"] == ch0_windows[-1]["smoothed_label"]
+
+    # After a reconnect and after a reload the page shows the same, from the backlog.
+    assert seen["sockets"] == 3
+    assert seen["reconnected"] == single
+    assert seen["reloaded"] == ended
 
     assert (tmp_path / "calls-ended.png").stat().st_size > 0
     errors = [line for line in seen["console"] if line.startswith(("pageerror", "error"))]
