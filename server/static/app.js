@@ -20,7 +20,7 @@
   var MAX_UTTERANCES = 5;          // per channel, newest first
   var MAX_ALERTS = 100;            // in the alerts panel, newest first
   var CALL_LINGER_S = 120;         // an ended call stays listed this long (unless selected)
-  var MAX_ENDED_CALLS = 32;        // and at most this many ended calls are kept
+  var MAX_ENDED_CALLS = 500;       // and at most this many (memory stays bounded)
   var MIN_FRAME_MS = 100;          // at most ten renders a second, however many streams
   var BACKOFF_INITIAL_MS = 500;
   var BACKOFF_MAX_MS = 10000;

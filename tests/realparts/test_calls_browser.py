@@ -318,3 +318,83 @@ def test_dashboard_shows_pushed_calls_channels_utterances_and_alerts(
     assert (tmp_path / "calls-ended.png").stat().st_size > 0
     errors = [line for line in seen["console"] if line.startswith(("pageerror", "error"))]
     assert not errors, errors
+
+
+def test_dashboard_keeps_up_with_fifty_concurrent_calls(
+    chromium: str, start_monitor: Any, tmp_path: Path
+) -> None:
+    """Fifty stereo calls pushed at once: all listed with their labels, one call drawn at a time."""
+    from client.push import push_file
+
+    n = 50
+    monitor: Monitor = start_monitor(["--source", "none", "--port", "0", "--no-store"])
+    ingest = monitor.url.replace("http", "ws", 1) + "/ingest"
+    audio = stereo_call(tmp_path / "call.wav", seed=3)
+    names = [f"call-{i}" for i in range(1, n + 1)]
+
+    async def scenario() -> dict[str, Any]:
+        recorder = Recorder()
+        client = asyncio.create_task(recorder.run(monitor.ws_url))
+        async with chromium_page(chromium, tmp_path, timeout_s=TIMEOUT_S) as (page, console):
+            await page.goto(monitor.url)
+            await wait_page(page, "() => document.getElementById('connection-state')"
+                                  ".dataset.state === 'connected'", what="connected")
+            await recorder.wait_for(lambda r: bool(r.of("hello")), timeout_s=TIMEOUT_S,
+                                    what="hello at the Python client")
+            # The real push client, fifty calls from one process, paced in real time.
+            pushes = asyncio.gather(*(
+                push_file(audio, ingest, stream=name, roles=("agent", "customer"))
+                for name in names
+            ))
+            try:
+                await wait_page(page, "n => document.querySelectorAll("
+                                      "'#call-list li[data-call]').length === n", n,
+                                what=f"{n} calls in the call list")
+                # The page answers while every call is live: choosing a call shows it.
+                await page.click('#call-list li[data-call="call-37"] button')
+                await wait_page(page, """() => document.getElementById('call-view')
+                    .dataset.call === 'call-37' &&
+                    document.querySelectorAll('#call-view .channel').length === 2""",
+                    what="call-37 in the call view")
+                results = await asyncio.wait_for(pushes, TIMEOUT_S * 4)
+            finally:
+                pushes.cancel()
+                await asyncio.gather(pushes, return_exceptions=True)
+            await recorder.wait_for(
+                lambda r: len(r.of("stream_close")) == 2 * n, timeout_s=TIMEOUT_S * 2,
+                what="every channel's stream_close at the Python client",
+            )
+            expected: dict[str, str] = {}
+            for w in recorder.windows():
+                expected[w["stream"]] = w["smoothed_label"]
+            await wait_page(page, """expected => {
+                const chips = document.querySelectorAll('#call-list .chip[data-stream]');
+                const label = c => expected[c.dataset.stream] || '';
+                return chips.length === 2 * Object.keys(expected).length &&
+                  Array.from(chips).every(c => c.dataset.label === label(c)) &&
+                  document.querySelectorAll('#call-list li[data-open="true"]').length === 0;
+              }""", expected, what="every call ended, each channel with its last label")
+            final = await page.evaluate(CALLS_STATE)
+            counts = await page.evaluate("""() => ({
+                live: document.getElementById('call-count').dataset.live,
+                ended: document.getElementById('call-count').dataset.ended,
+                charts: document.querySelectorAll('canvas.channel-chart').length})""")
+            await page.screenshot(path=str(tmp_path / "fifty-calls.png"), full_page=True)
+            client.cancel()
+            await asyncio.gather(client, return_exceptions=True)
+            return {"final": final, "counts": counts, "expected": expected, "results": results,
+                    "console": list(console)}
+
+    seen = asyncio.run(scenario())
+    assert [r.streams for r in seen["results"]] == [
+        (f"{name}/agent", f"{name}/customer") for name in names]
+    # Speech on every agent channel, none on the customers'; all of it on the page.
+    assert set(seen["expected"]) == {f"{name}/agent" for name in names}
+    final = seen["final"]
+    assert sorted(c["call"] for c in final["calls"]) == sorted(names)
+    assert [c["call"] for c in final["calls"]] == names, "natural order: call-2 before call-10"
+    assert seen["counts"] == {"live": "0", "ended": str(n), "charts": 2}, seen["counts"]
+    assert final["view"] == "call-37" and [ch["stream"] for ch in final["channels"]] == [
+        "call-37/agent", "call-37/customer"]
+    errors = [line for line in seen["console"] if line.startswith(("pageerror", "error"))]
+    assert not errors, errors
