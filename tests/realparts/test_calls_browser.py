@@ -231,6 +231,13 @@ def test_dashboard_shows_pushed_calls_channels_utterances_and_alerts(
             await page_side.close(code=4000, reason="network drop (test)")
             await server_side.close()
             await settled(page, "reconnect")
+            # A frame of a type this page does not know (a newer server) changes nothing.
+            page_side, _ = sockets[-1]
+            page_side.send(json.dumps(
+                {"type": "call_summary", "v": 1, "stream": "call-1/agent", "label": "Angry"}))
+            await page.evaluate("() => { window.__renders = window.emotionMonitor.renders; }")
+            await wait_page(page, "() => window.emotionMonitor.renders > window.__renders",
+                            what="a render after the unknown frame")
             reconnected = await page.evaluate(CALLS_STATE)
             # A new page (reload) shows the ended calls from the backlog alone.
             await page.reload()
@@ -310,7 +317,7 @@ def test_dashboard_shows_pushed_calls_channels_utterances_and_alerts(
     assert channel["stream"] == "call-2/ch0" and channel["points"] == len(ch0_windows) >= 1
     assert channel["label"] == ch0_windows[-1]["smoothed_label"]
 
-    # After a reconnect and after a reload the page shows the same, from the backlog.
+    # After a reconnect (and an unknown frame) and after a reload the page shows the same.
     assert seen["sockets"] == 3
     assert seen["reconnected"] == single
     assert seen["reloaded"] == ended

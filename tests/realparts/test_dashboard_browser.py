@@ -54,6 +54,12 @@ async def page_state(page: Any) -> dict[str, Any]:
             session: window.emotionMonitor && window.emotionMonitor.state.hello
                        ? window.emotionMonitor.state.hello.session : null,
             labels: window.emotionMonitor ? window.emotionMonitor.state.labels : [],
+            calls: Array.from(document.querySelectorAll('#call-list li[data-call]'))
+                     .map(li => li.dataset.call),
+            channels: Array.from(document.querySelectorAll('#call-view .channel[data-stream]'))
+                        .map(ch => ({stream: ch.dataset.stream,
+                                     label: ch.querySelector('.channel-label').dataset.label,
+                                     points: Number(ch.querySelector('canvas').dataset.points)})),
           };
         }"""
     )
@@ -133,6 +139,11 @@ def test_dashboard_shows_live_labels_and_reconnects(
     assert float(live["confidence"]) == pytest.approx(seen["shown"]["smoothed_confidence"])
     assert live["bars"] == live["labels"], live
     assert live["points"] > first["points"], (first, live)
+    # A stream without "/" (a file, the microphone) is a call of its own with one channel.
+    assert live["calls"] == [live["chart_stream"]], live
+    [channel] = live["channels"]
+    assert channel["stream"] == live["chart_stream"] and channel["label"] == live["label"]
+    assert channel["points"] == live["points"], live
     assert after["session"] != live["session"] and after["connection"] == "connected", after
     assert (tmp_path / "dashboard.png").stat().st_size > 0
     # Chromium logs each refused reconnect attempt as a console error; anything else is a bug.
