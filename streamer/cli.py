@@ -153,7 +153,7 @@ _COMPACT_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("weight_decay", float, "AdamW weight decay (default: 0.01)"),
     ("feature_norm", str, "log-mel normalisation per utterance: none, band or global "
      "(default: none)"),
-    ("members", int, "ensemble size: members trained with seeds seed..seed+N-1 (default: 3)"),
+    ("members", int, "ensemble size: members trained with seeds seed..seed+N-1 (default: 1)"),
     ("balance_classes", int, "1: draw training clips with equal class weight, 0: plain shuffle "
      "(default: 1)"),
 )

@@ -53,7 +53,7 @@ class CompactTrainConfig:
     time_mask_frames: int = 20
     feature_norm: str = "none"
     balance_classes: bool = True
-    members: int = 3
+    members: int = 1
 
     def __post_init__(self) -> None:
         if self.feature_norm not in ("band", "global", "none"):

@@ -146,10 +146,26 @@ def test_speaker_crossval_on_urdu_subset(
     import json
 
     out_json = tmp_path / "cv.json"
-    code = main([
-        "crossval", "--data", str(urdu_dir), "--folds", "3", "--group", "speaker",
-        "--limit", "120", "--epochs", "4", "--members", "1", "--no-progress", "--json", str(out_json),
-    ])
+    code = main(
+        [
+            "crossval",
+            "--data",
+            str(urdu_dir),
+            "--folds",
+            "3",
+            "--group",
+            "speaker",
+            "--limit",
+            "120",
+            "--epochs",
+            "4",
+            "--members",
+            "1",
+            "--no-progress",
+            "--json",
+            str(out_json),
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "pooled: accuracy" in out and "speaker's-majority-label lookup" in out

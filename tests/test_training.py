@@ -74,7 +74,9 @@ def test_compact_recipe_learns_generated_classes(gen_train: Path, gen_test: Path
 
     train = load_dataset(gen_train)
     assert train.labels == GEN_LABELS and len(train) == 36
-    net = train_compact(train, CompactTrainConfig(epochs=12, batch_size=8, seed=0, members=1), progress=False)
+    net = train_compact(
+        train, CompactTrainConfig(epochs=12, batch_size=8, seed=0, members=1), progress=False
+    )
     model = EmotionModel(
         name="gen",
         labels=train.labels,
@@ -219,8 +221,8 @@ def test_bad_files_are_skipped_with_a_warning(
                 "--out",
                 str(out),
                 "--members",
-            "1",
-            "--epochs",
+                "1",
+                "--epochs",
                 "1",
                 "--batch-size",
                 "4",
