@@ -145,6 +145,8 @@ class Monitor:
             backlog=Backlog(per_stream=config.backlog_per_stream),
         )
         if config.webhook_url is not None:
+            if not config.alerts:
+                logger.warning("--webhook given without --alert rules: nothing will be POSTed")
             self.webhook = await WebhookSender(config.webhook()).start()
         self.hub = hub = EventHub(
             info, fanout=fanout, store=self.store, session=self.session,
