@@ -293,7 +293,7 @@
 
   // ---- calls ------------------------------------------------------------------------------
 
-  // Calls from the streams: {name, streams (first-seen order), open, endedAt, alerts}.
+  // Calls from the streams: {name, streams (first-seen order), open, endedAt}.
   function collectCalls() {
     var calls = new Map();
     state.streams.forEach(function (s) {
