@@ -152,6 +152,8 @@
     s.openedWall = m.wall_time; // a stream_open replayed after a reconnect has the same time
     s.open = true;
     s.endedAt = null;
+    s.closeReason = null;
+    s.windowsDropped = 0;
     placeStream(s, m.metadata);
   }
 
@@ -161,6 +163,8 @@
     // a stream_close replayed after a reconnect ended earlier than now: age it by server time
     if (s.endedAt === null) s.endedAt = nowS() - Math.max(0, state.maxWall - m.wall_time);
     s.closeReason = m.reason;
+    // totals of the stream (newer servers): windows the engine dropped show on the channel
+    s.windowsDropped = typeof m.windows_dropped === "number" ? m.windows_dropped : 0;
   }
 
   function onWindow(m) {
@@ -619,7 +623,8 @@
       var speech = node.querySelector(".channel-speech");
       setData(speech, "speaking", String(s.speaking));
       setText(speech.querySelector(".text"), s.open ? (s.speaking ? "speaking" : "quiet")
-        : "ended");
+        : (s.closeReason && s.closeReason !== "end" ? "ended (" + s.closeReason + ")" : "ended") +
+          (s.windowsDropped ? ", " + s.windowsDropped + " windows dropped" : ""));
       var m = s.last;
       var labelNode = node.querySelector(".channel-label");
       var label = m ? m.smoothed_label : "";
