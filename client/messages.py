@@ -97,13 +97,15 @@ class StreamOpenMessage:
 
 @dataclass(frozen=True, slots=True)
 class StreamCloseMessage:
-    """Server -> client: a stream ended."""
+    """Server -> client: a stream ended; its labelled and dropped window totals."""
 
     TYPE: ClassVar[str] = "stream_close"
     stream: str
     end_s: float
     wall_time: float
     reason: str = "end"
+    windows: int = 0
+    windows_dropped: int = 0
 
 
 @dataclass(frozen=True, slots=True)

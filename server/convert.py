@@ -129,6 +129,8 @@ def event_message(
             end_s=float(event.end_s),
             wall_time=float(event.wall_time),
             reason=event.reason,
+            windows=int(event.windows),
+            windows_dropped=int(event.windows_dropped),
         )
     if isinstance(event, EngineStats):
         return stats_message(

@@ -29,6 +29,7 @@ attributes, e.g. :class:`~streamer.capture.MicrophoneSource`) as ``open_stream(.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import math
@@ -191,6 +192,7 @@ class _StreamState:
         self.segment_sum = np.zeros(len(labels), dtype=np.float64)
         self.segment_windows = 0
         self.segment_dropped = 0
+        self.dropped = 0  # windows of this stream dropped so far
         self.jobs: deque[_Job] = deque()  # guarded by Engine._cond
         self.scheduled = False  # in Engine._rotation; guarded by Engine._cond
 
@@ -503,6 +505,10 @@ class Engine:
             slot = state.outbox.popleft()
             if slot.state is _State.READY:
                 assert slot.event is not None
+                if isinstance(slot.event, StreamClosed):
+                    slot.event = dataclasses.replace(
+                        slot.event, windows=state.seq, windows_dropped=state.dropped
+                    )
                 self._deliver(slot.event)
                 if isinstance(slot.event, SpeechEnd):
                     utterance = self._utterance(state, slot.event)
@@ -515,6 +521,7 @@ class Engine:
                 self._deliver(self._label(state, slot.window, slot.probs))
             else:
                 state.segment_dropped += 1
+                state.dropped += 1
 
     def _utterance(self, state: _StreamState, end: SpeechEnd) -> Utterance | None:
         """The closed segment's utterance (None when none of its windows was labelled)."""

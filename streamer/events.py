@@ -33,12 +33,18 @@ class StreamOpened:
 
 @dataclass(frozen=True, slots=True)
 class StreamClosed:
-    """A stream ended (source exhausted, sender gone, or shutdown)."""
+    """A stream ended (source exhausted, sender gone, or shutdown).
+
+    ``windows`` / ``windows_dropped``: the stream's labelled and dropped windows in total (filled
+    in by the engine when the event is delivered, after the stream's last window).
+    """
 
     stream: str
     end_s: float
     wall_time: float
     reason: str = "end"
+    windows: int = 0
+    windows_dropped: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,8 +68,14 @@ class Collector:
     def __call__(self, event: Event) -> None:
         with self.lock:
             self.events.append(event)
-        if isinstance(event, StreamClosed):
-            self.closed.setdefault(event.stream, threading.Event()).set()
+            if isinstance(event, StreamClosed):
+                self.closed.setdefault(event.stream, threading.Event()).set()
+
+    def wait_closed(self, stream: str) -> bool:
+        """Wait for the stream's StreamClosed, which a worker may deliver after feed.close()."""
+        with self.lock:
+            closed = self.closed.setdefault(stream, threading.Event())
+        return closed.wait(TIMEOUT_S)
 
     def of(self, stream: str) -> list[Event]:
         with self.lock:
@@ -125,7 +131,7 @@ def test_events_in_order_with_expected_windows() -> None:
     with Engine(ScriptedModel(), EngineConfig(), sink) as engine:
         with engine.open_stream("call", sample_rate_hz=RATE, metadata={"who": "x"}) as feed:
             feed_blocks(feed, call_audio())
-        assert sink.closed["call"].wait(TIMEOUT_S)
+        assert sink.wait_closed("call")
         stats = engine.stats()
     events = sink.of("call")
     check_stream_order(events)

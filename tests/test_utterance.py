@@ -63,6 +63,9 @@ def test_dropped_windows_are_counted_and_an_all_dropped_segment_has_no_utterance
     (utterance,) = [e for e in sink.of("busy") if isinstance(e, Utterance)]
     assert utterance.windows == stats.windows_done
     assert utterance.windows_dropped == stats.windows_dropped > 0
+    closed = sink.of("busy")[-1]
+    assert isinstance(closed, StreamClosed)  # the stream's totals are reported at its close
+    assert (closed.windows, closed.windows_dropped) == (stats.windows_done, stats.windows_dropped)
 
     sink = Collector()
     with Engine(ScriptedModel(), EngineConfig(max_lag_s=1e-6), sink) as engine:
