@@ -462,3 +462,26 @@ def test_shutdown_closes_senders_with_1001(tmp_path: Path, tiny_model: Any) -> N
     assert run(scenario()) == 1001
     events = stored(store, "live/ch0")
     assert isinstance(events[-1], StreamCloseMessage) and events[-1].reason == "shutdown"
+
+
+def test_no_realtime_server_applies_backpressure_to_a_fast_sender(
+    tmp_path: Path, tiny_model: Any
+) -> None:
+    """With --no-realtime a --fast push loses no window: the sender is slowed down instead."""
+    wav = tmp_path / "fast.wav"
+    sf.write(wav, np.stack([speech_like(6.0), speech_like(6.0, seed=2)], 1), 22050)
+    config = ServerConfig(port=0, store_path=None, shutdown_timeout_s=TIMEOUT_S)
+
+    async def scenario() -> list[Message]:
+        async with Monitor(tiny_model, engine_config=EngineConfig(realtime=False, queue_windows=1),
+                           server_config=config) as running, connect(running.ws_url) as ws:
+            assert isinstance(await receive(ws), Hello)
+            await push_file(wav, running.ingest_url, stream="bulk", fast=True)
+            return await until_closed(ws, {"bulk/ch0", "bulk/ch1"})
+
+    got = run(scenario())
+    closes = [m for m in got if isinstance(m, StreamCloseMessage)]
+    assert [(c.reason, c.windows_dropped) for c in closes] == [("end", 0), ("end", 0)]
+    for close in closes:
+        windows = [m for m in got if isinstance(m, WindowMessage) and m.stream == close.stream]
+        assert len(windows) == close.windows > 0
