@@ -112,7 +112,8 @@ class EngineConfig:
     """Windowing, VAD, smoothing and inference-loop settings (times in seconds).
 
     ``max_batch`` None means 1 on CPU (batching does not pay there) and 8 when the model
-    reports a CUDA ``device``. ``threads_per_worker`` is torch's intra-op thread count on CPU.
+    reports a CUDA ``device``. ``threads_per_worker`` is each worker's intra-op thread count on
+    CPU (torch's, and the model's ``set_worker_threads`` when it has one, e.g. ONNX Runtime).
     """
 
     window_s: float = 2.0
@@ -410,6 +411,10 @@ class Engine:
                 torch = sys.modules.get("torch")
                 if torch is not None:
                     torch.set_num_threads(self.config.threads_per_worker)
+                # backends with their own thread pools (ONNX Runtime) size it here
+                set_threads = getattr(self.model, "set_worker_threads", None)
+                if callable(set_threads):
+                    set_threads(self.config.threads_per_worker)
             while True:
                 with self._cond:
                     while not self._rotation and not self._closing:

@@ -21,13 +21,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from .audio import MODEL_RATE_HZ
 from .errors import AudioError, ModelError
+
+if TYPE_CHECKING:
+    from .backends import BackendModel
 
 __all__ = ["BUNDLED_MODEL_DIR", "EmotionModel", "load_model", "resolve_device"]
 
@@ -117,6 +120,18 @@ def _audio_classifier_config_types() -> set[type]:
     return set(MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING.keys())
 
 
+def _wants_backend(
+    name_or_path: str | Path | None, backend: str | None, precision: str | None
+) -> bool:
+    """Anything but the plain torch path: a backend/precision other than torch/fp32 was asked
+    for, or the folder is an ``optimize`` output (it holds ONNX files, not torch weights)."""
+    if backend not in (None, "torch") or precision not in (None, "fp32"):
+        return True
+    if name_or_path is None:
+        return False
+    return (Path(name_or_path).expanduser() / "optimize.json").is_file()
+
+
 @contextmanager
 def quiet_progress() -> Iterator[None]:
     """Hide transformers' per-file progress bars (loading/saving weights) inside the block."""
@@ -170,15 +185,27 @@ def load_model(
     name_or_path: str | Path | None = None,
     *,
     device: str = "auto",
-) -> EmotionModel:
+    backend: str | None = None,
+    precision: str | None = None,
+) -> EmotionModel | BackendModel:
     """Load an audio-classification checkpoint (folder or hub id); ``None`` = the bundled model.
 
     A hub id is looked up in the local cache first; when it is not cached and the hub cannot be
     reached (no network, or ``HF_HUB_OFFLINE=1``) this fails at once with a ModelError that says
     to pass a local folder. On CUDA the weights run in bfloat16 (or float16 where bfloat16 is
     not supported); on CPU in float32.
+
+    ``backend`` (auto, torch, onnx) and ``precision`` (auto, fp32, bf16, int8) pick another
+    backend (:mod:`streamer.backends`); a folder written by ``emotion-monitor optimize`` loads
+    with ``auto`` unless told otherwise.
     """
     import torch
+
+    if _wants_backend(name_or_path, backend, precision):
+        from .backends import load_backend
+
+        return load_backend(name_or_path, backend=backend or "auto",
+                            precision=precision or "auto", device=device)
 
     from .compact import register_compact
 

@@ -1,0 +1,284 @@
+"""``emotion-monitor optimize``: ONNX export, dynamic int8 quantisation, agreement and speed
+checks (main thread; one process, CPU).
+
+:func:`optimize_model` writes into ``out``:
+
+- ``config.json`` and ``preprocessor_config.json`` (labels and input settings, as a checkpoint);
+- ``model.onnx`` (fp32) and ``model.int8.onnx`` (ONNX Runtime ``quantize_dynamic``: int8
+  weights and per-batch int8 activations for MatMul; convolutions stay fp32). For a wav2vec2
+  classifier ``model.onnx`` starts at the conv features (input ``extract_features``) and
+  ``feature_encoder.onnx`` holds the conv encoder, so its frames can be cached
+  (:mod:`streamer.encoder_cache`); other models are one graph from ``input_values``;
+- ``optimize.json``: the files, the source checkpoint, and for each backend/precision its
+  top-1 agreement and relative logit difference against fp32 torch on the checked windows and
+  its median time per window with one thread on this machine. ``auto`` reads it
+  (:mod:`streamer.backends`).
+
+Export uses ``torch.onnx.export(dynamo=True)`` (needs onnxscript), with a dynamic batch and
+sample axis; the TorchScript exporter cannot export the compact model's complex STFT.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from .audio import MODEL_RATE_HZ
+from .backends import (
+    MANIFEST_NAME,
+    MAX_REL_LOGIT_DIFF,
+    MIN_TOP1_AGREEMENT,
+    PRECISIONS,
+    splittable,
+    wav2vec2_head,
+    within_bounds,
+)
+from .errors import ModelError
+
+__all__ = ["Agreement", "agreement", "check_windows", "optimize_model"]
+
+logger = logging.getLogger(__name__)
+
+SETTINGS = ("torch/fp32", "torch/bf16", "torch/int8", "onnx/fp32", "onnx/int8")
+_WINDOW = 2 * MODEL_RATE_HZ
+
+
+@dataclass(frozen=True, slots=True)
+class Agreement:
+    """How one setting's logits compare with the reference (fp32 torch) on the same windows."""
+
+    windows: int
+    top1_agreement: float  # share of windows with the same arg-max class
+    rel_logit_diff: float  # ||L - L_ref||_F / ||L_ref||_F over all windows
+
+
+def agreement(reference: NDArray[np.floating], logits: NDArray[np.floating]) -> Agreement:
+    """Compare (windows, classes) logits with the reference logits of the same windows."""
+    ref = np.asarray(reference, dtype=np.float64)
+    got = np.asarray(logits, dtype=np.float64)
+    if ref.shape != got.shape or ref.ndim != 2 or ref.shape[0] == 0:
+        raise ValueError(f"need two equal (windows, classes) arrays, got {ref.shape}, {got.shape}")
+    top1 = float(np.mean(ref.argmax(axis=1) == got.argmax(axis=1)))
+    norm = float(np.linalg.norm(ref))
+    diff = float(np.linalg.norm(got - ref))
+    rel = diff / norm if norm > 0 else (0.0 if diff == 0 else float("inf"))
+    return Agreement(windows=ref.shape[0], top1_agreement=top1, rel_logit_diff=rel)
+
+
+def check_windows(
+    data: Path | None, *, max_windows: int = 160, seed: int = 0
+) -> tuple[NDArray[np.float32], str]:
+    """2 s windows to compare settings on: from a folder-per-label dataset's clips (every clip
+    cut with a 1 s hop, then evenly thinned to ``max_windows``), else seeded synthetic voiced
+    audio. Returns (windows, description)."""
+    if data is not None:
+        from .audio import read_audio
+        from .dataset import scan_dataset
+
+        clips = scan_dataset(data)
+        windows: list[NDArray[np.float32]] = []
+        for clip in clips:
+            audio = read_audio(clip.path)
+            if audio.size < _WINDOW:
+                audio = np.pad(audio, (0, _WINDOW - audio.size))
+            for start in range(0, audio.size - _WINDOW + 1, MODEL_RATE_HZ):
+                windows.append(audio[start:start + _WINDOW])
+        if not windows:
+            raise ModelError(f"{data}: no audio clips found to check agreement on")
+        pick = np.linspace(0, len(windows) - 1, min(max_windows, len(windows))).round()
+        chosen = np.stack([windows[int(i)] for i in np.unique(pick)])
+        return chosen.astype(np.float32), f"{len(chosen)} windows of {len(clips)} clips in {data}"
+    rng = np.random.default_rng(seed)
+    t = np.arange(_WINDOW) / MODEL_RATE_HZ
+    rows = []
+    for _ in range(min(max_windows, 48)):
+        f0 = rng.uniform(90, 260) * (1 + 0.1 * np.sin(2 * np.pi * rng.uniform(1, 5) * t))
+        phase = 2 * np.pi * np.cumsum(f0) / MODEL_RATE_HZ
+        voiced = sum(np.sin(k * phase) * rng.uniform(0.2, 1.0) / k for k in range(1, 12))
+        env = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(2, 6) * t) ** 2
+        x = voiced * env + rng.uniform(0.005, 0.1) * rng.standard_normal(_WINDOW)
+        rows.append(x / np.max(np.abs(x)) * rng.uniform(0.05, 0.8))
+    return np.stack(rows).astype(np.float32), f"{len(rows)} synthetic voiced windows (seed {seed})"
+
+
+class _Full(torch.nn.Module):
+    """input_values -> logits (the graph exported for models that are not split)."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_values: torch.Tensor) -> torch.Tensor:
+        return self.model(input_values=input_values).logits
+
+
+class _Encoder(torch.nn.Module):
+    """input_values -> wav2vec2 conv features (batch, channels, frames)."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_values: torch.Tensor) -> torch.Tensor:
+        return self.model.wav2vec2.feature_extractor(input_values)
+
+
+class _Head(torch.nn.Module):
+    """wav2vec2 conv features -> logits."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, extract_features: torch.Tensor) -> torch.Tensor:
+        return wav2vec2_head(self.model, extract_features)
+
+
+def _export(module: Any, example: Any, path: Path, input_name: str, axis_min: int) -> None:
+    dims = {0: torch.export.Dim("batch", min=1, max=256),
+            1 if input_name == "input_values" else 2: torch.export.Dim("length", min=axis_min)}
+    with warnings.catch_warnings():
+        # torch.export's pytree code warns about its own deprecated LeafSpec check
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*LeafSpec")
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
+        try:
+            torch.onnx.export(
+                module, (example,), str(path), input_names=[input_name],
+                output_names=["output"], dynamic_shapes=(dims,), dynamo=True,
+                opset_version=18, verbose=False, external_data=False,
+            )
+        except Exception as exc:  # torch.onnx raises several private error types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            raise ModelError(f"ONNX export to {path.name} failed: {first}") from exc
+
+
+def _quantize(src: Path, dst: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"],
+                     weight_type=QuantType.QInt8)
+
+
+def _median_ms(run: Any, window: NDArray[np.float32], repeats: int) -> float:
+    run(window)  # warm-up (first call allocates)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run(window)
+        times.append(time.perf_counter() - started)
+    return float(np.median(times) * 1000.0)
+
+
+def optimize_model(
+    model: str | Path | None,
+    out: Path,
+    *,
+    data: Path | None = None,
+    max_windows: int = 160,
+    repeats: int = 5,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Export, quantise, check and time; returns the manifest written to ``out``."""
+    from .backends import load_backend
+    from .models import BUNDLED_MODEL_DIR, load_model
+
+    source = BUNDLED_MODEL_DIR if model is None else Path(model).expanduser()
+    if not (source / "config.json").is_file():
+        raise ModelError(f"{source}: not a local checkpoint folder (optimize needs one)")
+    if (source / MANIFEST_NAME).is_file():
+        raise ModelError(f"{source} is already an optimize output; pass its source checkpoint")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ModelError(f"--out {out}: exists and is not empty")
+    if out.resolve() == source.resolve():
+        raise ModelError("--out must differ from --model")
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    base = load_model(source, device="cpu", backend="torch", precision="fp32")
+    hf = base.model
+    hf.config.save_pretrained(out)
+    base.feature_extractor.save_pretrained(out)
+    example = torch.zeros(1, _WINDOW)
+    files: dict[str, Any] = {"fp32": "model.onnx", "int8": "model.int8.onnx", "encoder": None}
+    if splittable(hf):
+        with torch.inference_mode():
+            feats = hf.wav2vec2.feature_extractor(example)
+        _export(_Encoder(hf).eval(), example, out / "feature_encoder.onnx", "input_values", 800)
+        _export(_Head(hf).eval(), feats, out / "model.onnx", "extract_features", 2)
+        files["encoder"] = "feature_encoder.onnx"
+    else:
+        _export(_Full(hf).eval(), example, out / "model.onnx", "input_values", 800)
+    _quantize(out / "model.onnx", out / "model.int8.onnx")
+    logger.info("exported %s to %s in %.0f s", source, out, time.monotonic() - started)
+    manifest: dict[str, Any] = {
+        "format": 1,
+        "source": str(source.resolve()),
+        "model_type": hf.config.model_type,
+        "files": files,
+        "bounds": {"min_top1_agreement": MIN_TOP1_AGREEMENT,
+                   "max_rel_logit_diff": MAX_REL_LOGIT_DIFF},
+        "checked_on": "",
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "threads": 1,
+            "load_1min": os.getloadavg()[0],
+        },
+        "checks": {},
+    }
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    windows, described = check_windows(data, max_windows=max_windows)
+    manifest["checked_on"] = described
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        reference: NDArray[np.float32] | None = None
+        for key in SETTINGS:
+            backend, precision = key.split("/")
+            assert precision in PRECISIONS
+            try:
+                candidate = load_backend(out, backend=backend, precision=precision,
+                                         device="cpu", encoder_cache=False)
+            except ModelError as exc:
+                logger.info("%s: not available (%s)", key, exc)
+                manifest["checks"][key] = {"unavailable": str(exc)}
+                continue
+            candidate.set_worker_threads(1)
+            logits = np.concatenate([candidate.logits(windows[i:i + 8])
+                                     for i in range(0, len(windows), 8)])
+            if reference is None:
+                reference = logits
+            found = agreement(reference, logits)
+            ms = _median_ms(candidate.logits, windows[:1], repeats)
+            manifest["checks"][key] = {
+                "top1_agreement": found.top1_agreement,
+                "rel_logit_diff": found.rel_logit_diff,
+                "windows": found.windows,
+                "ms_per_window": ms,
+            }
+            logger.info("%s: top-1 agreement %.3f, rel logit diff %.4f, %.1f ms/window%s",
+                        key, found.top1_agreement, found.rel_logit_diff, ms,
+                        "" if within_bounds(manifest["checks"][key]) else " (outside bounds)")
+            del candidate
+    finally:
+        torch.set_num_threads(threads)
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def remove_output(out: Path) -> None:
+    """Delete an optimize output folder (tests and the benchmark clean up with it)."""
+    if (out / MANIFEST_NAME).is_file():
+        shutil.rmtree(out)
