@@ -236,23 +236,24 @@ def _log(args: argparse.Namespace) -> int:
 
 def _push(args: argparse.Namespace) -> int:
     from .errors import ClientError
-    from .push import push_file
+    from .push import PushConfig, push
 
-    roles = tuple(r.strip() for r in args.roles.split(",")) if args.roles else ()
     metadata = {}
     for item in args.meta:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ClientError(f"--meta {item!r}: write KEY=VALUE")
         metadata[key] = value
-
-    async def main() -> Any:
-        return await push_file(
-            args.file, args.url, stream=args.stream, roles=roles, fast=args.fast,
-            fmt=args.fmt, frame_ms=args.frame_ms, metadata=metadata,
-        )
-
-    result = asyncio.run(main())
+    config = PushConfig(
+        stream=args.stream,
+        url=args.url,
+        roles=tuple(r.strip() for r in args.roles.split(",")) if args.roles else (),
+        fast=args.fast,
+        format=args.fmt,
+        frame_ms=args.frame_ms,
+        metadata=metadata,
+    )
+    result = asyncio.run(push(args.file, config))
     print(f"pushed {result.seconds:.1f} s of {args.file} as {', '.join(result.streams)} "
           f"in {result.wall_s:.1f} s", flush=True)
     return 0

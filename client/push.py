@@ -23,7 +23,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -44,7 +44,15 @@ from .messages import (
     encode,
 )
 
-__all__ = ["DEFAULT_INGEST_URL", "PushResult", "ingest_url", "pcm_frames", "push_file"]
+__all__ = [
+    "DEFAULT_INGEST_URL",
+    "PushConfig",
+    "PushResult",
+    "ingest_url",
+    "pcm_frames",
+    "push",
+    "push_file",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +61,38 @@ MIN_RATE_HZ = 8_000
 MAX_RATE_HZ = 48_000
 _SCHEMES = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}
 _DTYPES = {"s16le": ("int16", "<i2"), "f32le": ("float32", "<f4")}
+
+
+@dataclass(frozen=True, slots=True)
+class PushConfig:
+    """Where and how ``push`` sends (``emotion-monitor push`` flags map one to one).
+
+    ``url`` is normalised (see :func:`ingest_url`); bad values raise ClientError.
+    """
+
+    stream: str
+    url: str = DEFAULT_INGEST_URL
+    roles: tuple[str, ...] = ()
+    fast: bool = False
+    format: str = "s16le"
+    frame_ms: int = 20
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    open_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "url", ingest_url(self.url))
+        object.__setattr__(self, "roles", tuple(self.roles))
+        object.__setattr__(self, "metadata", dict(self.metadata))
+        if not isinstance(self.stream, str) or not self.stream:
+            raise ClientError(f"stream id must be a non-empty string, got {self.stream!r}")
+        if self.format not in INGEST_FORMATS:
+            raise ClientError(
+                f"format {self.format!r} not allowed: use {', '.join(INGEST_FORMATS)}"
+            )
+        if not 5 <= self.frame_ms <= 1000:
+            raise ClientError(f"frame_ms must be 5..1000, got {self.frame_ms}")
+        if not 0 < self.open_timeout_s <= 600:
+            raise ClientError(f"open_timeout_s must be in (0, 600], got {self.open_timeout_s}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,33 +162,39 @@ async def push_file(
     metadata: Mapping[str, str] | None = None,
     open_timeout_s: float = 10.0,
 ) -> PushResult:
-    """Send ``path`` to ``url`` as stream ``stream``; see the module docstring."""
-    if fmt not in INGEST_FORMATS:
-        raise ClientError(f"format {fmt!r} not allowed: use {', '.join(INGEST_FORMATS)}")
-    if not 5 <= frame_ms <= 1000:
-        raise ClientError(f"frame_ms must be 5..1000, got {frame_ms}")
-    target = ingest_url(url)
+    """Send ``path`` to ``url`` as stream ``stream`` (keyword form of :func:`push`)."""
+    return await push(path, PushConfig(
+        stream=stream, url=url, roles=tuple(roles), fast=fast, format=fmt, frame_ms=frame_ms,
+        metadata=dict(metadata or {}), open_timeout_s=open_timeout_s,
+    ))
+
+
+async def push(path: str | Path, config: PushConfig) -> PushResult:
+    """Send the file at ``path`` as configured; see the module docstring."""
     path = Path(path)
     with _open_file(path) as audio:
         rate, channels = int(audio.samplerate), int(audio.channels)
-        if roles and len(roles) != channels:
+        if config.roles and len(config.roles) != channels:
             raise ClientError(
-                f"{len(roles)} role(s) {list(roles)} for a {channels}-channel file: give one "
-                "per channel"
+                f"{len(config.roles)} role(s) {list(config.roles)} for a {channels}-channel "
+                "file: give one per channel"
             )
         start = IngestStart(
-            stream=stream, sample_rate_hz=rate, channels=channels, format=fmt,
-            roles=tuple(roles), metadata=dict(metadata or {}),
+            stream=config.stream, sample_rate_hz=rate, channels=channels, format=config.format,
+            roles=config.roles, metadata=dict(config.metadata),
         )
-        per_frame = max(1, rate * frame_ms // 1000)
-        blocks = audio.blocks(blocksize=per_frame, dtype=_DTYPES[fmt][0], always_2d=True)
+        per_frame = max(1, rate * config.frame_ms // 1000)
+        blocks = audio.blocks(blocksize=per_frame, dtype=_DTYPES[config.format][0],
+                              always_2d=True)
         try:
-            connection = await connect(target, open_timeout=open_timeout_s, proxy=None,
-                                       max_size=1 << 20)
+            connection = await connect(config.url, open_timeout=config.open_timeout_s,
+                                       proxy=None, max_size=1 << 20)
         except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
-            raise ClientError(f"cannot connect to {target}: {exc}") from exc
+            raise ClientError(f"cannot connect to {config.url}: {exc}") from exc
         async with connection:
-            return await _push(connection, start, pcm_frames(blocks, fmt), fast)
+            return await _push(
+                connection, start, pcm_frames(blocks, config.format), config.fast
+            )
 
 
 def _rejected(error: ErrorMessage, stream: str) -> ClientError:
