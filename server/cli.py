@@ -45,11 +45,13 @@ def build_parser() -> OneLineParser:
 
     from client.cli import register as register_client
     from streamer.cli import register as register_streamer
+    from streamer.optimize_command import register as register_optimize
 
     from .commands import register as register_server
 
     register_server(sub)
     register_streamer(sub)
+    register_optimize(sub)
     register_client(sub)
     return parser
 

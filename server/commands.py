@@ -128,6 +128,15 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
         "--model-device", default="auto",
         help="where the model runs: auto, cpu, cuda or cuda:N (default: auto)",
     )
+    parser.add_argument(
+        "--backend", choices=["auto", "torch", "onnx"], default="auto",
+        help="inference backend; auto = the fastest within the agreement bounds measured by "
+        "'emotion-monitor optimize' (torch for a plain checkpoint) (default: auto)",
+    )
+    parser.add_argument(
+        "--precision", choices=["auto", "fp32", "bf16", "int8"], default="auto",
+        help="weights/arithmetic precision; auto as for --backend (default: auto)",
+    )
 
 
 def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
@@ -150,6 +159,8 @@ def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
                        help="live mode: drop windows older than this instead of falling "
                        "behind (default: 2.0)")
     group.add_argument("--workers", type=int, help="inference worker threads (default: 1)")
+    group.add_argument("--threads-per-worker", type=int,
+                       help="intra-op threads of each worker on CPU (default: 1)")
 
 
 def _add_server_flags(parser: argparse.ArgumentParser) -> None:
@@ -239,6 +250,7 @@ def _engine_config(args: argparse.Namespace, *, realtime: bool) -> Any:
             **_given(args, {
                 "window_s": "window_s", "hop_s": "hop_s", "min_window_s": "min_window_s",
                 "max_lag_s": "max_lag_s", "workers": "workers",
+                "threads_per_worker": "threads_per_worker",
             }),
         )
     except ValueError as exc:
@@ -293,7 +305,10 @@ def _run(args: argparse.Namespace) -> int:
 
         sources.append(FileSource(args.source, channel=args.channel, realtime=args.realtime))
     try:
-        model = load_model(args.model, device=args.model_device)
+        model = load_model(
+            args.model, device=args.model_device, backend=args.backend,
+            precision=args.precision,
+        )
         _quiet_websockets()
         return asyncio.run(_serve(model, engine_config, server_config, sources, args))
     finally:
@@ -380,7 +395,9 @@ def _analyze(args: argparse.Namespace) -> int:
     engine_config = _engine_config(args, realtime=False)
     if args.out.parent and not args.out.parent.is_dir():
         raise ServerError(f"--out {args.out}: the folder does not exist")
-    model = load_model(args.model, device=args.model_device)
+    model = load_model(
+        args.model, device=args.model_device, backend=args.backend, precision=args.precision
+    )
     results = analyze_files(
         model, args.files, args.out, engine_config=engine_config, channel=args.channel
     )
