@@ -36,6 +36,7 @@ from numpy.typing import NDArray
 from .audio import MODEL_RATE_HZ
 from .encoder_cache import FrameCache, cache_exact_reason, encoder_geometry
 from .errors import AudioError, ModelError
+from .models import EmotionModel
 
 __all__ = [
     "BACKENDS",
@@ -46,6 +47,7 @@ __all__ = [
     "BackendModel",
     "Choice",
     "check_choice",
+    "choose_setting",
     "load_backend",
     "within_bounds",
 ]
@@ -101,25 +103,14 @@ Logits = Callable[[NDArray[np.float32]], NDArray[np.float32]]
 
 
 @dataclass(eq=False)
-class BackendModel:
-    """An emotion classifier on one backend/precision (see the module docstring)."""
+class BackendModel(EmotionModel):
+    """An emotion classifier on one backend/precision (see the module docstring); ``model`` is
+    the torch module on the torch backend and None on ONNX Runtime."""
 
-    name: str
-    labels: tuple[str, ...]
-    sample_rate_hz: int
-    device: str
-    backend: str
-    precision: str
-    feature_extractor: Any = field(repr=False)
-    runner: Any = field(repr=False)  # _TorchRunner or _OnnxRunner
+    backend: str = "torch"
+    precision: str = "fp32"
+    runner: Any = field(default=None, repr=False)  # _TorchRunner or _OnnxRunner
     encoder_cache: FrameCache | None = field(default=None, repr=False)
-
-    @property
-    def model(self) -> Any:
-        """The torch module (torch backend); ModelError for ONNX Runtime."""
-        if isinstance(self.runner, _TorchRunner):
-            return self.runner.model
-        raise ModelError(f"{self.name} runs on ONNX Runtime: it has no torch module")
 
     def set_worker_threads(self, threads: int) -> None:
         """Called by each engine worker at start: intra-op threads for this backend."""
@@ -199,7 +190,7 @@ class _TorchRunner:
             with warnings.catch_warnings():
                 # torch.ao.quantization announces its future move to torchao; still works
                 warnings.filterwarnings("ignore", category=DeprecationWarning,
-                                        module=r"torch\.ao\.quantization")
+                                        message=r"torch\.ao\.quantization is deprecated")
                 warnings.filterwarnings("ignore", category=UserWarning,
                                         message=r"torch\.quantize_per_tensor")
                 model = torch.ao.quantization.quantize_dynamic(
@@ -320,10 +311,10 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
     return manifest
 
 
-def _choose(
+def choose_setting(
     backend: str, precision: str, device: str, manifest: dict[str, Any] | None
 ) -> Choice:
-    """Resolve ``auto`` parts (see the module docstring)."""
+    """Resolve the ``auto`` parts from the device and an optimize manifest (module docstring)."""
     if device != "cpu":
         if backend == "onnx":
             raise ModelError("backend onnx runs on CPU only here; use --model-device cpu")
@@ -378,7 +369,7 @@ def load_backend(
     resolved = resolve_device(device)
     folder = BUNDLED_MODEL_DIR if name_or_path is None else Path(name_or_path).expanduser()
     manifest = read_manifest(folder) if folder.is_dir() else None
-    choice = _choose(backend, precision, resolved, manifest)
+    choice = choose_setting(backend, precision, resolved, manifest)
     if manifest is not None and choice.key in manifest.get("checks", {}):
         check = manifest["checks"][choice.key]
         if "top1_agreement" in check and not within_bounds(check):
@@ -403,8 +394,8 @@ def load_backend(
         runner = _TorchRunner(base.model, resolved, choice.precision)
         model = BackendModel(
             name=name, labels=base.labels, sample_rate_hz=base.sample_rate_hz,
-            device=resolved, backend="torch", precision=choice.precision,
-            feature_extractor=base.feature_extractor, runner=runner,
+            device=resolved, model=runner.model, feature_extractor=base.feature_extractor,
+            backend="torch", precision=choice.precision, runner=runner,
         )
     _attach_cache(model, encoder_cache)
     logger.info(
@@ -441,8 +432,8 @@ def _load_onnx(
     labels = tuple(str(config.id2label[i]) for i in sorted(int(k) for k in config.id2label))
     runner = _OnnxRunner(folder, manifest, choice.precision)
     model = BackendModel(
-        name=name, labels=labels, sample_rate_hz=rate, device="cpu", backend="onnx",
-        precision=choice.precision, feature_extractor=extractor, runner=runner,
+        name=name, labels=labels, sample_rate_hz=rate, device="cpu", model=None,
+        feature_extractor=extractor, backend="onnx", precision=choice.precision, runner=runner,
     )
     model.config = config  # type: ignore[attr-defined]
     return model

@@ -21,16 +21,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from .audio import MODEL_RATE_HZ
 from .errors import AudioError, ModelError
-
-if TYPE_CHECKING:
-    from .backends import BackendModel
 
 __all__ = ["BUNDLED_MODEL_DIR", "EmotionModel", "load_model", "resolve_device"]
 
@@ -187,7 +184,7 @@ def load_model(
     device: str = "auto",
     backend: str | None = None,
     precision: str | None = None,
-) -> EmotionModel | BackendModel:
+) -> EmotionModel:
     """Load an audio-classification checkpoint (folder or hub id); ``None`` = the bundled model.
 
     A hub id is looked up in the local cache first; when it is not cached and the hub cannot be

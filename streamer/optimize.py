@@ -213,7 +213,7 @@ def optimize_model(
     example = torch.zeros(1, _WINDOW)
     files: dict[str, Any] = {"fp32": "model.onnx", "int8": "model.int8.onnx", "encoder": None}
     if splittable(hf):
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: export must not see inference tensors
             feats = hf.wav2vec2.feature_extractor(example)
         _export(_Encoder(hf).eval(), example, out / "feature_encoder.onnx", "input_values", 800)
         _export(_Head(hf).eval(), feats, out / "model.onnx", "extract_features", 2)

@@ -1,0 +1,321 @@
+"""Fast inference: backend choice, ONNX export round trips, agreement, frame cache, threads."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import TIMEOUT_S, TINY_LABELS, speech_like
+from numpy.typing import NDArray
+
+from server.cli import main
+from streamer.backends import (
+    MANIFEST_NAME,
+    BackendModel,
+    check_choice,
+    choose_setting,
+    load_backend,
+)
+from streamer.encoder_cache import FrameCache, encoder_geometry
+from streamer.engine import Engine, EngineConfig
+from streamer.errors import ModelError
+from streamer.events import Event, WindowLabel
+from streamer.models import load_model
+from streamer.optimize import agreement, optimize_model
+
+HOP = 8000
+WINDOW = 32000
+
+
+@pytest.fixture(scope="session")
+def tiny_layer_norm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random wav2vec2 of the large/XLSR kind (layer-norm conv encoder, conv bias),
+    with a feature extractor that does not normalise each window."""
+    import torch
+    from transformers import (
+        Wav2Vec2Config,
+        Wav2Vec2FeatureExtractor,
+        Wav2Vec2ForSequenceClassification,
+    )
+
+    torch.manual_seed(1)
+    config = Wav2Vec2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        conv_dim=(32,) * 7, conv_stride=(5, 2, 2, 2, 2, 2, 2), conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, classifier_proj_size=16,
+        feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True,
+        id2label=dict(enumerate(TINY_LABELS)),
+        label2id={label: i for i, label in enumerate(TINY_LABELS)},
+    )
+    out = tmp_path_factory.mktemp("tiny-layer-norm")
+    Wav2Vec2ForSequenceClassification(config).eval().save_pretrained(out)
+    Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=False,
+        return_attention_mask=False,
+    ).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def optimized_tiny(tiny_layer_norm: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """optimize output of the tiny layer-norm wav2vec2 (split graphs), synthetic windows."""
+    out = tmp_path_factory.mktemp("opt-tiny") / "onnx"
+    optimize_model(tiny_layer_norm, out, max_windows=16, repeats=1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def optimized_bundled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """optimize output of the bundled model (one graph), synthetic windows."""
+    out = tmp_path_factory.mktemp("opt-bundled") / "onnx"
+    optimize_model(None, out, max_windows=16, repeats=1)
+    return out
+
+
+def _windows(seed: int, n: int = 4, length: int = WINDOW) -> NDArray[np.float32]:
+    return np.stack([speech_like(length / 16000, seed=seed + i) for i in range(n)])
+
+
+def _relative(a: NDArray[np.float32], b: NDArray[np.float32]) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+# -- choice -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("backend", "precision", "words"),
+    [("tpu", "fp32", "unknown backend 'tpu'"), ("torch", "fp64", "unknown precision 'fp64'"),
+     ("onnx", "bf16", "not 'bf16'")],
+)
+def test_bad_backend_or_precision_is_a_clear_error(backend: str, precision: str, words: str
+                                                   ) -> None:
+    """Unknown values and impossible pairs name the value and the allowed ones."""
+    with pytest.raises(ModelError, match=words):
+        check_choice(backend, precision)
+    with pytest.raises(ModelError, match=words):
+        load_model(None, device="cpu", backend=backend, precision=precision)
+
+
+def test_cli_rejects_a_bad_backend_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """run --backend tpu exits 2 with one line naming the choices."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--backend", "tpu"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'auto', 'torch', 'onnx'" in err
+
+
+def test_onnx_on_a_plain_checkpoint_says_to_optimize(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """analyze --backend onnx on a checkpoint without ONNX files: one line, exit 2."""
+    wav = tmp_path / "a.wav"
+    sf.write(wav, speech_like(1.0), 16000)
+    code = main(["analyze", str(wav), "--out", str(tmp_path / "t.csv"), "--backend", "onnx"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "emotion-monitor optimize" in err
+
+
+def test_auto_on_a_plain_checkpoint_is_torch_fp32(caplog: pytest.LogCaptureFixture) -> None:
+    """Without optimize numbers, auto keeps fp32 torch on CPU and says so."""
+    with caplog.at_level(logging.INFO, logger="streamer.backends"):
+        model = load_model(None, device="cpu", backend="auto", precision="auto")
+    assert isinstance(model, BackendModel)
+    assert (model.backend, model.precision, model.encoder_cache) == ("torch", "fp32", None)
+    assert "backend torch, precision fp32" in caplog.text
+
+
+def test_auto_takes_the_fastest_setting_within_bounds() -> None:
+    """A faster setting outside the agreement bounds is never chosen; explicit parts hold."""
+    manifest = {"files": {}, "checks": {
+        "torch/fp32": {"top1_agreement": 1.0, "rel_logit_diff": 0.0, "ms_per_window": 30.0},
+        "torch/bf16": {"top1_agreement": 0.95, "rel_logit_diff": 0.02, "ms_per_window": 5.0},
+        "onnx/fp32": {"top1_agreement": 1.0, "rel_logit_diff": 0.001, "ms_per_window": 20.0},
+        "onnx/int8": {"top1_agreement": 0.99, "rel_logit_diff": 0.30, "ms_per_window": 4.0},
+        "torch/int8": {"unavailable": "not for this model"},
+    }}
+    assert choose_setting("auto", "auto", "cpu", manifest).key == "onnx/fp32"
+    assert choose_setting("torch", "auto", "cpu", manifest).key == "torch/fp32"
+    assert choose_setting("auto", "int8", "cpu", manifest).key == "onnx/int8"  # none in bounds
+    assert choose_setting("torch", "bf16", "cpu", manifest).key == "torch/bf16"  # as asked
+    assert choose_setting("auto", "auto", "cpu", None).key == "torch/fp32"
+
+
+# -- agreement --------------------------------------------------------------------------------
+
+
+def test_agreement_counts_top1_matches_and_relative_logit_difference() -> None:
+    """Top-1 agreement is the share of equal arg-maxes; the difference is a norm ratio."""
+    ref = np.array([[2.0, 0.0], [0.0, 2.0], [1.0, 0.0], [0.0, 1.0]])
+    same = agreement(ref, ref)
+    assert (same.windows, same.top1_agreement, same.rel_logit_diff) == (4, 1.0, 0.0)
+    flipped = ref.copy()
+    flipped[0] = [0.0, 2.0]
+    found = agreement(ref, flipped)
+    assert found.top1_agreement == 0.75
+    assert found.rel_logit_diff == pytest.approx(np.sqrt(8.0) / np.sqrt(10.0))
+    with pytest.raises(ValueError, match="equal"):
+        agreement(ref, ref[:2])
+
+
+# -- export round trips -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["optimized_bundled", "optimized_tiny"])
+def test_onnx_export_matches_torch_and_int8_predicts(which: str,
+                                                     request: pytest.FixtureRequest) -> None:
+    """ONNX fp32 logits match fp32 torch; int8 loads and gives probabilities; manifest filled."""
+    folder: Path = request.getfixturevalue(which)
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    assert set(manifest["checks"]) == {
+        "torch/fp32", "torch/bf16", "torch/int8", "onnx/fp32", "onnx/int8"
+    }
+    assert manifest["checks"]["onnx/fp32"]["rel_logit_diff"] < 1e-3
+    windows = np.concatenate([_windows(7, 2), _windows(9, 1, WINDOW // 2)[:, :WINDOW // 2]
+                              .repeat(2, axis=1)])
+    reference = load_model(folder, backend="torch", precision="fp32")
+    onnx = load_model(folder, backend="onnx", precision="fp32")
+    int8 = load_model(folder, backend="onnx", precision="int8")
+    assert isinstance(onnx, BackendModel) and isinstance(reference, BackendModel)
+    assert _relative(onnx.logits(windows), reference.logits(windows)) < 1e-3
+    short = windows[:, :12000]  # a final window shorter than 2 s
+    assert _relative(onnx.logits(short), reference.logits(short)) < 1e-3
+    probs = int8.predict_proba(windows)
+    assert probs.shape == (3, len(reference.labels)) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    auto = load_model(folder)  # an optimize folder loads with auto
+    assert isinstance(auto, BackendModel)
+    chosen = manifest["checks"][f"{auto.backend}/{auto.precision}"]
+    assert chosen["top1_agreement"] >= 0.98 and chosen["rel_logit_diff"] <= 0.10
+
+
+# -- frame cache ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_cached_frames_equal_uncached_ones(backend: str, tiny_layer_norm: Path,
+                                           optimized_tiny: Path) -> None:
+    """Hop-aligned windows reuse frames 0..73 and match a full computation (ONNX bit-exact,
+    torch within float reassociation of the conv kernels)."""
+    model = load_backend(tiny_layer_norm if backend == "torch" else optimized_tiny,
+                         backend=backend, precision="fp32", device="cpu")
+    cache = model.encoder_cache
+    assert cache is not None
+    assert (cache.geometry.receptive_field, cache.geometry.stride) == (400, 320)
+    audio = speech_like(5.0, seed=3)
+    for k in range(5):
+        window = audio[None, k * HOP: k * HOP + WINDOW]
+        cached = cache.features(window, model.runner.encode)
+        direct = model.runner.encode(window)
+        if backend == "onnx":
+            assert np.array_equal(cached, direct)
+        else:
+            np.testing.assert_allclose(cached, direct, rtol=0, atol=1e-5)
+        assert cache.hits == 74 * k and cache.misses == 99 + 25 * k
+    uncached = load_backend(tiny_layer_norm if backend == "torch" else optimized_tiny,
+                            backend=backend, precision="fp32", device="cpu", encoder_cache=False)
+    last = audio[None, 4 * HOP: 4 * HOP + WINDOW]
+    np.testing.assert_allclose(model.predict_proba(last), uncached.predict_proba(last),
+                               rtol=0, atol=1e-6)
+
+
+def test_a_window_with_other_audio_misses_the_cache(tiny_layer_norm: Path) -> None:
+    """Frames are looked up by their exact input samples: different audio recomputes."""
+    model = load_backend(tiny_layer_norm, backend="torch", precision="fp32", device="cpu")
+    cache = model.encoder_cache
+    assert cache is not None
+    audio = speech_like(3.0, seed=4)
+    cache.features(audio[None, :WINDOW], model.runner.encode)
+    changed = audio[HOP:HOP + WINDOW].copy()
+    changed[0] += 1e-3  # touches frame 0 only; the rest are computed from there on
+    cache.features(changed[None], model.runner.encode)
+    assert cache.hits == 0
+
+
+def test_cache_is_off_where_not_exact(tiny_wav2vec2: Path, optimized_bundled: Path) -> None:
+    """Group norm (base), per-window normalisation and non-wav2vec2 models get no cache;
+    forcing it there is an error."""
+    assert load_backend(tiny_wav2vec2, backend="torch", precision="fp32").encoder_cache is None
+    assert load_backend(optimized_bundled, backend="onnx", precision="fp32").encoder_cache is None
+    with pytest.raises(ModelError, match="feat_extract_norm 'group'"):
+        load_backend(tiny_wav2vec2, backend="torch", precision="fp32", encoder_cache=True)
+
+
+def test_frame_geometry_of_wav2vec2() -> None:
+    """The default wav2vec2 conv stack sees 400 samples per frame with a 320-sample stride."""
+    from transformers import Wav2Vec2Config
+
+    geometry = encoder_geometry(Wav2Vec2Config())
+    assert (geometry.receptive_field, geometry.stride, geometry.frames(WINDOW)) == (400, 320, 99)
+    with pytest.raises(ValueError):
+        FrameCache(geometry, max_frames=0)
+
+
+# -- threads ----------------------------------------------------------------------------------
+
+
+class _ThreadProbe:
+    """A classifier that records torch's intra-op thread count inside the worker."""
+
+    name = "probe"
+    labels = TINY_LABELS
+    sample_rate_hz = 16000
+
+    def __init__(self) -> None:
+        self.seen: set[int] = set()
+        self.lock = threading.Lock()
+
+    def predict_proba(self, windows: NDArray[np.float32]) -> NDArray[np.float32]:
+        import torch
+
+        with self.lock:
+            self.seen.add(torch.get_num_threads())
+        return np.full((len(windows), 4), 0.25, dtype=np.float32)
+
+
+def _run_engine(model: object, config: EngineConfig) -> list[Event]:
+    events: list[Event] = []
+    with Engine(model, config, events.append) as engine:  # type: ignore[arg-type]
+        for i in range(2):
+            with engine.open_stream(f"s{i}", sample_rate_hz=16000) as feed:
+                feed.feed(speech_like(3.0, seed=i))
+        assert engine.drain(TIMEOUT_S)
+    return events
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_torch_workers_use_the_configured_threads(threads: int) -> None:
+    """Each worker runs the model with threads_per_worker intra-op threads."""
+    import torch  # noqa: F401  (the engine sets threads only once torch is loaded)
+
+    probe = _ThreadProbe()
+    events = _run_engine(probe, EngineConfig(workers=2, threads_per_worker=threads,
+                                             realtime=False))
+    assert any(isinstance(e, WindowLabel) for e in events)
+    assert probe.seen == {threads}
+
+
+def test_onnx_sessions_get_the_workers_thread_count(optimized_tiny: Path) -> None:
+    """The engine sizes ONNX Runtime's intra-op pool from threads_per_worker."""
+    model = load_backend(optimized_tiny, backend="onnx", precision="int8")
+    assert isinstance(model, BackendModel)
+    events = _run_engine(model, EngineConfig(workers=2, threads_per_worker=2, realtime=False))
+    assert any(isinstance(e, WindowLabel) for e in events)
+    assert model.runner.session_options.intra_op_num_threads == 2
+
+
+def test_analyze_runs_on_onnx_int8(optimized_tiny: Path, tmp_path: Path) -> None:
+    """analyze --model DIR --backend onnx --precision int8 writes the windows."""
+    wav = tmp_path / "call.wav"
+    sf.write(wav, speech_like(3.0, seed=5), 16000)
+    out = tmp_path / "t.csv"
+    code = main(["analyze", str(wav), "--out", str(out), "--model", str(optimized_tiny),
+                 "--backend", "onnx", "--precision", "int8", "--workers", "2"])
+    assert code == 0
+    assert len(out.read_text().splitlines()) > 2
