@@ -131,9 +131,9 @@ class FrameCache:
                     break
                 self._frames.move_to_end(key)
                 cached.append(frame)
-        first = len(cached)
-        self.hits += first
-        self.misses += n - first
+            first = len(cached)
+            self.hits += first
+            self.misses += n - first
         if first == n:
             return np.stack(cached, axis=1)
         tail = encode(x[None, g.stride * first:])[0]  # (channels, n - first)
