@@ -122,6 +122,13 @@ def register(subparsers: Any) -> None:
         "--seed", type=int, default=0, help="seed for folds and training (default: 0)"
     )
     crossval.add_argument(
+        "--fold-seed",
+        type=int,
+        default=None,
+        help="seed for the fold assignment only (default: --seed); keeps the folds fixed "
+        "while --seed varies the training",
+    )
+    crossval.add_argument(
         "--epochs", type=int, default=None, help="training epochs per fold (default: 40)"
     )
     crossval.add_argument(
@@ -280,22 +287,27 @@ def _crossval(args: argparse.Namespace) -> int:
         if args.group == "speaker" or (args.protocol == "reference")
         else [str(i) for i in range(len(data))]
     )
+    fold_seed = args.seed if args.fold_seed is None else args.fold_seed
     if args.protocol == "reference":
         folds = [reference_split(data.targets, test_fraction=0.2, seed=42)]
         title = "reference protocol: one stratified random 80/20 split, seed 42"
     elif args.group == "speaker":
-        folds = group_folds(groups, args.folds, seed=args.seed)
+        folds = group_folds(groups, args.folds, seed=fold_seed)
         title = (
-            f"{args.folds} folds grouped by speaker (regex {args.group_regex!r}), seed {args.seed}"
+            f"{args.folds} folds grouped by speaker (regex {args.group_regex!r}), "
+            f"fold seed {fold_seed}, training seed {args.seed}"
         )
     else:
-        folds = stratified_folds(data.targets, args.folds, seed=args.seed)
-        title = f"{args.folds} stratified random folds, seed {args.seed}"
+        folds = stratified_folds(data.targets, args.folds, seed=fold_seed)
+        title = (
+            f"{args.folds} stratified random folds, fold seed {fold_seed}, "
+            f"training seed {args.seed}"
+        )
     result = run_crossval(data, folds, groups, config, progress=not args.no_progress)
     elapsed = time.monotonic() - started
     print(f"crossval on {args.data}: {len(data)} clips, {title}")
     print(
-        f"{'fold':>4} {'n_test':>6} {'acc':>6} {'UAR':>6} "
+        f"{'fold':>4} {'n_test':>6} {'acc':>6} {'UAR':>6} {'wavg_acc':>8} {'win_acc':>7} "
         f"{'lookup_acc':>10} {'lookup_UAR':>10}  classes in test"
     )
     for f in result.folds:
@@ -304,11 +316,18 @@ def _crossval(args: argparse.Namespace) -> int:
         )
         print(
             f"{f.fold:>4} {f.model.n:>6} {f.model.accuracy:>6.3f} {f.model.uar:>6.3f} "
+            f"{f.windows_avg.accuracy:>8.3f} {f.windows.accuracy:>7.3f} "
             f"{f.baseline.accuracy:>10.3f} {f.baseline.uar:>10.3f}  {present}"
         )
     print(
         f"pooled: accuracy {result.pooled.accuracy:.3f}  UAR {result.pooled.uar:.3f}  "
         f"(n={result.pooled.n}); per-fold UAR mean {result.uar_mean:.3f} std {result.uar_std:.3f}"
+    )
+    print(
+        f"2 s windows (1 s hop) averaged per clip: accuracy "
+        f"{result.pooled_windows_avg.accuracy:.3f}  UAR {result.pooled_windows_avg.uar:.3f}; "
+        f"single 2 s windows: accuracy {result.pooled_windows.accuracy:.3f}  "
+        f"UAR {result.pooled_windows.uar:.3f} (n={result.pooled_windows.n})"
     )
     print(
         f"speaker's-majority-label lookup (no audio): pooled accuracy "
@@ -328,6 +347,8 @@ def _crossval(args: argparse.Namespace) -> int:
                     "n": len(data),
                     "pooled": _scores_dict(result.pooled),
                     "pooled_baseline": _scores_dict(result.pooled_baseline),
+                    "pooled_windows_avg": _scores_dict(result.pooled_windows_avg),
+                    "pooled_windows": _scores_dict(result.pooled_windows),
                     "uar_mean": result.uar_mean,
                     "uar_std": result.uar_std,
                     "folds": [
@@ -335,6 +356,8 @@ def _crossval(args: argparse.Namespace) -> int:
                             "fold": f.fold,
                             "model": _scores_dict(f.model),
                             "baseline": _scores_dict(f.baseline),
+                            "windows_avg": _scores_dict(f.windows_avg),
+                            "windows": _scores_dict(f.windows),
                         }
                         for f in result.folds
                     ],

@@ -8,6 +8,11 @@ Fold builders are pure numpy functions:
 - :func:`stratified_folds`: k random folds with each class dealt evenly (seeded).
 - :func:`reference_split`: the reference protocol, one stratified random 80/20 split (seed 42).
 
+Each held-out clip is scored three ways: the whole clip in one pass (``model``), the mean of the
+class probabilities of its 2 s windows (``windows_avg``; the windows of
+:func:`~streamer.evaluation.clip_windows`, 1 s hop, as the live monitor sees them) and each
+window on its own (``windows``, one prediction per window).
+
 The baseline predicts each test clip with its speaker's majority label on the training side,
 using no audio at all; a speaker absent from the training side gets the training side's
 majority label. It shows how much of a score is speaker recognition.
@@ -24,7 +29,7 @@ from numpy.typing import NDArray
 
 from .dataset import Dataset
 from .errors import DataError
-from .evaluation import Scores, predict_clips, score
+from .evaluation import Scores, clip_windows, predict_clips, score
 
 __all__ = [
     "CrossvalResult",
@@ -110,12 +115,15 @@ def speaker_majority(
 
 @dataclass(frozen=True)
 class FoldResult:
-    """One held-out fold: the model's and the baseline's scores."""
+    """One held-out fold: the model's (whole clips, window-averaged clips, single windows) and
+    the baseline's scores."""
 
     fold: int
     n_train: int
     model: Scores
     baseline: Scores
+    windows_avg: Scores
+    windows: Scores
 
 
 @dataclass(frozen=True)
@@ -125,6 +133,8 @@ class CrossvalResult:
     folds: tuple[FoldResult, ...]
     pooled: Scores
     pooled_baseline: Scores
+    pooled_windows_avg: Scores
+    pooled_windows: Scores
 
     @property
     def uar_mean(self) -> float:
@@ -143,7 +153,8 @@ def run_crossval(
     *,
     progress: bool = True,
 ) -> CrossvalResult:
-    """Train the compact recipe once per fold on the other clips and score the held-out clips."""
+    """Train the compact recipe once per fold on the other clips and score the held-out clips
+    (whole, window-averaged and window by window)."""
     import torch
 
     from .models import EmotionModel
@@ -153,6 +164,9 @@ def run_crossval(
     all_true: list[int] = []
     all_pred: list[int] = []
     all_base: list[int] = []
+    all_avg: list[int] = []
+    win_true: list[int] = []
+    win_pred: list[int] = []
     results: list[FoldResult] = []
     extractor = compact_feature_extractor()
     for f, test_idx in enumerate(test_folds):
@@ -174,6 +188,17 @@ def run_crossval(
             feature_extractor=extractor,
         )
         pred = predict_clips(model, test.audio).argmax(axis=1)
+        window_probs = [
+            model.predict_proba(np.ascontiguousarray(clip_windows(clip))) for clip in test.audio
+        ]
+        avg = np.array([p.mean(axis=0).argmax() for p in window_probs], dtype=np.int64)
+        fold_win_pred = np.concatenate([p.argmax(axis=1) for p in window_probs])
+        fold_win_true = np.concatenate(
+            [
+                np.full(len(p), t, dtype=np.int64)
+                for p, t in zip(window_probs, test.targets, strict=True)
+            ]
+        )
         base = speaker_majority(
             [groups[i] for i in train_idx], train.targets, [groups[i] for i in test_idx]
         )
@@ -184,6 +209,8 @@ def run_crossval(
                 n_train=len(train_idx),
                 model=fold_scores,
                 baseline=score(test.targets, base, data.labels),
+                windows_avg=score(test.targets, avg, data.labels),
+                windows=score(fold_win_true, fold_win_pred, data.labels),
             )
         )
         logger.info(
@@ -196,8 +223,13 @@ def run_crossval(
         all_true.extend(int(t) for t in test.targets)
         all_pred.extend(int(p) for p in pred)
         all_base.extend(int(b) for b in base)
+        all_avg.extend(int(a) for a in avg)
+        win_true.extend(int(t) for t in fold_win_true)
+        win_pred.extend(int(p) for p in fold_win_pred)
     return CrossvalResult(
         folds=tuple(results),
         pooled=score(np.array(all_true), np.array(all_pred), data.labels),
         pooled_baseline=score(np.array(all_true), np.array(all_base), data.labels),
+        pooled_windows_avg=score(np.array(all_true), np.array(all_avg), data.labels),
+        pooled_windows=score(np.array(win_true), np.array(win_pred), data.labels),
     )

@@ -142,7 +142,7 @@ def test_evaluate_bundled_on_urdu(urdu_dir: Path, capsys: pytest.CaptureFixture[
 def test_speaker_crossval_on_urdu_subset(
     urdu_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A short speaker-grouped crossval runs end to end and reports model and lookup scores."""
+    """A short speaker-grouped crossval reports clip, window and lookup scores end to end."""
     import json
 
     out_json = tmp_path / "cv.json"
@@ -161,6 +161,10 @@ def test_speaker_crossval_on_urdu_subset(
             "4",
             "--members",
             "1",
+            "--seed",
+            "1",
+            "--fold-seed",
+            "0",
             "--no-progress",
             "--json",
             str(out_json),
@@ -169,7 +173,11 @@ def test_speaker_crossval_on_urdu_subset(
     assert code == 0
     out = capsys.readouterr().out
     assert "pooled: accuracy" in out and "speaker's-majority-label lookup" in out
+    assert "averaged per clip" in out and "single 2 s windows" in out
+    assert "fold seed 0, training seed 1" in out
     result = json.loads(out_json.read_text())
     assert result["pooled"]["n"] == result["n"] <= 120
+    assert result["pooled_windows_avg"]["n"] == result["n"]
+    assert result["pooled_windows"]["n"] >= result["n"]
     assert len(result["folds"]) == 3
     assert 0.0 <= result["pooled_baseline"]["accuracy"] <= 1.0
