@@ -36,22 +36,27 @@ from .errors import ServerError
 __all__ = ["event_message", "stats_message", "utterance_message", "window_message"]
 
 
+def _by_label(
+    probabilities: Sequence[float], labels: Sequence[str], what: str
+) -> dict[str, float]:
+    """Probabilities in model label order -> keyed by label; a length mismatch is a bug upstream."""
+    if len(probabilities) != len(labels):
+        raise ServerError(
+            f"{what} has {len(probabilities)} probabilities for {len(labels)} labels {list(labels)}"
+        )
+    return {label: float(p) for label, p in zip(labels, probabilities, strict=True)}
+
+
 def window_message(event: WindowLabel, labels: Sequence[str]) -> WindowMessage:
     """A classified window -> its wire message (probabilities keyed by label)."""
-    if len(event.probabilities) != len(labels):
-        raise ServerError(
-            f"window {event.stream}#{event.seq} has {len(event.probabilities)} probabilities "
-            f"for {len(labels)} labels {list(labels)}"
-        )
+    probabilities = _by_label(event.probabilities, labels, f"window {event.stream}#{event.seq}")
     return WindowMessage(
         stream=event.stream,
         seq=event.seq,
         start_s=float(event.start_s),
         end_s=float(event.end_s),
         wall_time=float(event.wall_time),
-        probabilities={
-            label: float(p) for label, p in zip(labels, event.probabilities, strict=True)
-        },
+        probabilities=probabilities,
         label=event.label,
         confidence=float(event.confidence),
         smoothed_label=event.smoothed_label,
@@ -61,19 +66,15 @@ def window_message(event: WindowLabel, labels: Sequence[str]) -> WindowMessage:
 
 def utterance_message(event: Utterance, labels: Sequence[str]) -> UtteranceMessage:
     """A labelled speech segment -> its wire message (probabilities keyed by label)."""
-    if len(event.probabilities) != len(labels):
-        raise ServerError(
-            f"utterance {event.stream}@{event.start_s:.2f}s has {len(event.probabilities)} "
-            f"probabilities for {len(labels)} labels {list(labels)}"
-        )
+    probabilities = _by_label(
+        event.probabilities, labels, f"utterance {event.stream}@{event.start_s:.2f}s"
+    )
     return UtteranceMessage(
         stream=event.stream,
         start_s=float(event.start_s),
         end_s=float(event.end_s),
         wall_time=float(event.wall_time),
-        probabilities={
-            label: float(p) for label, p in zip(labels, event.probabilities, strict=True)
-        },
+        probabilities=probabilities,
         label=event.label,
         confidence=float(event.confidence),
         windows=int(event.windows),
