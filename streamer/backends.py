@@ -35,8 +35,8 @@ from numpy.typing import NDArray
 
 from .audio import MODEL_RATE_HZ
 from .encoder_cache import FrameCache, cache_exact_reason, encoder_geometry
-from .errors import AudioError, ModelError
-from .models import EmotionModel
+from .errors import ModelError
+from .models import EmotionModel, check_windows
 
 __all__ = [
     "BACKENDS",
@@ -118,7 +118,7 @@ class BackendModel(EmotionModel):
 
     def logits(self, windows: NDArray[np.float32]) -> NDArray[np.float32]:
         """(batch, samples) float32 mono at 16 kHz -> (batch, n_labels) float32 logits."""
-        _check_windows(windows)
+        check_windows(windows)
         inputs = self.feature_extractor(
             windows, sampling_rate=self.sample_rate_hz, return_tensors="np"
         )
@@ -134,19 +134,6 @@ class BackendModel(EmotionModel):
         logits -= logits.max(axis=1, keepdims=True)
         e = np.exp(logits)
         return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
-def _check_windows(windows: object) -> None:
-    if not isinstance(windows, np.ndarray):
-        raise AudioError(f"windows must be a numpy array, got {type(windows).__name__}")
-    if windows.ndim != 2:
-        raise AudioError(
-            f"windows must have shape (batch, samples), got {windows.ndim}-D {windows.shape}"
-        )
-    if windows.dtype != np.float32:
-        raise AudioError(f"windows must be float32, got {windows.dtype}")
-    if windows.shape[0] == 0 or windows.shape[1] == 0:
-        raise AudioError(f"windows must not be empty, got shape {windows.shape}")
 
 
 def splittable(model: Any) -> bool:

@@ -38,6 +38,20 @@ _HUB_HOST = ("huggingface.co", 443)
 _HUB_PROBE_TIMEOUT_S = 3.0
 
 
+def check_windows(windows: object) -> None:
+    """Raise AudioError unless ``windows`` is a non-empty (batch, samples) float32 array."""
+    if not isinstance(windows, np.ndarray):
+        raise AudioError(f"windows must be a numpy array, got {type(windows).__name__}")
+    if windows.ndim != 2:
+        raise AudioError(
+            f"windows must have shape (batch, samples), got {windows.ndim}-D {windows.shape}"
+        )
+    if windows.dtype != np.float32:
+        raise AudioError(f"windows must be float32, got {windows.dtype}")
+    if windows.shape[0] == 0 or windows.shape[1] == 0:
+        raise AudioError(f"windows must not be empty, got shape {windows.shape}")
+
+
 def resolve_device(device: str = "auto") -> str:
     """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; other values are checked and kept."""
     import torch
@@ -66,16 +80,7 @@ class EmotionModel:
         """(batch, samples) float32 mono audio at ``sample_rate_hz`` -> (batch, n_labels) rows."""
         import torch
 
-        if not isinstance(windows, np.ndarray):
-            raise AudioError(f"windows must be a numpy array, got {type(windows).__name__}")
-        if windows.ndim != 2:
-            raise AudioError(
-                f"windows must have shape (batch, samples), got {windows.ndim}-D {windows.shape}"
-            )
-        if windows.dtype != np.float32:
-            raise AudioError(f"windows must be float32, got {windows.dtype}")
-        if windows.shape[0] == 0 or windows.shape[1] == 0:
-            raise AudioError(f"windows must not be empty, got shape {windows.shape}")
+        check_windows(windows)
         inputs = self.feature_extractor(
             windows, sampling_rate=self.sample_rate_hz, return_tensors="pt"
         )
