@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from conftest import REPO
 
 from client.messages import (
+    _TYPES,
     AlertMessage,
     ErrorMessage,
     Hello,
@@ -98,3 +102,15 @@ def test_subscription_entries_ending_in_slash_are_prefixes() -> None:
     assert not stream_wanted("call-420/agent", wanted) and not stream_wanted("mic2", wanted)
     assert not stream_wanted("call-42", wanted)
     assert stream_wanted("anything", ()) and stream_wanted(None, wanted)
+
+
+def test_every_documented_example_decodes_and_every_type_is_documented() -> None:
+    """Each JSON message line in docs/protocol.md decodes, and every message type has one."""
+    lines = (REPO / "docs" / "protocol.md").read_text(encoding="utf-8").splitlines()
+    examples = [line.strip() for line in lines if line.strip().startswith('{"type":')]
+    documented = set()
+    for line in examples:
+        message = decode(line)
+        assert json.loads(encode(message)) == json.loads(line), line
+        documented.add(message.TYPE)
+    assert documented == set(_TYPES)
