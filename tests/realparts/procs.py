@@ -40,7 +40,7 @@ GRACE_S = 5.0
 def require_or_fail(message: str) -> None:
     """A missing system part skips the test locally and fails it in CI (env CI set)."""
     if os.environ.get("CI"):
-        pytest.fail(f"{message} (CI must install it: see .ci/install-realparts)")
+        pytest.fail(f"{message} (CI must install it: see .ci/install)")
     pytest.skip(message)
 
 
