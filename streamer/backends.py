@@ -231,14 +231,20 @@ class _OnnxRunner:
         files = manifest["files"]
         self.model_path = folder / files[precision]
         self.encoder_path = folder / files["encoder"] if files.get("encoder") else None
+        # the conv encoder for whole windows in this precision (older manifests: fp32 only);
+        # frames for the cache always come from the fp32 encoder, whose output for a frame does
+        # not depend on the other frames (int8 activation scales are per call)
+        own = files.get(f"encoder_{precision}") if precision != "fp32" else None
+        self.full_encoder_path = folder / own if own else self.encoder_path
         self.split = self.encoder_path is not None
-        for path in (self.model_path, self.encoder_path):
+        for path in (self.model_path, self.encoder_path, self.full_encoder_path):
             if path is not None and not path.is_file():
                 raise ModelError(f"{path}: missing (re-run emotion-monitor optimize)")
         self._lock = threading.Lock()
         self.threads = 0
         self.session: Any = None
         self.encoder_session: Any = None
+        self.full_encoder_session: Any = None
         self.set_threads(1)
 
     def set_threads(self, threads: int) -> None:
@@ -261,6 +267,11 @@ class _OnnxRunner:
                     self.encoder_session = ort.InferenceSession(
                         str(self.encoder_path), options, providers=providers
                     )
+                self.full_encoder_session = self.encoder_session
+                if self.full_encoder_path not in (None, self.encoder_path):
+                    self.full_encoder_session = ort.InferenceSession(
+                        str(self.full_encoder_path), options, providers=providers
+                    )
             except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
                 raise ModelError(f"{self.model_path}: cannot load ({first})") from exc
@@ -269,7 +280,8 @@ class _OnnxRunner:
 
     def full(self, values: NDArray[np.float32]) -> NDArray[np.float32]:
         if self.split:
-            return self.head(self.encode(values))
+            feats = self.full_encoder_session.run(None, {"input_values": values})[0]
+            return self.head(np.asarray(feats, np.float32))
         return np.asarray(self.session.run(None, {"input_values": values})[0], np.float32)
 
     def encode(self, values: NDArray[np.float32]) -> NDArray[np.float32]:

@@ -26,7 +26,7 @@ from streamer.engine import Engine, EngineConfig
 from streamer.errors import ModelError
 from streamer.events import Event, WindowLabel
 from streamer.models import load_model
-from streamer.optimize import agreement, optimize_model
+from streamer.optimize import MatmulConv1d, agreement, matmul_convs, optimize_model
 
 HOP = 8000
 WINDOW = 32000
@@ -195,6 +195,47 @@ def test_onnx_export_matches_torch_and_int8_predicts(which: str,
     assert chosen["top1_agreement"] >= 0.98 and chosen["rel_logit_diff"] <= 0.10
 
 
+@pytest.mark.parametrize(("kernel", "stride", "bias", "length"),
+                         [(3, 2, True, 6399), (3, 2, False, 6400), (2, 2, True, 51),
+                          (4, 3, False, 9)])
+def test_matmul_conv_is_the_same_convolution(kernel: int, stride: int, bias: bool,
+                                             length: int) -> None:
+    """The MatMul form of an encoder conv gives the conv's output for any input length."""
+    import torch
+
+    torch.manual_seed(kernel * 10 + stride)
+    conv = torch.nn.Conv1d(6, 5, kernel, stride=stride, bias=bias)
+    x = torch.randn(2, 6, length)
+    with torch.no_grad():
+        torch.testing.assert_close(MatmulConv1d(conv)(x), conv(x), rtol=1e-5, atol=1e-5)
+
+
+def test_encoder_convs_are_exported_as_matmul(tiny_layer_norm: Path, tiny_wav2vec2: Path,
+                                              optimized_tiny: Path) -> None:
+    """Layers 1-6 of both encoder kinds are rewritten without changing the features, and the
+    split export carries an int8 conv encoder whose agreement is measured with the rest."""
+    import torch
+    from transformers import AutoModelForAudioClassification
+
+    for folder in (tiny_layer_norm, tiny_wav2vec2):
+        model = AutoModelForAudioClassification.from_pretrained(folder).eval()
+        x = torch.from_numpy(_windows(3, 2))
+        with torch.no_grad():
+            before = model.wav2vec2.feature_extractor(x)
+            assert matmul_convs(model) == 6
+            after = model.wav2vec2.feature_extractor(x)
+        torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
+    manifest = json.loads((optimized_tiny / MANIFEST_NAME).read_text())
+    assert manifest["files"]["encoder_int8"] == "feature_encoder.int8.onnx"
+    import onnx
+
+    ops = {node.op_type for node in onnx.load(optimized_tiny / "feature_encoder.onnx").graph.node}
+    assert "MatMul" in ops
+    int8 = load_backend(optimized_tiny, backend="onnx", precision="int8", encoder_cache=False)
+    assert int8.runner.full_encoder_path.name == "feature_encoder.int8.onnx"
+    assert manifest["checks"]["onnx/int8"]["rel_logit_diff"] < 0.2
+
+
 # -- frame cache ------------------------------------------------------------------------------
 
 
@@ -319,3 +360,19 @@ def test_analyze_runs_on_onnx_int8(optimized_tiny: Path, tmp_path: Path) -> None
                  "--backend", "onnx", "--precision", "int8", "--workers", "2"])
     assert code == 0
     assert len(out.read_text().splitlines()) > 2
+
+
+def test_workers_default_to_one_per_core_for_transformer_models(tiny_wav2vec2: Path) -> None:
+    """workers=None: the compact model and models without a config get one worker; a
+    wav2vec2 classifier on CPU gets one per available CPU (at most 8); explicit wins."""
+    from streamer.engine import auto_workers, available_cpus
+
+    bundled = load_model()
+    tiny = load_backend(tiny_wav2vec2, backend="torch", precision="fp32")
+    assert auto_workers(bundled) == 1
+    assert auto_workers(_ThreadProbe()) == 1  # type: ignore[arg-type]
+    assert auto_workers(tiny) == min(8, available_cpus())
+    with Engine(tiny, EngineConfig(realtime=False), lambda event: None) as engine:
+        assert engine.workers == min(8, available_cpus())
+    with Engine(tiny, EngineConfig(workers=1, realtime=False), lambda event: None) as engine:
+        assert engine.workers == 1
