@@ -158,7 +158,9 @@ def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-lag-s", type=float,
                        help="live mode: drop windows older than this instead of falling "
                        "behind (default: 2.0)")
-    group.add_argument("--workers", type=int, help="inference worker threads (default: 1)")
+    group.add_argument("--workers", type=int,
+                       help="inference worker threads (default: one per CPU core, at most 8, "
+                       "for transformer models; 1 for the compact model and on CUDA)")
     group.add_argument("--threads-per-worker", type=int,
                        help="intra-op threads of each worker on CPU (default: 1)")
 

@@ -33,6 +33,7 @@ import dataclasses
 import enum
 import logging
 import math
+import os
 import sys
 import threading
 import time
@@ -69,6 +70,8 @@ __all__ = [
     "Engine",
     "EngineConfig",
     "StreamFeed",
+    "auto_workers",
+    "available_cpus",
 ]
 
 logger = logging.getLogger(__name__)
@@ -112,8 +115,9 @@ class EngineConfig:
     """Windowing, VAD, smoothing and inference-loop settings (times in seconds).
 
     ``max_batch`` None means 1 on CPU (batching does not pay there) and 8 when the model
-    reports a CUDA ``device``. ``threads_per_worker`` is each worker's intra-op thread count on
-    CPU (torch's, and the model's ``set_worker_threads`` when it has one, e.g. ONNX Runtime).
+    reports a CUDA ``device``. ``workers`` None means :func:`auto_workers`.
+    ``threads_per_worker`` is each worker's intra-op thread count on CPU (torch's, and the
+    model's ``set_worker_threads`` when it has one, e.g. ONNX Runtime).
     """
 
     window_s: float = 2.0
@@ -124,7 +128,7 @@ class EngineConfig:
     realtime: bool = True
     max_lag_s: float = 2.0
     queue_windows: int = 8
-    workers: int = 1
+    workers: int | None = None
     max_batch: int | None = None
     threads_per_worker: int = 1
     close_timeout_s: float = 10.0
@@ -142,7 +146,7 @@ class EngineConfig:
             raise ValueError(f"max_lag_s must be > 0 s, got {self.max_lag_s!r}")
         if not 1 <= self.queue_windows <= 1024:
             raise ValueError(f"queue_windows must be 1..1024, got {self.queue_windows!r}")
-        if not 1 <= self.workers <= 64:
+        if self.workers is not None and not 1 <= self.workers <= 64:
             raise ValueError(f"workers must be 1..64, got {self.workers!r}")
         if self.max_batch is not None and not 1 <= self.max_batch <= 256:
             raise ValueError(f"max_batch must be None or 1..256, got {self.max_batch!r}")
@@ -198,6 +202,34 @@ class _StreamState:
         self.scheduled = False  # in Engine._rotation; guarded by Engine._cond
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def auto_workers(model: ClassifierModel) -> int:
+    """Inference workers that pay off for ``model`` (``EngineConfig.workers`` None).
+
+    One per available CPU (at most 8) for transformer-size models on CPU: each worker runs one
+    intra-op thread, and two workers doubled wav2vec2 throughput on two idle cores
+    (``docs/performance.md``). One for the compact model, whose 2 ms windows leave the Python
+    side (VAD, windowing, one feeder thread) as the limit, and one on CUDA, where the engine
+    batches windows across streams instead.
+    """
+    if str(getattr(model, "device", "cpu")).startswith("cuda"):
+        return 1
+    config = getattr(model, "config", None)
+    if config is None:
+        config = getattr(getattr(model, "model", None), "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type is None or model_type == "emotion-compact":
+        return 1
+    return min(8, available_cpus())
+
+
 class Engine:
     """Owns the inference worker threads and the model; a context manager, ``close()`` twice ok.
 
@@ -220,6 +252,7 @@ class Engine:
         self._sink = sink
         self._cuda = str(getattr(model, "device", "cpu")).startswith("cuda")
         self._max_batch = config.max_batch or (8 if self._cuda else 1)
+        self.workers = config.workers or auto_workers(model)
         self._cond = threading.Condition()
         self._rotation: deque[_StreamState] = deque()  # streams with queued jobs, round-robin
         self._in_flight = 0
@@ -235,13 +268,13 @@ class Engine:
         self._capture_totals = [0, 0]  # counters of captures whose stream has closed
         self._threads = [
             threading.Thread(target=self._work, name=f"engine-worker-{i}", daemon=True)
-            for i in range(config.workers)
+            for i in range(self.workers)
         ]
         for thread in self._threads:
             thread.start()
         logger.info(
             "engine started: model %s, %s worker(s), batch %s, realtime %s",
-            model.name, config.workers, self._max_batch, config.realtime,
+            model.name, self.workers, self._max_batch, config.realtime,
         )
 
     # -- public API ---------------------------------------------------------------------------
