@@ -1,6 +1,7 @@
 """Capacity of live call monitoring: how many real-time pushed streams one server sustains.
 
-Starts ``emotion-monitor run --source none --no-store`` (bundled model, default settings) in a
+Starts ``emotion-monitor run --source none --no-store`` (bundled model and default settings,
+or what ``--run-args`` adds, e.g. ``--model DIR --backend onnx --precision int8``) in a
 subprocess, then ramps the number of concurrent senders. At each step every sender pushes
 ``--seconds`` of continuous speech-like audio (16 kHz mono s16le, ``--frame-ms`` frames, paced
 in real time, starts staggered over the first 0.5 s) to ``WS /ingest`` while one ``/ws`` client
@@ -17,6 +18,7 @@ windows were lost, and the p95 label lag stays under ``--max-lag-s``. The ramp s
 first step that is not sustained; the result is the largest sustained step.
 
     nice python bench/capacity_ingest.py [--steps 10,20,30,40,60,80] [--seconds 20]
+        [--run-args "--model DIR --backend onnx --precision int8"]
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import signal
 import sys
 import time
@@ -166,16 +169,19 @@ async def main() -> int:
     parser.add_argument("--max-drop", type=float, default=0.02)
     parser.add_argument("--max-lag-s", type=float, default=1.0)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--run-args", default="",
+                        help="extra arguments for 'emotion-monitor run' (model, backend, workers)")
     args = parser.parse_args()
     steps = [int(s) for s in args.steps.split(",")]
-    command = "nice python bench/capacity_ingest.py " + " ".join(sys.argv[1:])
+    command = "nice python bench/capacity_ingest.py " + shlex.join(sys.argv[1:])
     print(f"command: {command.strip()}")
     print(f"machine: {os.cpu_count()} CPU(s) ({cpu_model()}), no GPU used, "
           f"Python {platform.python_version()}, load average at start "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     server = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "server", "--log-level", "WARNING", "run", "--source", "none",
-        "--port", "0", "--no-store", cwd=REPO, stdout=asyncio.subprocess.PIPE,
+        "--port", "0", "--no-store", *shlex.split(args.run_args), cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     results: list[Step] = []
