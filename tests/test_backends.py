@@ -231,6 +231,11 @@ def test_encoder_convs_are_exported_as_matmul(tiny_layer_norm: Path, tiny_wav2ve
 
     ops = {node.op_type for node in onnx.load(optimized_tiny / "feature_encoder.onnx").graph.node}
     assert "MatMul" in ops
+    quantised = {node.input[1].split(".")[-3]: node.op_type
+                 for node in onnx.load(optimized_tiny / "feature_encoder.int8.onnx").graph.node
+                 if "MatMul" in node.op_type and "conv_layers" in node.input[1]}
+    assert quantised == {"1": "MatMulInteger", "2": "MatMulInteger", "3": "MatMul",
+                         "4": "MatMul", "5": "MatMul", "6": "MatMul"}
     int8 = load_backend(optimized_tiny, backend="onnx", precision="int8", encoder_cache=False)
     assert int8.runner.full_encoder_path.name == "feature_encoder.int8.onnx"
     assert manifest["checks"]["onnx/int8"]["rel_logit_diff"] < 0.2
