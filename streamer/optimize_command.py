@@ -20,7 +20,8 @@ def register(subparsers: Any) -> None:
         help="export a model to ONNX (fp32 and int8) and check each backend against fp32 torch",
         description=(
             "Write DIR with the model's config, model.onnx (fp32) and model.int8.onnx (dynamic "
-            "int8 MatMul) (wav2vec2: plus feature_encoder.onnx) and optimize.json: for torch "
+            "int8 MatMul) (wav2vec2: plus feature_encoder.onnx and feature_encoder.int8.onnx, "
+            "the conv encoder with its convolutions as MatMul) and optimize.json: for torch "
             "fp32/bf16/int8 and onnx fp32/int8, the top-1 agreement and relative logit "
             "difference against fp32 torch on the checked windows and the time per window "
             "with one thread here. '--model DIR' then loads it; '--backend auto' picks the "
