@@ -152,6 +152,10 @@ def register(subparsers: Any) -> None:
 # Compact-recipe flags: each maps onto the CompactTrainConfig field of the same name.
 _COMPACT_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("crop_s", float, "random crop length in seconds (default: 2.0)"),
+    ("freq_mask_bands", int, "SpecAugment: widest frequency mask in mel bands, 0 = off "
+     "(default: 8)"),
+    ("time_mask_frames", int, "SpecAugment: widest time mask in 10 ms frames, 0 = off "
+     "(default: 20)"),
     ("mixup_alpha", float, "mixup Beta(alpha, alpha); 0 turns mixup off (default: 0.2)"),
     ("hidden_size", int, "CNN channels (default: 128)"),
     ("num_blocks", int, "dilated residual blocks (default: 3)"),
@@ -161,6 +165,11 @@ _COMPACT_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("feature_norm", str, "log-mel normalisation per utterance: none, band or global "
      "(default: none)"),
     ("members", int, "ensemble size: members trained with seeds seed..seed+N-1 (default: 1)"),
+    ("speed_perturb", float, "speed perturbation: also train on clips played 1-x and 1+x "
+     "times as fast (default: 0, off)"),
+    ("gain_db", float, "random gain of up to +-x dB per training crop (default: 0, off)"),
+    ("balance_speakers", int, "1: also give each speaker equal weight within a class (speaker "
+     "ids from URDU-style file names; default: 0)"),
     ("balance_classes", int, "1: draw training clips with equal class weight, 0: plain shuffle "
      "(default: 1)"),
 )
@@ -189,8 +198,9 @@ def _compact_config(args: argparse.Namespace, **fixed: Any) -> Any:
     if getattr(args, "seed", None) is not None:
         kwargs["seed"] = args.seed
     try:
-        if kwargs.get("balance_classes") is not None:
-            kwargs["balance_classes"] = bool(kwargs["balance_classes"])
+        for flag in ("balance_classes", "balance_speakers"):
+            if kwargs.get(flag) is not None:
+                kwargs[flag] = bool(kwargs[flag])
         return CompactTrainConfig(**{k: v for k, v in kwargs.items() if v is not None})
     except (TypeError, ValueError) as exc:
         raise DataError(f"bad training option: {exc}") from exc

@@ -251,3 +251,46 @@ def test_bad_option_exits_2(
     code = main(["train", "--data", str(gen_train), "--out", str(tmp_path / "o"), "--epochs", "0"])
     assert code == 2
     assert "epochs must be >= 1" in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize(("flag", "value", "words"), [
+    ("--speed-perturb", "0.7", "speed_perturb must be in [0, 0.5)"),
+    ("--gain-db", "-1", "gain_db must be in [0, 40]"),
+])
+def test_bad_augmentation_option_exits_2(
+    flag: str, value: str, words: str, gen_train: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Out-of-range augmentation settings are one-line errors, exit code 2."""
+    code = main(["train", "--data", str(gen_train), "--out", str(tmp_path / "o"), flag, value])
+    assert code == 2
+    assert words in _one_line_error(capsys)
+
+
+def test_speaker_balanced_draws_give_each_speaker_of_a_class_equal_weight() -> None:
+    """With speaker ids, a class's draws split evenly across its speakers, whatever their
+    clip counts, and the classes stay balanced."""
+    from streamer.training import _epoch_order
+
+    targets = np.array([0] * 9 + [0] + [1] * 5)
+    groups = ["A"] * 9 + ["B"] + ["C"] * 5  # class 0: A has 9 clips, B has 1
+    rng = np.random.default_rng(0)
+    drawn = np.concatenate([_epoch_order(targets, rng, balance=True, groups=groups)
+                            for _ in range(2000)])
+    share = np.bincount(drawn, minlength=len(targets)) / len(drawn)
+    assert share[9] == pytest.approx(0.25, abs=0.01)  # B's one clip: half of class 0
+    assert share[:9].sum() == pytest.approx(0.25, abs=0.01)
+    assert share[10:].sum() == pytest.approx(0.5, abs=0.01)
+
+
+def test_speed_versions_play_clips_faster_and_slower() -> None:
+    """Speed perturbation adds a shorter (faster) and a longer (slower) copy of each clip."""
+    from streamer.training import _speed_versions
+
+    clip = speech_like(1.0, seed=1)
+    assert len(_speed_versions([clip], 0.0)) == 1
+    same, faster, slower = _speed_versions([clip], 0.1)
+    assert same[0] is clip
+    assert len(faster[0]) == pytest.approx(16000 / 1.1, abs=2)
+    assert len(slower[0]) == pytest.approx(16000 / 0.9, abs=2)
+    assert faster[0].dtype == slower[0].dtype == np.float32
