@@ -57,6 +57,12 @@ def register(subparsers: Any) -> None:
         help="fine-tune: stop after N optimiser steps (default: no limit)",
     )
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    train.add_argument(
+        "--group-regex",
+        default=_DEFAULT_GROUP_REGEX,
+        help="compact: speaker id = first group of this regex on the file name, for speaker "
+        f"balance (default: {_DEFAULT_GROUP_REGEX})",
+    )
     _add_compact_flags(train)
     train.set_defaults(handler=_train)
 
@@ -153,9 +159,9 @@ def register(subparsers: Any) -> None:
 _COMPACT_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("crop_s", float, "random crop length in seconds (default: 2.0)"),
     ("freq_mask_bands", int, "SpecAugment: widest frequency mask in mel bands, 0 = off "
-     "(default: 8)"),
+     "(default: 0)"),
     ("time_mask_frames", int, "SpecAugment: widest time mask in 10 ms frames, 0 = off "
-     "(default: 20)"),
+     "(default: 0)"),
     ("mixup_alpha", float, "mixup Beta(alpha, alpha); 0 turns mixup off (default: 0.2)"),
     ("hidden_size", int, "CNN channels (default: 128)"),
     ("num_blocks", int, "dilated residual blocks (default: 3)"),
@@ -168,8 +174,8 @@ _COMPACT_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("speed_perturb", float, "speed perturbation: also train on clips played 1-x and 1+x "
      "times as fast (default: 0, off)"),
     ("gain_db", float, "random gain of up to +-x dB per training crop (default: 0, off)"),
-    ("balance_speakers", int, "1: also give each speaker equal weight within a class (speaker "
-     "ids from URDU-style file names; default: 0)"),
+    ("balance_speakers", int, "1: also give each speaker equal weight within a class, speaker "
+     "ids from --group-regex; names that do not match turn it off (default: 1)"),
     ("balance_classes", int, "1: draw training clips with equal class weight, 0: plain shuffle "
      "(default: 1)"),
 )
@@ -213,7 +219,7 @@ def _train(args: argparse.Namespace) -> int:
 
     started = time.monotonic()
     if args.base == "compact":
-        config = _compact_config(args)
+        config = _compact_config(args, speaker_regex=args.group_regex)
     data = load_dataset(args.data)
     try:
         if args.base != "compact":
@@ -285,7 +291,7 @@ def _crossval(args: argparse.Namespace) -> int:
     from .errors import DataError
 
     started = time.monotonic()
-    config = _compact_config(args)
+    config = _compact_config(args, speaker_regex=args.group_regex)
     data = load_dataset(args.data)
     if args.limit is not None:
         if args.limit < 10:

@@ -256,12 +256,13 @@ def test_bad_option_exits_2(
 @pytest.mark.parametrize(("flag", "value", "words"), [
     ("--speed-perturb", "0.7", "speed_perturb must be in [0, 0.5)"),
     ("--gain-db", "-1", "gain_db must be in [0, 40]"),
+    ("--group-regex", "(", "bad speaker regex '('"),
 ])
 def test_bad_augmentation_option_exits_2(
     flag: str, value: str, words: str, gen_train: Path, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """Out-of-range augmentation settings are one-line errors, exit code 2."""
+    """Out-of-range augmentation or speaker settings are one-line errors, exit code 2."""
     code = main(["train", "--data", str(gen_train), "--out", str(tmp_path / "o"), flag, value])
     assert code == 2
     assert words in _one_line_error(capsys)
