@@ -14,14 +14,16 @@ Setups:
 - ``engine <backend>/<precision> wN``: our engine (VAD, windows, queue, workers with one
   intra-op thread each, smoothing) with that backend and N workers.
 
-Capacity: the throughput of the setup's model calls (windows/s, ``--probe-windows`` per
-worker) gives an estimate N = throughput / 2; then N real-time streams run for ``--seconds``.
-A run is *sustained* when no window was dropped and the p95 latency is under ``--max-p95-s``;
-otherwise N is lowered by 20 % and retried (up to ``--retries`` times). Latency is measured
-from the moment the window's last audio block was due (real-time schedule, 0.1 s blocks) to
-the engine's event sink receiving its label (in process; the WebSocket hop to a client is
-measured for the bundled model by ``bench/capacity_ingest.py``). For the naive loop it is
-the time from the hop to the pipeline call's return.
+Capacity: the throughput of the setup's model calls (windows/s over ``--probe-windows`` per
+worker, timed after every worker's warm-up call) gives an estimate N = throughput / 2; then N
+real-time streams run for ``--seconds``. A run is *sustained* when no window was dropped and
+the p95 latency is under ``--max-p95-s``. From a sustained N the search steps up by 10 % (at
+least one stream) until a step fails (at most ``--retries`` + 1 steps); from an unsustained N
+it steps down by 20 % until one is sustained, then up again. Latency is measured from the moment the
+window's last audio block was due (real-time schedule, 0.1 s blocks) to the engine's event
+sink receiving its label (in process; ``bench/capacity_ingest.py --run-args`` measures the
+same through the real server and a WebSocket client). For the naive loop it is the time from
+the hop to the pipeline call's return.
 
 Encoder cache: for the large model it also times consecutive hop-aligned windows of one
 stream with and without the exact conv-frame cache (``streamer.encoder_cache``), with the
@@ -121,6 +123,7 @@ def probe(model: Any, workers: int, windows: int, audio: np.ndarray) -> tuple[fl
 
     times: list[float] = []
     lock = threading.Lock()
+    ready = threading.Barrier(workers + 1)  # the clock starts once every worker is warm
 
     def work(seed: int) -> None:
         torch.set_num_threads(1)
@@ -128,6 +131,7 @@ def probe(model: Any, workers: int, windows: int, audio: np.ndarray) -> tuple[fl
         if callable(setter):
             setter(1)
         model.predict_proba(audio[None, :WINDOW])  # warm-up
+        ready.wait()
         for i in range(windows):
             start = (seed * 7919 + i * HOP) % (audio.size - WINDOW)
             t0 = time.perf_counter()
@@ -136,9 +140,10 @@ def probe(model: Any, workers: int, windows: int, audio: np.ndarray) -> tuple[fl
                 times.append(time.perf_counter() - t0)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(workers)]
-    started = time.perf_counter()
     for thread in threads:
         thread.start()
+    ready.wait()
+    started = time.perf_counter()
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - started
@@ -221,9 +226,12 @@ def realtime_naive(pipe: Any, streams: int, seconds: float, audio: np.ndarray) -
 
 def capacity(run: Any, estimate: int, retries: int, max_p95_s: float) -> tuple[int, list[int],
                                                                                 dict[str, Any]]:
-    """Try ``estimate`` streams, then 20 % fewer each time it is not sustained."""
-    n, tried, last = max(1, estimate), [], {}
-    for _ in range(retries + 1):
+    """The most streams sustained: try ``estimate``; if sustained, step up by 10 % (at least
+    one stream) until a step fails (up to ``retries + 1`` steps up); if not, 20 % fewer each
+    time until one is sustained (the model-throughput estimate overshoots when the Python side
+    is the limit), then up again."""
+    n, tried, last, best, best_found = max(1, estimate), [], {}, 0, {}
+    for _ in range(2 * retries + 12):
         tried.append(n)
         found = run(n)
         last = found
@@ -232,11 +240,15 @@ def capacity(run: Any, estimate: int, retries: int, max_p95_s: float) -> tuple[i
                      found["windows"], found["dropped"], found["p50_s"], found["p95_s"],
                      "sustained" if ok else "not sustained")
         if ok:
-            return n, tried, found
-        if n == 1:
+            best, best_found = n, found
+            if len([t for t in tried if t > estimate]) > retries:
+                break
+            n += max(1, round(n * 0.1))
+            continue
+        if best or n == 1:
             break
         n = max(1, int(n * 0.8))
-    return 0, tried, last
+    return (best, tried, best_found) if best else (0, tried, last)
 
 
 def naive_pipe(folder: Path | None) -> Any:
