@@ -155,10 +155,9 @@ class MatmulConv1d(torch.nn.Module):
         return y.transpose(1, 2)
 
 
-def _rewritable(conv: Any) -> bool:
-    return (isinstance(conv, torch.nn.Conv1d) and conv.groups == 1 and conv.in_channels > 1
-            and conv.padding in ((0,), 0) and conv.dilation == (1,)
-            and conv.padding_mode == "zeros")
+def _rewritable(conv: torch.nn.Conv1d) -> bool:
+    return (conv.groups == 1 and conv.in_channels > 1 and conv.padding in ((0,), 0)
+            and conv.dilation == (1,) and conv.padding_mode == "zeros")
 
 
 def matmul_convs(model: Any) -> int:
@@ -232,7 +231,8 @@ def _export(module: Any, example: Any, path: Path, input_name: str, axis_min: in
 
 # Encoder conv layers 3+ stay fp32 in the int8 graphs: they hold under a quarter of the
 # encoder's multiply-adds, and quantising them moved the logits of random-weight
-# wav2vec2-large-xlsr-53 by 13 % (relative), against 6 % with only layers 1-2 quantised.
+# wav2vec2-large-xlsr-53 by 13 % (relative), against 6 % with only layers 1-2 quantised
+# (a one-off screen on 8 synthetic windows; docs/performance.md, session 2).
 _FP32_CONV_WEIGHT = re.compile(r"conv_layers\.(?:[3-9]|\d\d+)\.conv\.weight$")
 
 
