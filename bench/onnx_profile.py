@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -26,7 +28,7 @@ sys.path.insert(0, str(REPO))
 WINDOW = 32000
 
 
-def sessions(folder: Path, precision: str, *, profile: bool) -> list[object]:
+def sessions(folder: Path, precision: str, *, profile: Path | None) -> list[object]:
     """The graphs of one window, in order: [encoder, head] or [full]."""
     import onnxruntime as ort
 
@@ -39,7 +41,9 @@ def sessions(folder: Path, precision: str, *, profile: bool) -> list[object]:
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
-        options.enable_profiling = profile
+        if profile is not None:  # ORT writes one JSON per session under this prefix
+            options.enable_profiling = True
+            options.profile_file_prefix = str(profile / name)
         out.append(ort.InferenceSession(str(folder / name), options,
                                         providers=["CPUExecutionProvider"]))
     return out
@@ -60,7 +64,8 @@ def main() -> int:
     args = parser.parse_args()
     rng = np.random.default_rng(0)
 
-    graphs = sessions(args.folder, args.precision, profile=True)
+    scratch = Path(tempfile.mkdtemp(prefix="onnx-profile-"))
+    graphs = sessions(args.folder, args.precision, profile=scratch)
     x = (0.1 * rng.standard_normal((1, WINDOW))).astype(np.float32)
     for _ in range(args.runs + 1):  # the first run allocates; it is counted like the others
         run(graphs, x)
@@ -69,13 +74,14 @@ def main() -> int:
         for event in json.loads(Path(graph.end_profiling()).read_text()):
             if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
                 per_op[event["args"]["op_name"]] += event["dur"] / 1000.0 / (args.runs + 1)
+    shutil.rmtree(scratch, ignore_errors=True)
     total = sum(per_op.values())
     print(f"{args.folder} {args.precision}: operator time per 2 s window, one thread "
           f"(profiled, {total:.1f} ms in kernels)")
     for op, ms in sorted(per_op.items(), key=lambda kv: -kv[1])[:15]:
         print(f"  {op:<28} {ms:7.1f} ms  {100 * ms / total:5.1f} %")
 
-    graphs = sessions(args.folder, args.precision, profile=False)
+    graphs = sessions(args.folder, args.precision, profile=None)
     for batch in (int(b) for b in args.batches.split(",")):
         xb = (0.1 * rng.standard_normal((batch, WINDOW))).astype(np.float32)
         run(graphs, xb)
