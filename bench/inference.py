@@ -118,9 +118,11 @@ def build_wav2vec2(kind: str, out: Path, *, normalize: bool = True) -> Path:
 
 
 def probe(model: Any, workers: int, windows: int, audio: np.ndarray) -> tuple[float, float]:
-    """(median ms per window in one worker, windows/s over ``workers`` threads)."""
+    """(median ms per window in one worker, windows/s over ``workers`` threads); each call
+    takes the model's ``preferred_batch`` windows, as the engine's workers do when busy."""
     import torch
 
+    batch = max(1, int(getattr(model, "preferred_batch", 1)))
     times: list[float] = []
     lock = threading.Lock()
     ready = threading.Barrier(workers + 1)  # the clock starts once every worker is warm
@@ -133,11 +135,13 @@ def probe(model: Any, workers: int, windows: int, audio: np.ndarray) -> tuple[fl
         model.predict_proba(audio[None, :WINDOW])  # warm-up
         ready.wait()
         for i in range(windows):
-            start = (seed * 7919 + i * HOP) % (audio.size - WINDOW)
+            starts = [(seed * 7919 + (i * batch + j) * HOP) % (audio.size - WINDOW)
+                      for j in range(batch)]
+            x = np.stack([audio[start:start + WINDOW] for start in starts])
             t0 = time.perf_counter()
-            model.predict_proba(audio[None, start:start + WINDOW])
+            model.predict_proba(x)
             with lock:
-                times.append(time.perf_counter() - t0)
+                times.append((time.perf_counter() - t0) / batch)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(workers)]
     for thread in threads:
@@ -147,7 +151,7 @@ def probe(model: Any, workers: int, windows: int, audio: np.ndarray) -> tuple[fl
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - started
-    return float(np.median(times) * 1000), len(times) / elapsed
+    return float(np.median(times) * 1000), len(times) * batch / elapsed
 
 
 def realtime_engine(model: Any, streams: int, workers: int, seconds: float,
@@ -321,8 +325,9 @@ def bench_model(name: str, checkpoint: Path | None, work: Path, args: argparse.N
         n, tried, found = capacity(
             lambda k, m=model, w=workers: realtime_engine(m, k, w, args.seconds, audio),
             estimate, args.retries, args.max_p95_s)
-        results.append(Result(name, f"engine {key} w{workers}", ms, throughput, n, tried,
-                              **found))
+        batch = f" b{model.preferred_batch}" if model.preferred_batch > 1 else ""
+        results.append(Result(name, f"engine {key} w{workers}{batch}", ms, throughput, n,
+                              tried, **found))
         del model
 
     extra: dict[str, Any] = {"checks": manifest["checks"], "checked_on": manifest["checked_on"]}

@@ -32,6 +32,8 @@ def sessions(folder: Path, precision: str, *, profile: Path | None) -> list[obje
     """The graphs of one window, in order: [encoder, head] or [full]."""
     import onnxruntime as ort
 
+    from streamer.backends import onnx_session
+
     files = json.loads((folder / "optimize.json").read_text())["files"]
     names = [files[precision]]
     if files.get("encoder"):
@@ -44,8 +46,7 @@ def sessions(folder: Path, precision: str, *, profile: Path | None) -> list[obje
         if profile is not None:  # ORT writes one JSON per session under this prefix
             options.enable_profiling = True
             options.profile_file_prefix = str(profile / name)
-        out.append(ort.InferenceSession(str(folder / name), options,
-                                        providers=["CPUExecutionProvider"]))
+        out.append(onnx_session(folder / name, options))  # as the engine opens it
     return out
 
 

@@ -14,7 +14,9 @@ torch and its measured time per window on the machine that optimised it; ``auto`
 fastest setting within the documented bounds (:data:`MIN_TOP1_AGREEMENT`,
 :data:`MAX_REL_LOGIT_DIFF`). A plain checkpoint has no such numbers, so ``auto`` keeps torch
 fp32 there. Explicit choices are honoured, with a warning when a measured setting is outside
-the bounds. The choice is logged at INFO.
+the bounds. The choice is logged at INFO. The manifest also holds each setting's time per
+window with 2 and 4 windows per call; :func:`preferred_batch` turns that into the model's
+``preferred_batch``, the engine's batch size on CPU.
 
 Thread-safety: ``predict_proba`` may be called from several workers at once (torch modules in
 inference mode and ONNX Runtime sessions allow that; the frame cache has its own lock).
@@ -49,6 +51,7 @@ __all__ = [
     "check_choice",
     "choose_setting",
     "load_backend",
+    "preferred_batch",
     "within_bounds",
 ]
 
@@ -64,6 +67,9 @@ MANIFEST_NAME = "optimize.json"
 # whose near-tied logits make top-1 agreement noisy).
 MIN_TOP1_AGREEMENT = 0.98
 MAX_REL_LOGIT_DIFF = 0.10
+# Batching windows on CPU is used only where optimize measured it at least 5 % cheaper per
+# window than one window per call (wav2vec2-large int8: yes; base and the compact model: no).
+MIN_BATCH_GAIN = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +95,18 @@ def check_choice(backend: str, precision: str) -> None:
         raise ModelError(f"backend onnx runs {' or '.join(ONNX_PRECISIONS)}, not {precision!r}")
 
 
+def preferred_batch(check: dict[str, Any]) -> int:
+    """Windows per call for one optimize check on CPU: the batch size with the least measured
+    time per window, when it beats one window per call by :data:`MIN_BATCH_GAIN`; else 1."""
+    measured = {int(size): float(ms) for size, ms in
+                (check.get("ms_per_window_by_batch") or {}).items()}
+    single = measured.get(1)
+    if not single or len(measured) < 2:
+        return 1
+    best = min(measured, key=lambda size: (measured[size], size))
+    return best if measured[best] <= (1.0 - MIN_BATCH_GAIN) * single else 1
+
+
 def within_bounds(check: dict[str, Any]) -> bool:
     """True when a manifest check entry meets both agreement bounds."""
     return (
@@ -111,6 +129,7 @@ class BackendModel(EmotionModel):
     precision: str = "fp32"
     runner: Any = field(default=None, repr=False)  # _TorchRunner or _OnnxRunner
     encoder_cache: FrameCache | None = field(default=None, repr=False)
+    preferred_batch: int = 1  # windows per call the engine uses on CPU (optimize measured)
 
     def set_worker_threads(self, threads: int) -> None:
         """Called by each engine worker at start: intra-op threads for this backend."""
@@ -224,6 +243,20 @@ class _TorchRunner:
         return logits.float().cpu().numpy()
 
 
+# ONNX Runtime graph optimisations left off: its fused SkipLayerNormalization kernel took 8.9 of
+# a wav2vec2-base window's 88 ms on one thread (25 calls), the unfused Add + LayerNormalization
+# about a quarter of that (docs/performance.md, session 3). Same arithmetic either way.
+DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
+
+
+def onnx_session(path: Path, options: Any) -> Any:
+    """An ONNX Runtime CPU session for ``path`` as the engine runs it."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=list(DISABLED_OPTIMIZERS))
+
+
 class _OnnxRunner:
     """ONNX Runtime sessions (CPU): one full graph, or conv encoder + head for wav2vec2."""
 
@@ -258,20 +291,13 @@ class _OnnxRunner:
             options.inter_op_num_threads = 1
             options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
             options.log_severity_level = 3
-            providers = ["CPUExecutionProvider"]
             try:
-                self.session = ort.InferenceSession(
-                    str(self.model_path), options, providers=providers
-                )
+                self.session = onnx_session(self.model_path, options)
                 if self.encoder_path is not None:
-                    self.encoder_session = ort.InferenceSession(
-                        str(self.encoder_path), options, providers=providers
-                    )
+                    self.encoder_session = onnx_session(self.encoder_path, options)
                 self.full_encoder_session = self.encoder_session
                 if self.full_encoder_path not in (None, self.encoder_path):
-                    self.full_encoder_session = ort.InferenceSession(
-                        str(self.full_encoder_path), options, providers=providers
-                    )
+                    self.full_encoder_session = onnx_session(self.full_encoder_path, options)
             except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
                 raise ModelError(f"{self.model_path}: cannot load ({first})") from exc
@@ -397,10 +423,12 @@ def load_backend(
             backend="torch", precision=choice.precision, runner=runner,
         )
     _attach_cache(model, encoder_cache)
+    if resolved == "cpu" and manifest is not None and choice.key in manifest.get("checks", {}):
+        model.preferred_batch = preferred_batch(manifest["checks"][choice.key])
     logger.info(
-        "model %s: backend %s, precision %s (%s); encoder cache %s",
+        "model %s: backend %s, precision %s (%s); encoder cache %s; batch %d on CPU",
         name, model.backend, model.precision, choice.reason,
-        "on" if model.encoder_cache is not None else "off",
+        "on" if model.encoder_cache is not None else "off", model.preferred_batch,
     )
     return model
 

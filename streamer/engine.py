@@ -114,8 +114,10 @@ class CaptureCounters(Protocol):
 class EngineConfig:
     """Windowing, VAD, smoothing and inference-loop settings (times in seconds).
 
-    ``max_batch`` None means 1 on CPU (batching does not pay there) and 8 when the model
-    reports a CUDA ``device``. ``workers`` None means :func:`auto_workers`.
+    ``max_batch`` None means 8 when the model reports a CUDA ``device``, and on CPU the
+    model's ``preferred_batch`` (what ``emotion-monitor optimize`` measured to pay; 1 when the
+    model has none). A worker never waits to fill a batch: it takes what is queued, up to
+    ``max_batch`` windows of different streams. ``workers`` None means :func:`auto_workers`.
     ``threads_per_worker`` is each worker's intra-op thread count on CPU (torch's, and the
     model's ``set_worker_threads`` when it has one, e.g. ONNX Runtime).
     """
@@ -251,7 +253,8 @@ class Engine:
         self.labels = labels
         self._sink = sink
         self._cuda = str(getattr(model, "device", "cpu")).startswith("cuda")
-        self._max_batch = config.max_batch or (8 if self._cuda else 1)
+        self.max_batch = config.max_batch or (
+            8 if self._cuda else max(1, int(getattr(model, "preferred_batch", 1) or 1)))
         self.workers = config.workers or auto_workers(model)
         self._cond = threading.Condition()
         self._rotation: deque[_StreamState] = deque()  # streams with queued jobs, round-robin
@@ -274,7 +277,7 @@ class Engine:
             thread.start()
         logger.info(
             "engine started: model %s, %s worker(s), batch %s, realtime %s",
-            model.name, self.workers, self._max_batch, config.realtime,
+            model.name, self.workers, self.max_batch, config.realtime,
         )
 
     # -- public API ---------------------------------------------------------------------------
@@ -479,7 +482,7 @@ class Engine:
     def _take_locked(self) -> list[_Job]:
         """Up to ``max_batch`` jobs, one per stream per turn (round-robin across streams)."""
         batch: list[_Job] = []
-        while self._rotation and len(batch) < self._max_batch:
+        while self._rotation and len(batch) < self.max_batch:
             state = self._rotation.popleft()
             batch.append(state.jobs.popleft())
             if state.jobs:

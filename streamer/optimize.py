@@ -19,12 +19,20 @@ Export uses ``torch.onnx.export(dynamo=True)`` (needs onnxscript) at opset 20 (w
 native ``Gelu`` that ONNX Runtime runs fused), with a dynamic batch and sample axis; the
 TorchScript exporter cannot export the compact model's complex STFT.
 
-The wav2vec2-family conv feature encoder is exported with its 512-channel convolutions
-(layers 1-6: no padding, one group) written as tap slicing plus one MatMul
-(:class:`MatmulConv1d`, the same arithmetic). ONNX Runtime's fp32 ``Conv`` runs these at a
-fraction of its GEMM speed, and a MatMul can be quantised to int8 while a ``Conv`` cannot
-usefully (``ConvInteger`` is slower than fp32 here). The int8 graphs quantise layers 1-2 (three
-quarters of the encoder's multiply-adds) and keep layers 3-6 in fp32 (see ``_quantize``).
+The export keeps the arithmetic and changes its spelling where ONNX Runtime runs the
+default spelling slowly (:func:`prepare_for_export`; figures in docs/performance.md):
+
+- wav2vec2-family encoder convolutions (layers 1-6: no padding, one group) become tap slicing
+  plus one MatMul (:class:`MatmulConv1d`): ORT's fp32 ``Conv`` runs them at a fraction of its
+  GEMM speed, and a MatMul quantises to int8 (``ConvInteger`` is slower than fp32 here);
+- a per-channel ``GroupNorm`` (wav2vec2-base) becomes one ``InstanceNormalization`` with its
+  affine weights (:class:`InstanceNormAffine`);
+- weight norm is baked into the positional convolution's weight;
+- attention is transformers' "eager" path (no mask or NaN guard nodes).
+
+The int8 graphs quantise every weight MatMul, the encoder's included, then
+:mod:`streamer.onnx_rewrite` rewrites the grouped positional convolution as int8 im2col plus
+``MatMulInteger`` and moves the encoder's activation quantisation in front of its tap slicing.
 """
 
 from __future__ import annotations
@@ -33,7 +41,6 @@ import json
 import logging
 import os
 import platform
-import re
 import shutil
 import time
 import warnings
@@ -51,17 +58,20 @@ from .backends import (
     MAX_REL_LOGIT_DIFF,
     MIN_TOP1_AGREEMENT,
     PRECISIONS,
+    preferred_batch,
     splittable,
     wav2vec2_head,
     within_bounds,
 )
 from .errors import ModelError
+from .onnx_rewrite import quantize_before_taps, quantize_grouped_convs
 
-__all__ = ["Agreement", "MatmulConv1d", "agreement", "check_windows", "matmul_convs",
-           "optimize_model"]
+__all__ = ["Agreement", "InstanceNormAffine", "MatmulConv1d", "agreement", "check_windows",
+           "fold_weight_norm", "matmul_convs", "optimize_model", "prepare_for_export"]
 
 logger = logging.getLogger(__name__)
 
+BATCH_SIZES = (2, 4)  # also timed per setting, for the engine's batch on CPU
 SETTINGS = ("torch/fp32", "torch/bf16", "torch/int8", "onnx/fp32", "onnx/int8")
 _WINDOW = 2 * MODEL_RATE_HZ
 
@@ -155,6 +165,23 @@ class MatmulConv1d(torch.nn.Module):
         return y.transpose(1, 2)
 
 
+class InstanceNormAffine(torch.nn.Module):
+    """A ``GroupNorm`` with one group per channel (wav2vec2-base's first encoder layer) as
+    ``instance_norm`` with the same weights: the same arithmetic, exported as one
+    ``InstanceNormalization`` where ``GroupNorm`` exports as ``InstanceNormalization`` + ``Mul``
+    + ``Add`` over the whole (channels, frames) tensor."""
+
+    def __init__(self, norm: torch.nn.GroupNorm) -> None:
+        super().__init__()
+        self.eps = norm.eps
+        self.weight = torch.nn.Parameter(norm.weight.detach().clone(), requires_grad=False)
+        self.bias = torch.nn.Parameter(norm.bias.detach().clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.instance_norm(x, weight=self.weight, bias=self.bias,
+                                                 eps=self.eps)
+
+
 def _rewritable(conv: torch.nn.Conv1d) -> bool:
     return (conv.groups == 1 and conv.in_channels > 1 and conv.padding in ((0,), 0)
             and conv.dilation == (1,) and conv.padding_mode == "zeros")
@@ -164,7 +191,8 @@ def matmul_convs(model: Any) -> int:
     """Replace, in place, the conv layers of every wav2vec2-family feature encoder in ``model``
     (modules with a ``conv_layers`` list whose items have a ``conv``) that
     :class:`MatmulConv1d` can express; returns how many were replaced. The first layer (one
-    input channel, ten taps) is left alone: a 10-wide MatMul gains nothing."""
+    input channel, ten taps) is left alone: a 10-wide MatMul gains nothing. A per-channel
+    ``GroupNorm`` becomes :class:`InstanceNormAffine`."""
     replaced = 0
     for module in model.modules():
         layers = getattr(module, "conv_layers", None)
@@ -175,7 +203,46 @@ def matmul_convs(model: Any) -> int:
             if isinstance(conv, torch.nn.Conv1d) and _rewritable(conv):
                 layer.conv = MatmulConv1d(conv)
                 replaced += 1
+            norm = getattr(layer, "layer_norm", None)
+            if (isinstance(norm, torch.nn.GroupNorm) and norm.affine
+                    and norm.num_groups == norm.num_channels):
+                layer.layer_norm = InstanceNormAffine(norm)
     return replaced
+
+
+def fold_weight_norm(model: Any) -> int:
+    """Bake weight-norm (and other) weight parametrizations into plain weights, in place;
+    returns how many modules changed. wav2vec2's positional convolution is weight-normed:
+    baked, its weight is one constant in the exported graph (the same values), which ONNX
+    Runtime does not recompute per call and :mod:`streamer.onnx_rewrite` can quantise."""
+    from torch.nn.utils import parametrize
+
+    folded = 0
+    for module in model.modules():
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+            folded += 1
+        elif hasattr(module, "weight_g") and hasattr(module, "weight_v"):
+            torch.nn.utils.remove_weight_norm(module)  # the older hook-based weight norm
+            folded += 1
+    return folded
+
+
+def prepare_for_export(model: Any) -> None:
+    """Make the loaded copy of a model export to a faster graph with the same arithmetic:
+    encoder convolutions as MatMul, weight norm baked in, and transformers' plain ("eager")
+    attention, which exports as MatMul/Softmax/MatMul without the SDPA path's mask and NaN
+    guards (no attention mask is ever passed)."""
+    rewritten = matmul_convs(model)
+    if rewritten:
+        logger.info("exporting %d encoder convolutions as MatMul", rewritten)
+    fold_weight_norm(model)
+    if hasattr(model, "set_attn_implementation"):
+        try:
+            model.set_attn_implementation("eager")
+        except (ValueError, ImportError) as exc:  # a model without the eager path keeps its own
+            logger.info("keeping %s attention for export: %s",
+                        getattr(model.config, "_attn_implementation", "default"), exc)
 
 
 class _Full(torch.nn.Module):
@@ -229,25 +296,16 @@ def _export(module: Any, example: Any, path: Path, input_name: str, axis_min: in
             raise ModelError(f"ONNX export to {path.name} failed: {first}") from exc
 
 
-# Encoder conv layers 3+ stay fp32 in the int8 graphs: they hold under a quarter of the
-# encoder's multiply-adds, and quantising them moved the logits of random-weight
-# wav2vec2-large-xlsr-53 by 13 % (relative), against 6 % with only layers 1-2 quantised
-# (a one-off screen on 8 synthetic windows; docs/performance.md, session 2).
-_FP32_CONV_WEIGHT = re.compile(r"conv_layers\.(?:[3-9]|\d\d+)\.conv\.weight$")
-
-
 def _quantize(src: Path, dst: Path) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    graph = onnx.load(str(src), load_external_data=False).graph
-    weights = {init.name for init in graph.initializer}
-    keep = [node.name for node in graph.node
-            if node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] in weights
-            and _FP32_CONV_WEIGHT.search(node.input[1])]
     # per-channel weight scales: same speed, about 30 % less logit error on wav2vec2-base
     quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"],
-                     weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=keep)
+                     weight_type=QuantType.QInt8, per_channel=True)
+    model = onnx.load(str(dst))
+    if quantize_grouped_convs(model) + quantize_before_taps(model):
+        onnx.save(model, str(dst))
 
 
 def _median_ms(run: Any, window: NDArray[np.float32], repeats: int) -> float:
@@ -291,9 +349,7 @@ def optimize_model(
     base.feature_extractor.save_pretrained(out)
     example = torch.zeros(1, _WINDOW)
     files: dict[str, Any] = {"fp32": "model.onnx", "int8": "model.int8.onnx", "encoder": None}
-    rewritten = matmul_convs(hf)  # the loaded copy only; the checkpoint is untouched
-    if rewritten:
-        logger.info("exporting %d encoder convolutions as MatMul", rewritten)
+    prepare_for_export(hf)  # the loaded copy only; the checkpoint is untouched
     if splittable(hf):
         with torch.no_grad():  # not inference_mode: export must not see inference tensors
             feats = hf.wav2vec2.feature_extractor(example)
@@ -346,14 +402,21 @@ def optimize_model(
                 reference = logits
             found = agreement(reference, logits)
             ms = _median_ms(candidate.logits, windows[:1], repeats)
+            by_batch = {"1": ms}
+            for size in BATCH_SIZES:  # per window, when `size` windows share one call
+                if size <= len(windows):
+                    by_batch[str(size)] = _median_ms(
+                        candidate.logits, windows[:size], max(2, repeats // 2)) / size
             manifest["checks"][key] = {
                 "top1_agreement": found.top1_agreement,
                 "rel_logit_diff": found.rel_logit_diff,
                 "windows": found.windows,
                 "ms_per_window": ms,
+                "ms_per_window_by_batch": by_batch,
             }
-            logger.info("%s: top-1 agreement %.3f, rel logit diff %.4f, %.1f ms/window%s",
-                        key, found.top1_agreement, found.rel_logit_diff, ms,
+            logger.info("%s: top-1 agreement %.3f, rel logit diff %.4f, %.1f ms/window, "
+                        "batch %d best%s", key, found.top1_agreement, found.rel_logit_diff, ms,
+                        preferred_batch(manifest["checks"][key]),
                         "" if within_bounds(manifest["checks"][key]) else " (outside bounds)")
             del candidate
     finally:

@@ -177,6 +177,7 @@ def test_run_port_in_use_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[s
         (["--port", "70000"], "port must be"),
         (["--store", "missing/store.sqlite3"], "does not exist"),
         (["--hop-s", "0"], "hop_s"),
+        (["--max-batch", "0"], "max_batch"),
     ],
 )
 def test_run_bad_input_exits_2(

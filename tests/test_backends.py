@@ -20,13 +20,21 @@ from streamer.backends import (
     check_choice,
     choose_setting,
     load_backend,
+    preferred_batch,
 )
 from streamer.encoder_cache import FrameCache, encoder_geometry
 from streamer.engine import Engine, EngineConfig
 from streamer.errors import ModelError
 from streamer.events import Event, WindowLabel
 from streamer.models import load_model
-from streamer.optimize import MatmulConv1d, agreement, matmul_convs, optimize_model
+from streamer.onnx_rewrite import quantize_grouped_convs
+from streamer.optimize import (
+    MatmulConv1d,
+    agreement,
+    matmul_convs,
+    optimize_model,
+    prepare_for_export,
+)
 
 HOP = 8000
 WINDOW = 32000
@@ -234,11 +242,188 @@ def test_encoder_convs_are_exported_as_matmul(tiny_layer_norm: Path, tiny_wav2ve
     quantised = {node.input[1].split(".")[-3]: node.op_type
                  for node in onnx.load(optimized_tiny / "feature_encoder.int8.onnx").graph.node
                  if "MatMul" in node.op_type and "conv_layers" in node.input[1]}
-    assert quantised == {"1": "MatMulInteger", "2": "MatMulInteger", "3": "MatMul",
-                         "4": "MatMul", "5": "MatMul", "6": "MatMul"}
+    assert quantised == {str(layer): "MatMulInteger" for layer in range(1, 7)}
     int8 = load_backend(optimized_tiny, backend="onnx", precision="int8", encoder_cache=False)
     assert int8.runner.full_encoder_path.name == "feature_encoder.int8.onnx"
     assert manifest["checks"]["onnx/int8"]["rel_logit_diff"] < 0.2
+
+
+def test_export_preparation_keeps_the_logits(tiny_layer_norm: Path, tiny_wav2vec2: Path) -> None:
+    """MatMul convolutions, the instance-norm form of base's GroupNorm, weight norm baked into
+    the positional convolution and eager attention: the same logits as the checkpoint."""
+    import torch
+    from torch.nn.utils import parametrize
+    from transformers import AutoModelForAudioClassification
+
+    x = torch.from_numpy(_windows(11, 3))
+    for folder in (tiny_layer_norm, tiny_wav2vec2):
+        model = AutoModelForAudioClassification.from_pretrained(folder).eval()
+        with torch.no_grad():
+            before = model(input_values=x).logits
+            prepare_for_export(model)
+            after = model(input_values=x).logits
+        conv = model.wav2vec2.encoder.pos_conv_embed.conv
+        assert not parametrize.is_parametrized(conv, "weight")
+        assert model.config._attn_implementation == "eager"
+        torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
+    norm = model.wav2vec2.feature_extractor.conv_layers[0].layer_norm  # the group-norm kind
+    assert type(norm).__name__ == "InstanceNormAffine"
+
+
+def _conv_graph(channels: int, groups: int, kernel: int, stride: int = 1) -> object:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(kernel)
+    weight = (0.05 * rng.standard_normal((channels, channels // groups, kernel))).astype(
+        np.float32)
+    bias = (0.1 * rng.standard_normal(channels)).astype(np.float32)
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], group=groups,
+                            pads=[kernel // 2, kernel // 2], strides=[stride],
+                            kernel_shape=[kernel], name="pos_conv")
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", channels, "t"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", channels, "u"])],
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    onnx.checker.check_model(model)
+    return model
+
+
+def _run_graph(model: object, x: NDArray[np.float32]) -> NDArray[np.float32]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(),  # type: ignore[attr-defined]
+                                   providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(None, {"x": x})[0])
+
+
+@pytest.mark.parametrize(("kernel", "batch", "frames"), [(16, 1, 49), (16, 3, 8), (7, 2, 30)])
+def test_grouped_conv_in_int8_matches_the_conv(kernel: int, batch: int, frames: int) -> None:
+    """The int8 im2col form of a grouped, padded Conv gives the Conv's output shape and values
+    within int8 error, for even and odd kernels, several batch sizes and lengths shorter
+    than the kernel; other convolutions are left alone."""
+    import onnx
+
+    model = _conv_graph(24, 4, kernel)
+    x = np.random.default_rng(frames).standard_normal((batch, 24, frames)).astype(np.float32)
+    expected = _run_graph(model, x)
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)  # type: ignore[arg-type]
+    assert quantize_grouped_convs(rewritten) == 1
+    assert "Conv" not in {node.op_type for node in rewritten.graph.node}
+    got = _run_graph(rewritten, x)
+    assert got.shape == expected.shape
+    assert _relative(got, expected) < 0.03
+    for untouched in (_conv_graph(24, 1, kernel), _conv_graph(24, 4, kernel, stride=2)):
+        assert quantize_grouped_convs(untouched) == 0
+
+
+def test_encoder_taps_are_sliced_after_quantisation(optimized_tiny: Path,
+                                                   tmp_path: Path) -> None:
+    """Moving the encoder's activation quantisation in front of its tap slices leaves no
+    quantiser reading a Concat and gives the features of the graph as quantize_dynamic
+    wrote it (the scales come out the same here: the taps leave at most one frame out)."""
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from streamer.onnx_rewrite import quantize_before_taps
+
+    plain = tmp_path / "plain.int8.onnx"
+    quantize_dynamic(str(optimized_tiny / "feature_encoder.onnx"), str(plain),
+                     op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
+                     per_channel=True)
+    model = onnx.load(plain)
+    assert quantize_before_taps(model) == 6
+    producer = {out: node.op_type for node in model.graph.node for out in node.output}
+    assert all(producer.get(node.input[0]) != "Concat" for node in model.graph.node
+               if node.op_type == "DynamicQuantizeLinear")
+    assert quantize_before_taps(model) == 0  # nothing left to move
+
+    def features(graph: object, x: NDArray[np.float32]) -> NDArray[np.float32]:
+        data = graph.SerializeToString() if hasattr(graph, "SerializeToString") else str(graph)
+        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        return np.asarray(session.run(None, {"input_values": x})[0])
+
+    x = _windows(13, 2, 32000 - 80)  # 6383 frames after layer 0: layer 1's taps use all
+    np.testing.assert_allclose(features(model, x), features(plain, x), rtol=1e-5, atol=1e-6)
+    shipped = features(optimized_tiny / "feature_encoder.int8.onnx", x)
+    np.testing.assert_allclose(shipped, features(plain, x), rtol=1e-5, atol=1e-6)
+
+
+def test_int8_graph_has_no_fp32_positional_conv(optimized_tiny: Path) -> None:
+    """optimize's int8 head runs the positional convolution as MatMulInteger; fp32 keeps Conv."""
+    import onnx
+
+    def ops(name: str) -> set[str]:
+        return {node.op_type for node in onnx.load(optimized_tiny / name).graph.node}
+
+    assert "Conv" in ops("model.onnx")
+    assert "Conv" not in ops("model.int8.onnx")
+    assert "MatMulInteger" in ops("model.int8.onnx") | ops("feature_encoder.int8.onnx")
+
+
+# -- batching on CPU --------------------------------------------------------------------------
+
+
+def test_preferred_batch_is_the_measured_best_when_it_pays() -> None:
+    """The batch with the least ms/window, only when at least 5 % under one window per call."""
+    assert preferred_batch({"ms_per_window_by_batch": {"1": 100.0, "2": 90.0, "4": 92.0}}) == 2
+    assert preferred_batch({"ms_per_window_by_batch": {"1": 100.0, "2": 97.0, "4": 99.0}}) == 1
+    assert preferred_batch({"ms_per_window_by_batch": {"1": 100.0, "2": 120.0}}) == 1
+    assert preferred_batch({"ms_per_window": 5.0}) == 1  # an older manifest
+    assert preferred_batch({}) == 1
+
+
+def test_optimize_times_batches_and_the_model_carries_the_choice(optimized_tiny: Path) -> None:
+    """Each setting's check holds ms/window at 1, 2 and 4 windows per call; the loaded model's
+    preferred_batch is what preferred_batch makes of its setting's check."""
+    manifest = json.loads((optimized_tiny / MANIFEST_NAME).read_text())
+    for key in ("torch/fp32", "onnx/int8"):
+        assert set(manifest["checks"][key]["ms_per_window_by_batch"]) == {"1", "2", "4"}
+    model = load_backend(optimized_tiny, backend="onnx", precision="int8")
+    assert model.preferred_batch == preferred_batch(manifest["checks"]["onnx/int8"])
+
+
+class _BatchProbe:
+    """Records batch sizes; the first call waits until every stream has queued its windows."""
+
+    name = "batch-probe"
+    labels = TINY_LABELS
+    sample_rate_hz = 16000
+
+    def __init__(self, preferred: int) -> None:
+        self.lock = threading.Lock()
+        self.preferred_batch = preferred
+        self.sizes: list[int] = []
+        self.fed = threading.Event()
+
+    def predict_proba(self, windows: NDArray[np.float32]) -> NDArray[np.float32]:
+        assert self.fed.wait(TIMEOUT_S)
+        with self.lock:
+            self.sizes.append(len(windows))
+        return np.full((len(windows), 4), 0.25, dtype=np.float32)
+
+
+@pytest.mark.parametrize(("preferred", "max_batch", "expected"), [(3, None, 3), (3, 2, 2),
+                                                                   (1, None, 1)])
+def test_cpu_engine_batches_as_the_model_prefers(preferred: int, max_batch: int | None,
+                                                 expected: int) -> None:
+    """On CPU a worker takes up to the model's preferred_batch queued windows of different
+    streams per call; an explicit max_batch wins."""
+    probe = _BatchProbe(preferred)
+    config = EngineConfig(workers=1, max_batch=max_batch, realtime=False, queue_windows=64)
+    with Engine(probe, config, lambda event: None) as engine:  # type: ignore[arg-type]
+        assert engine.max_batch == expected
+        feeds = [engine.open_stream(f"s{i}", sample_rate_hz=16000) for i in range(4)]
+        for i, feed in enumerate(feeds):
+            feed.feed(speech_like(4.0, seed=20 + i))
+        probe.fed.set()
+        for feed in feeds:
+            feed.close()
+        assert engine.drain(TIMEOUT_S)
+    assert max(probe.sizes) == expected
 
 
 # -- frame cache ------------------------------------------------------------------------------
