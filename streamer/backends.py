@@ -68,7 +68,8 @@ MANIFEST_NAME = "optimize.json"
 MIN_TOP1_AGREEMENT = 0.98
 MAX_REL_LOGIT_DIFF = 0.10
 # Batching windows on CPU is used only where optimize measured it at least 5 % cheaper per
-# window than one window per call (wav2vec2-large int8: yes; base and the compact model: no).
+# window than one window per call (session 3: wav2vec2-large and the compact model clearly,
+# wav2vec2-base int8 at the edge; docs/performance.md).
 MIN_BATCH_GAIN = 0.05
 
 
@@ -426,9 +427,10 @@ def load_backend(
     if resolved == "cpu" and manifest is not None and choice.key in manifest.get("checks", {}):
         model.preferred_batch = preferred_batch(manifest["checks"][choice.key])
     logger.info(
-        "model %s: backend %s, precision %s (%s); encoder cache %s; batch %d on CPU",
+        "model %s: backend %s, precision %s (%s); encoder cache %s%s",
         name, model.backend, model.precision, choice.reason,
-        "on" if model.encoder_cache is not None else "off", model.preferred_batch,
+        "on" if model.encoder_cache is not None else "off",
+        f"; up to {model.preferred_batch} window(s) per call" if resolved == "cpu" else "",
     )
     return model
 

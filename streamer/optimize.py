@@ -230,9 +230,10 @@ def fold_weight_norm(model: Any) -> int:
 
 def prepare_for_export(model: Any) -> None:
     """Make the loaded copy of a model export to a faster graph with the same arithmetic:
-    encoder convolutions as MatMul, weight norm baked in, and transformers' plain ("eager")
-    attention, which exports as MatMul/Softmax/MatMul without the SDPA path's mask and NaN
-    guards (no attention mask is ever passed)."""
+    encoder convolutions as MatMul and a per-channel GroupNorm as instance norm
+    (:func:`matmul_convs`), weight norm baked in, and transformers' plain ("eager") attention,
+    which exports as MatMul/Softmax/MatMul without the SDPA path's mask and NaN guards (no
+    attention mask is ever passed)."""
     rewritten = matmul_convs(model)
     if rewritten:
         logger.info("exporting %d encoder convolutions as MatMul", rewritten)
