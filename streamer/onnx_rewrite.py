@@ -42,7 +42,8 @@ def _eligible(node: Any, weights: dict[str, Any]) -> bool:
     if len(node.input) > 2 and node.input[2] and node.input[2] not in weights:
         return False
     weight = weights[node.input[1]]
-    if len(weight.dims) != 3 or _attr(node, "group", 1) < 2:
+    groups = _attr(node, "group", 1)
+    if len(weight.dims) != 3 or groups < 2 or weight.dims[0] != groups * weight.dims[1]:
         return False
     kernel = weight.dims[2]
     pads = list(_attr(node, "pads", [0, 0]))
@@ -63,12 +64,11 @@ def quantize_grouped_convs(model: Any) -> int:
     rewritten = 0
     nodes: list[Any] = []
     for node in graph.node:
-        replacement = _int8_im2col(node, weights, graph) if _eligible(node, weights) else None
-        if replacement is None:
-            nodes.append(node)
-        else:
-            nodes += replacement
+        if _eligible(node, weights):
+            nodes += _int8_im2col(node, weights, graph)
             rewritten += 1
+        else:
+            nodes.append(node)
     if rewritten:
         del graph.node[:]
         graph.node.extend(nodes)
@@ -79,7 +79,7 @@ def quantize_grouped_convs(model: Any) -> int:
     return rewritten
 
 
-def _int8_im2col(node: Any, weights: dict[str, Any], graph: Any) -> list[Any] | None:
+def _int8_im2col(node: Any, weights: dict[str, Any], graph: Any) -> list[Any]:
     """The nodes replacing one grouped ``Conv``; its constants are added to ``graph``."""
     from onnx import TensorProto, helper, numpy_helper
 
@@ -88,8 +88,6 @@ def _int8_im2col(node: Any, weights: dict[str, Any], graph: Any) -> list[Any] | 
     channels, per_group, kernel = weight.shape
     groups = int(_attr(node, "group", 1))
     pad = int(_attr(node, "pads", [0, 0])[0])
-    if channels != groups * per_group:
-        return None
     bias = (numpy_helper.to_array(weights[node.input[2]]).astype(np.float32)
             if len(node.input) > 2 and node.input[2] else np.zeros(channels, np.float32))
     # im2col row of one output frame: tap k of in-channel c at k * per_group + c
