@@ -36,9 +36,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .audio import MODEL_RATE_HZ
+from .calibration import config_temperature
 from .encoder_cache import FrameCache, cache_exact_reason, encoder_geometry
 from .errors import ModelError
-from .models import EmotionModel, check_windows
+from .models import EmotionModel, check_windows, narrowband_ok
 
 __all__ = [
     "BACKENDS",
@@ -150,7 +151,7 @@ class BackendModel(EmotionModel):
 
     def predict_proba(self, windows: NDArray[np.float32]) -> NDArray[np.float32]:
         """(batch, samples) float32 mono at 16 kHz -> (batch, n_labels) probabilities."""
-        logits = self.logits(windows).astype(np.float64)
+        logits = self.logits(windows).astype(np.float64) / self.temperature
         logits -= logits.max(axis=1, keepdims=True)
         e = np.exp(logits)
         return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
@@ -422,6 +423,7 @@ def load_backend(
             name=name, labels=base.labels, sample_rate_hz=base.sample_rate_hz,
             device=resolved, model=runner.model, feature_extractor=base.feature_extractor,
             backend="torch", precision=choice.precision, runner=runner,
+            temperature=base.temperature, narrowband_ok=base.narrowband_ok,
         )
     _attach_cache(model, encoder_cache)
     if resolved == "cpu" and manifest is not None and choice.key in manifest.get("checks", {}):
@@ -463,6 +465,7 @@ def _load_onnx(
     model = BackendModel(
         name=name, labels=labels, sample_rate_hz=rate, device="cpu", model=None,
         feature_extractor=extractor, backend="onnx", precision=choice.precision, runner=runner,
+        temperature=config_temperature(config), narrowband_ok=narrowband_ok(config),
     )
     model.config = config  # type: ignore[attr-defined]
     return model

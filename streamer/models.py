@@ -27,9 +27,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .audio import MODEL_RATE_HZ
+from .calibration import config_temperature
 from .errors import AudioError, ModelError
 
-__all__ = ["BUNDLED_MODEL_DIR", "EmotionModel", "load_model", "resolve_device"]
+__all__ = ["BUNDLED_MODEL_DIR", "EmotionModel", "load_model", "narrowband_ok", "resolve_device"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,10 @@ class EmotionModel:
     device: str
     model: Any = field(repr=False)
     feature_extractor: Any = field(repr=False)
+    # calibration: logits are divided by this before the softmax (streamer.calibration)
+    temperature: float = 1.0
+    # config.json "narrowband": true = trained/measured on phone-line (8 kHz) audio too
+    narrowband_ok: bool = False
 
     def predict_proba(self, windows: NDArray[np.float32]) -> NDArray[np.float32]:
         """(batch, samples) float32 mono audio at ``sample_rate_hz`` -> (batch, n_labels) rows."""
@@ -94,8 +99,16 @@ class EmotionModel:
         }
         with torch.inference_mode():
             logits = self.model(**tensors).logits
-        probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        probs = torch.softmax(logits.float() / self.temperature, dim=-1).cpu().numpy()
         return probs.astype(np.float32, copy=False)
+
+
+def narrowband_ok(config: Any) -> bool:
+    """True when a model config says ``"narrowband": true`` (fit for 8 kHz phone audio)."""
+    value = getattr(config, "narrowband", False)
+    if not isinstance(value, bool):
+        raise ModelError(f"config field narrowband must be true or false, got {value!r}")
+    return value
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
@@ -256,7 +269,10 @@ def load_model(
         model.to(device=resolved, dtype=dtype)
     else:
         model.to(device=resolved, dtype=torch.float32)
-    logger.info("loaded model %s (%d labels) on %s", name, len(labels), resolved)
+    temperature = config_temperature(model.config)
+    narrowband = narrowband_ok(model.config)
+    logger.info("loaded model %s (%d labels) on %s; temperature %.3g, %s", name, len(labels),
+                resolved, temperature, "narrowband ok" if narrowband else "wideband only")
     return EmotionModel(
         name=name,
         labels=labels,
@@ -264,4 +280,6 @@ def load_model(
         device=resolved,
         model=model,
         feature_extractor=extractor,
+        temperature=temperature,
+        narrowband_ok=narrowband,
     )
