@@ -166,6 +166,30 @@ def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-batch", type=int,
                        help="most windows of different streams per model call (default: 8 on "
                        "CUDA; on CPU what emotion-monitor optimize measured to pay, else 1)")
+    smooth = parser.add_argument_group("smoothing (the rolling label)")
+    smooth.add_argument("--alpha", type=float,
+                        help="EMA weight of the newest window; 1 = no smoothing (default: 0.4)")
+    smooth.add_argument("--switch-margin", type=float,
+                        help="lead another class needs to take over the label (default: 0.1)")
+    smooth.add_argument("--uncertain-below", type=float,
+                        help='say "uncertain" when no smoothed probability reaches this '
+                        "(default: 0.4)")
+    smooth.add_argument("--gap-reset-s", type=_seconds_or_off, metavar="SECONDS|off",
+                        help="silence between speech segments (after VAD padding) from which "
+                        "the label starts afresh (default: 0.25)")
+    smooth.add_argument("--gap-decay-s", type=_seconds_or_off, metavar="SECONDS|off",
+                        help="time constant of the decay toward uniform over shorter silences "
+                        "(default: off)")
+
+
+def _seconds_or_off(text: str) -> float | str:
+    """A smoothing gap flag: seconds, or "off" (the setting None)."""
+    if text.strip().lower() in ("off", "none"):
+        return "off"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds or 'off', got {text!r}") from None
 
 
 def _add_server_flags(parser: argparse.ArgumentParser) -> None:
@@ -242,6 +266,7 @@ def _given(args: argparse.Namespace, names: dict[str, str]) -> dict[str, Any]:
 
 def _engine_config(args: argparse.Namespace, *, realtime: bool) -> Any:
     from streamer.engine import EngineConfig
+    from streamer.smoothing import SmoothingConfig
     from streamer.vad import VadConfig
 
     try:
@@ -249,8 +274,18 @@ def _engine_config(args: argparse.Namespace, *, realtime: bool) -> Any:
             "vad_aggressiveness": "aggressiveness", "onset_ms": "onset_ms",
             "hangover_ms": "hangover_ms",
         }))
+        smoothing_fields: dict[str, Any] = {
+            field: None if value == "off" else value
+            for field, value in _given(args, {
+                "alpha": "alpha", "switch_margin": "switch_margin",
+                "uncertain_below": "uncertain_below", "gap_reset_s": "gap_reset_s",
+                "gap_decay_s": "gap_decay_s",
+            }).items()
+        }
+        smoothing = SmoothingConfig(**smoothing_fields)
         return EngineConfig(
             vad=vad,
+            smoothing=smoothing,
             realtime=realtime,
             **_given(args, {
                 "window_s": "window_s", "hop_s": "hop_s", "min_window_s": "min_window_s",

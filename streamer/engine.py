@@ -13,7 +13,8 @@ the sink in stream order, one at a time, and ``StreamClosed`` comes after the la
 Right after a SpeechEnd comes the segment's :class:`~streamer.events.Utterance` (the mean of its
 labelled windows' probabilities), when at least one of its windows was labelled.
 ``WindowLabel.seq`` counts emitted labels per stream from 0 (dropped windows take no number);
-smoothing is applied in that order.
+smoothing is applied in that order, and SpeechStart/SpeechEnd tell the smoother where the
+silences are (it resets or decays over them, :mod:`streamer.smoothing`).
 
 Queue rules (per stream, ``queue_windows`` deep):
 
@@ -551,7 +552,10 @@ class Engine:
                         slot.event, windows=state.seq, windows_dropped=state.dropped
                     )
                 self._deliver(slot.event)
+                if isinstance(slot.event, SpeechStart):
+                    state.smoother.speech_start(slot.event.start_s)  # reset/decay over the gap
                 if isinstance(slot.event, SpeechEnd):
+                    state.smoother.speech_end(slot.event.end_s)
                     utterance = self._utterance(state, slot.event)
                     if utterance is not None:
                         self._deliver(utterance)

@@ -4,10 +4,19 @@ An exponential moving average of the class probabilities, with hysteresis: the h
 changes only when another class's smoothed probability beats it by ``switch_margin``. When the
 top smoothed probability is below ``uncertain_below`` the output is the label ``"uncertain"``
 (the held label is kept underneath, so hysteresis continues once a class is clear again).
+
+Speech segments: the caller reports :meth:`Smoother.speech_end` and :meth:`Smoother.speech_start`
+with stream times (the engine does, from the VAD gate's events). When the silence between two
+segments is at least ``gap_reset_s`` the next segment starts afresh, as the first window of a
+stream does: its label is its own window's (the previous segment's label is not held). A
+shorter gap decays the EMA toward uniform with time constant ``gap_decay_s`` (when set) and
+lets the next window's arg-max take the label without beating the hysteresis margin. Without
+those calls (or with both settings None) the EMA runs across silence as one sequence.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,15 +30,23 @@ UNCERTAIN = "uncertain"
 
 @dataclass(frozen=True, slots=True)
 class SmoothingConfig:
-    """EMA weight of the newest window, switch margin and the "uncertain" threshold.
+    """EMA weight of the newest window, switch margin, the "uncertain" threshold, and what a
+    silence between speech segments does (module docstring).
 
     ``alpha`` 1.0 means no smoothing; ``switch_margin`` 0 means plain arg-max of the EMA;
     ``uncertain_below`` 0 never says "uncertain". Defaults suit 4 classes at a 0.5 s hop.
+    ``gap_reset_s`` is the silence between segments, as the VAD gate measures it (its onset and
+    hangover padding are speech), from which the next segment starts afresh; None never resets.
+    With the default 300 ms padding each side, 0.25 s there is about 0.85 s of real silence:
+    a turn change, not a pause inside a sentence (those under 300 ms stay in one segment).
+    ``gap_decay_s`` None means no decay over shorter gaps.
     """
 
     alpha: float = 0.4
     switch_margin: float = 0.1
     uncertain_below: float = 0.4
+    gap_reset_s: float | None = 0.25
+    gap_decay_s: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha <= 1.0:
@@ -38,6 +55,12 @@ class SmoothingConfig:
             raise ValueError(f"switch_margin must be in [0, 1), got {self.switch_margin!r}")
         if not 0.0 <= self.uncertain_below <= 1.0:
             raise ValueError(f"uncertain_below must be in [0, 1], got {self.uncertain_below!r}")
+        for name in ("gap_reset_s", "gap_decay_s"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and 0.0 <= value <= 3600.0):
+                raise ValueError(f"{name} must be None or in [0, 3600] s, got {value!r}")
+        if self.gap_decay_s == 0.0:
+            raise ValueError("gap_decay_s must be > 0 s (or None for no decay), got 0.0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +84,7 @@ class Smoother:
         self.config = config or SmoothingConfig()
         self._ema: NDArray[np.float64] | None = None
         self._held: int | None = None
+        self._speech_end_s: float | None = None  # end of the last finished segment
 
     def update(self, probabilities: Sequence[float] | NDArray[np.floating]) -> Smoothed:
         """Fold in one window's probabilities and return the rolling label."""
@@ -79,7 +103,32 @@ class Smoother:
         label = self.labels[held] if ema[top] >= cfg.uncertain_below else UNCERTAIN
         return Smoothed(label, float(ema[held]), tuple(float(x) for x in ema))
 
+    def speech_end(self, end_s: float) -> None:
+        """A speech segment ended at stream time ``end_s`` (seconds)."""
+        self._speech_end_s = float(end_s)
+
+    def speech_start(self, start_s: float) -> None:
+        """A speech segment starts at ``start_s``: reset or decay over the gap since the last end.
+
+        A start with no finished segment before it (or overlapping it) changes nothing.
+        """
+        if self._speech_end_s is None:
+            return
+        gap = float(start_s) - self._speech_end_s
+        self._speech_end_s = None
+        cfg = self.config
+        if gap < 0.0 or not math.isfinite(gap):
+            return
+        if cfg.gap_reset_s is not None and gap >= cfg.gap_reset_s:
+            self.reset()
+        elif cfg.gap_decay_s is not None and self._ema is not None and gap > 0.0:
+            keep = math.exp(-gap / cfg.gap_decay_s)
+            uniform = 1.0 / len(self.labels)
+            self._ema = uniform + keep * (self._ema - uniform)
+            self._held = None  # the next window's arg-max takes the label
+
     def reset(self) -> None:
         """Forget the history (next window starts afresh)."""
         self._ema = None
         self._held = None
+        self._speech_end_s = None

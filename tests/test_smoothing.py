@@ -1,9 +1,16 @@
-"""Smoothing: EMA, hysteresis margin, "uncertain", validation."""
+"""Smoothing: EMA, hysteresis margin, "uncertain", validation, speech-segment gaps."""
 
 from __future__ import annotations
 
-import pytest
+import threading
 
+import numpy as np
+import pytest
+from conftest import TIMEOUT_S, speech_like
+from numpy.typing import NDArray
+
+from streamer.engine import Engine, EngineConfig
+from streamer.events import Event, SpeechStart, StreamClosed, WindowLabel
 from streamer.smoothing import UNCERTAIN, Smoother, SmoothingConfig
 
 LABELS = ("Angry", "Happy", "Neutral", "Sad")
@@ -46,7 +53,8 @@ def test_uncertain_when_no_class_is_clear() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"), [("alpha", 0.0), ("alpha", 1.5), ("switch_margin", 1.0),
-                         ("uncertain_below", -0.1)],
+                         ("uncertain_below", -0.1), ("gap_reset_s", -1.0),
+                         ("gap_reset_s", float("nan")), ("gap_decay_s", 0.0)],
 )
 def test_bad_config(field: str, value: float) -> None:
     """Out-of-range settings raise ValueError naming the field."""
@@ -60,3 +68,152 @@ def test_bad_probabilities_and_labels() -> None:
         Smoother(LABELS).update([0.5, 0.5])
     with pytest.raises(ValueError, match="reserved"):
         Smoother(("a", UNCERTAIN))
+
+
+# -- speech segments --------------------------------------------------------------------------
+
+ANGRY = [0.85, 0.05, 0.05, 0.05]
+SAD = [0.05, 0.05, 0.1, 0.8]
+OLD = SmoothingConfig(gap_reset_s=None, gap_decay_s=None)
+
+
+def _two_segments(config: SmoothingConfig, gap_s: float) -> str:
+    """Four Angry windows, a silence of ``gap_s``, then one Sad window: its smoothed label."""
+    s = Smoother(LABELS, config)
+    s.speech_start(0.0)
+    for _ in range(4):
+        assert s.update(ANGRY).label == "Angry"
+    s.speech_end(3.0)
+    s.speech_start(3.0 + gap_s)
+    return s.update(SAD).label
+
+
+def test_without_gap_handling_the_old_segment_is_held() -> None:
+    """Old behaviour: the EMA runs across the silence and the first Sad window stays Angry."""
+    assert _two_segments(OLD, 5.0) == "Angry"
+
+
+def test_a_long_gap_resets_and_the_first_window_is_its_own() -> None:
+    """At or past gap_reset_s the next segment starts afresh: its first window's label, at once."""
+    config = SmoothingConfig(gap_reset_s=0.5)
+    assert _two_segments(config, 0.5) == "Sad"
+    s = Smoother(LABELS, config)
+    s.update(ANGRY)
+    s.speech_end(1.0)
+    s.speech_start(2.0)
+    out = s.update(SAD)
+    assert out.confidence == pytest.approx(0.8)
+    assert out.probabilities == pytest.approx(tuple(SAD))
+
+
+def test_a_short_gap_below_the_reset_keeps_the_history() -> None:
+    """A pause shorter than gap_reset_s (and no decay) leaves the EMA and the hold alone."""
+    assert _two_segments(SmoothingConfig(gap_reset_s=0.5), 0.49) == "Angry"
+
+
+def test_decay_toward_uniform_over_a_short_gap() -> None:
+    """gap_decay_s: the EMA moves toward uniform by exp(-gap / tau) and the hold is released."""
+    config = SmoothingConfig(alpha=0.5, switch_margin=0.3, uncertain_below=0.0,
+                             gap_reset_s=None, gap_decay_s=0.5)
+    s = Smoother(LABELS, config)
+    s.update(ANGRY)
+    s.speech_end(1.0)
+    s.speech_start(1.5)
+    keep = np.exp(-1.0)
+    decayed = 0.25 + keep * (np.array(ANGRY) - 0.25)
+    out = s.update(SAD)
+    expected = 0.5 * np.array(SAD) + 0.5 * decayed
+    assert out.probabilities == pytest.approx(tuple(expected))
+    # Sad leads Angry by less than the 0.3 margin, yet takes the label: the hold was released
+    assert 0.0 < expected[3] - expected[0] < 0.3
+    assert out.label == "Sad"
+    # a longer gap decays further: the same two segments with 5 s between end Sad by far
+    assert _two_segments(config, 5.0) == "Sad"
+
+
+def test_decay_then_reset_combine_by_gap_length() -> None:
+    """With both set, gaps below gap_reset_s decay and longer ones reset."""
+    config = SmoothingConfig(gap_reset_s=1.0, gap_decay_s=10.0, uncertain_below=0.0)
+    assert _two_segments(config, 0.2) == "Angry"  # decayed a little: Angry still far ahead
+    s = Smoother(LABELS, config)
+    for _ in range(3):
+        s.update(ANGRY)
+    s.speech_end(2.0)
+    s.speech_start(3.0)
+    assert s.update(SAD).probabilities == pytest.approx(tuple(SAD))
+
+
+def test_start_without_an_end_or_overlapping_changes_nothing() -> None:
+    """The first segment, or a start before the last end, neither resets nor decays."""
+    config = SmoothingConfig(gap_reset_s=0.0, gap_decay_s=0.1)
+    s = Smoother(LABELS, config)
+    s.speech_start(0.0)
+    s.update(ANGRY)
+    s.speech_end(2.0)
+    s.speech_start(1.9)
+    assert s.update(SAD).label == "Angry"
+
+
+# -- the engine tells the smoother about segments ---------------------------------------------
+
+RATE = 16000
+
+
+class PitchModel:
+    """Implements the model interface: Angry for a low-pitched window, Sad for a high one."""
+
+    name = "pitch"
+    labels: tuple[str, ...] = LABELS
+    sample_rate_hz = RATE
+    device = "cpu"
+
+    def predict_proba(self, windows: NDArray[np.float32]) -> NDArray[np.float32]:
+        spectrum = np.abs(np.fft.rfft(windows, axis=1))
+        peak_hz = spectrum[:, 1:].argmax(axis=1) * RATE / windows.shape[1]
+        return np.array([SAD if f > 200.0 else ANGRY for f in peak_hz], dtype=np.float32)
+
+
+def _engine_labels(smoothing: SmoothingConfig) -> list[list[WindowLabel]]:
+    """A low voice for 3 s, 1 s of silence, a high voice for 1.5 s: windows per segment."""
+    events: list[Event] = []
+    lock, closed = threading.Lock(), threading.Event()
+
+    def sink(event: Event) -> None:
+        with lock:
+            events.append(event)
+        if isinstance(event, StreamClosed):
+            closed.set()
+
+    silence = np.zeros(RATE, dtype=np.float32)
+    audio = np.concatenate([silence, speech_like(3.0, pitch_hz=120.0), silence,
+                            speech_like(1.5, pitch_hz=320.0, seed=1), silence])
+    config = EngineConfig(smoothing=smoothing, realtime=False, workers=1)
+    with Engine(PitchModel(), config, sink) as engine:
+        feed = engine.open_stream("call", sample_rate_hz=RATE)
+        for i in range(0, audio.size, 1600):
+            feed.feed(audio[i:i + 1600])
+        feed.close()
+        assert closed.wait(TIMEOUT_S)
+    segments: list[list[WindowLabel]] = []
+    for event in events:
+        if isinstance(event, SpeechStart):
+            segments.append([])
+        elif isinstance(event, WindowLabel):
+            segments[-1].append(event)
+    return segments
+
+
+def test_engine_first_smoothed_label_after_a_gap_follows_the_new_segment() -> None:
+    """Through the engine, the first window after a 1 s silence shows the new voice's label."""
+    segments = _engine_labels(SmoothingConfig())
+    assert len(segments) == 2 and all(segments)
+    assert [w.label for w in segments[1]] == ["Sad"] * len(segments[1])
+    assert segments[0][-1].smoothed_label == "Angry"
+    assert [w.smoothed_label for w in segments[1]] == ["Sad"] * len(segments[1])
+
+
+def test_engine_without_gap_reset_holds_the_previous_label() -> None:
+    """The old smoothing, same audio: the first window after the gap still shows Angry."""
+    segments = _engine_labels(OLD)
+    assert len(segments) == 2
+    assert segments[1][0].label == "Sad" and segments[1][0].smoothed_label == "Angry"
