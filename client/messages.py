@@ -202,6 +202,11 @@ class StatsMessage:
     input_overflows: int
     clients: int
     client_messages_dropped: int
+    #: server refusals by limit name (see docs/protocol.md, "Limits"); absent from old servers
+    refused: Mapping[str, int] = field(default_factory=dict)
+    log_lines_suppressed: int = 0
+    store_errors: int = 0  # failed timeline store writes (events kept for retry, bounded)
+    store_events_dropped: int = 0  # events the store never got (retry buffer full)
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,6 +357,11 @@ def _field_value(cls: type[Any], name: str, raw: Any) -> Any:
         _check(name, raw, dict)
         for value in raw.values():
             _check(name + "{}", value, str)
+        return dict(raw)
+    if annotation == "Mapping[str, int]":
+        _check(name, raw, dict)
+        for value in raw.values():
+            _check(name + "{}", value, int)
         return dict(raw)
     if annotation == "Mapping[str, float]":
         _check(name, raw, dict)

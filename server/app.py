@@ -42,6 +42,7 @@ from .errors import ServerError
 from .fanout import ClientQueue, QueueClosed
 from .hub import EventHub
 from .ingest import INGEST_PATH, IngestEndpoint
+from .limits import AddressSlots, ClientLog, TokenBucket, address_of
 
 __all__ = ["CONTENT_TYPES", "EventServer", "format_host"]
 
@@ -62,6 +63,10 @@ CONTENT_TYPES: dict[str, str] = {
 }
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 WS_PATH = "/ws"
+#: the server pings every 20 s (websockets' default) and waits this long for the pong
+_PING_TIMEOUT_S = 60.0
+#: how long a new client's backlog waits for the client's first frame (see ``_write``)
+_BACKLOG_GRACE_S = 1.0
 
 
 def format_host(host: str) -> str:
@@ -101,6 +106,12 @@ class EventServer:
         self.config = config
         self.hub = hub
         self.ingest = ingest
+        self.counters = hub.counters
+        self.client_log = ClientLog(logger, self.counters,
+                                    per_minute=config.client_log_lines_per_min)
+        if ingest is not None:
+            ingest.bind(self.counters, self.client_log)
+        self._slots = AddressSlots(config.max_connections_per_address)
         self._server: Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
         self._closed = False
@@ -120,6 +131,11 @@ class EventServer:
                 process_request=self._http,
                 max_size=config.max_message_bytes,
                 max_queue=16,
+                # frames are encoded once for every client; per-client deflate would cost CPU
+                # and memory per client and frame (the fan-out's main cost at 1,000 clients)
+                compression=None,
+                # a loop that falls briefly behind must not cut calls: answer time for pings
+                ping_timeout=_PING_TIMEOUT_S,
                 close_timeout=config.shutdown_timeout_s,
                 logger=logging.getLogger("server.websockets"),
             )
@@ -229,27 +245,62 @@ class EventServer:
     # -- WebSocket ----------------------------------------------------------------------------
 
     async def _handle(self, connection: ServerConnection) -> None:
-        request = connection.request
-        if self.ingest is not None and request is not None and (
-            urlsplit(request.path).path == INGEST_PATH
-        ):
-            await self.ingest.handle(connection)
+        address = address_of(connection.remote_address)
+        if not self._slots.acquire(address):
+            # one address may not take every slot (counted; logged at most per ClientLog)
+            self.counters.refuse("per_address")
+            self.client_log.warning(
+                address, "refused a connection from %s: %d open from that address "
+                "(--max-connections-per-address)", address, self._slots.count(address))
+            await self._refuse_ws(connection, CloseCode.POLICY_VIOLATION,
+                               "too many connections from this address", "too_many_connections")
+            return
+        try:
+            request = connection.request
+            if self.ingest is not None and request is not None and (
+                urlsplit(request.path).path == INGEST_PATH
+            ):
+                await self.ingest.handle(connection)
+                return
+            await self._serve_client(connection, address)
+        finally:
+            self._slots.release(address)
+
+    async def _refuse_ws(
+        self, connection: ServerConnection, code: int, reason: str, error: str
+    ) -> None:
+        """One ``error`` frame, then close with ``code`` (a refusal before anything else)."""
+        try:
+            await connection.send(encode(ErrorMessage(code=error, message=reason)))
+            await connection.close(code, reason)
+        except ConnectionClosed:
+            pass
+
+    async def _serve_client(self, connection: ServerConnection, address: str) -> None:
+        hub = self.hub
+        peer = connection.remote_address
+        if hub.fanout.clients >= self.config.max_ws_clients:
+            self.counters.refuse("ws_clients")
+            self.client_log.warning(address, "refused /ws client %s: %d clients connected "
+                                    "(--max-ws-clients)", peer, hub.fanout.clients)
+            await self._refuse_ws(connection, CloseCode.TRY_AGAIN_LATER, "too many clients",
+                               "too_many_clients")
             return
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
-        hub = self.hub
         # hello and the backlog snapshot are taken together, without yielding: no gap, no repeat
         hello = encode(hub.hello())
         queue = hub.fanout.connect()
         writer: asyncio.Task[None] | None = None
-        peer = connection.remote_address
-        logger.info("client %s connected (%d now)", peer, hub.fanout.clients)
+        self.client_log.info(address, "client %s connected (%d now)", peer, hub.fanout.clients)
         try:
             await connection.send(hello)
             # the writer starts after hello is out: the backlog and live frames follow it
-            writer = asyncio.create_task(self._write(connection, queue), name="ws-writer")
-            await self._read(connection, queue)
+            first_frame = asyncio.Event()
+            writer = asyncio.create_task(self._write(connection, queue, first_frame),
+                                         name="ws-writer")
+            await self._read(connection, queue, address, first_frame)
         except ConnectionClosed:
             pass
         except Exception:
@@ -262,19 +313,32 @@ class EventServer:
                 writer.cancel()
                 await asyncio.wait([writer])
             self._connections.discard(task)
-            logger.info("client %s gone (%d left, %d frames dropped for it)",
-                        peer, hub.fanout.clients, queue.dropped)
+            self.client_log.info(address, "client %s gone (%d left, %d frames dropped for it)",
+                                 peer, hub.fanout.clients, queue.dropped)
 
-    async def _write(self, connection: ServerConnection, queue: ClientQueue) -> None:
-        """Send queued frames until the queue closes (then close 1001) or the peer goes."""
+    async def _write(
+        self, connection: ServerConnection, queue: ClientQueue, first_frame: asyncio.Event
+    ) -> None:
+        """Send queued frames until the queue closes (then close 1001) or the peer goes.
+
+        The backlog waits for the client's first frame or ``_BACKLOG_GRACE_S`` after
+        ``hello``: a ``subscribe`` sent at once filters the backlog too, and a client that
+        closes right after ``hello`` gets its close answered at once instead of behind a
+        backlog it will not read (client libraries stop reading once their own queue is full,
+        and bytes in flight cannot be recalled). Frames go out as bytes encoded once for all.
+        """
         try:
+            try:
+                await asyncio.wait_for(first_frame.wait(), _BACKLOG_GRACE_S)
+            except asyncio.TimeoutError:
+                pass  # a client that only listens: its backlog and live events follow now
             while True:
                 try:
-                    text = await queue.get()
+                    frame = await queue.next_frame()
                 except QueueClosed:
                     await connection.close(CloseCode.GOING_AWAY, "server shutting down")
                     return
-                await connection.send(text)
+                await connection.send(frame.data, text=True)
         except ConnectionClosed:
             return
         except Exception:
@@ -282,25 +346,68 @@ class EventServer:
                              connection.remote_address)
             await connection.close(CloseCode.INTERNAL_ERROR, "internal error")
 
-    async def _read(self, connection: ServerConnection, queue: ClientQueue) -> None:
+    async def _read(
+        self,
+        connection: ServerConnection,
+        queue: ClientQueue,
+        address: str,
+        first_frame: asyncio.Event,
+    ) -> None:
+        config = self.config
         errors = 0
+        loop = asyncio.get_running_loop()
+        bucket = TokenBucket(config.client_messages_per_s, config.client_message_burst,
+                             now=loop.time())
         async for frame in connection:
+            if not first_frame.is_set():
+                # after this frame is handled (a subscribe applies first): replay the backlog
+                loop.call_soon(first_frame.set)
+            if not bucket.take(loop.time()):
+                self.counters.refuse("message_rate")
+                self.client_log.warning(
+                    address, "client %s closed: more than %g messages/s after a burst of %d "
+                    "(--client-messages-per-s)", connection.remote_address,
+                    config.client_messages_per_s, config.client_message_burst)
+                await connection.close(CloseCode.POLICY_VIOLATION, "message rate limit exceeded")
+                return
             try:
                 message = decode(frame)
             except MessageError as exc:
                 reply = ErrorMessage(code=exc.code, message=str(exc))
             else:
                 if isinstance(message, Subscribe):
-                    queue.subscribe(message.streams)
-                    logger.info("client %s subscribed to %s", connection.remote_address,
-                                ", ".join(message.streams) or "all streams")
-                    continue
-                reply = ErrorMessage(
-                    code="unexpected_type",
-                    message=f"clients may send only 'subscribe', not {message.TYPE!r}",
-                )
+                    refusal = self._subscribe_refusal(message)
+                    if refusal is None:
+                        self.hub.fanout.subscribe(queue, message.streams)
+                        self.client_log.log(logging.DEBUG, address,
+                                            "client %s subscribed to %d stream(s)/prefix(es)",
+                                            connection.remote_address, len(message.streams))
+                        continue
+                    self.counters.refuse("subscribe_size")
+                    reply = refusal
+                else:
+                    reply = ErrorMessage(
+                        code="unexpected_type",
+                        message=f"clients may send only 'subscribe', not {message.TYPE!r}",
+                    )
             errors += 1
             await connection.send(encode(reply))
-            if errors >= self.config.max_client_errors:
+            if errors >= config.max_client_errors:
+                self.client_log.warning(address, "client %s closed after %d bad frames",
+                                        connection.remote_address, errors)
                 await connection.close(CloseCode.POLICY_VIOLATION, "too many bad messages")
                 return
+
+    def _subscribe_refusal(self, message: Subscribe) -> ErrorMessage | None:
+        """An error for a subscribe over the size limits (None: within them)."""
+        config = self.config
+        streams = message.streams
+        chars = sum(len(s) for s in streams)
+        if len(streams) <= config.max_subscribe_streams and chars <= config.max_subscribe_chars:
+            return None
+        return ErrorMessage(
+            code="subscribe_too_large",
+            message=f"subscribe of {len(streams)} entries ({chars} characters) refused: at most "
+            f"{config.max_subscribe_streams} entries and {config.max_subscribe_chars} characters"
+            " (--max-subscribe-streams, --max-subscribe-chars); the subscription is unchanged",
+        )

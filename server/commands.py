@@ -230,6 +230,43 @@ def _add_server_flags(parser: argparse.ArgumentParser) -> None:
     ingest.add_argument("--ingest-idle-timeout-s", type=float, default=d.ingest_idle_timeout_s,
                         help="close a sender that sends nothing for this long "
                         f"(default: {d.ingest_idle_timeout_s})")
+    limits = parser.add_argument_group(
+        "limits (each refusal is counted in stats.refused; see docs/protocol.md)")
+    limits.add_argument("--max-ws-clients", type=int, default=d.max_ws_clients,
+                        help="concurrent /ws clients; more are closed with 1013 "
+                        f"(default: {d.max_ws_clients})")
+    limits.add_argument("--max-ingest-calls", type=int, default=d.max_ingest_calls,
+                        help="concurrent pushed calls; more get too_many_calls and 1013 "
+                        f"(default: {d.max_ingest_calls})")
+    limits.add_argument("--max-connections-per-address", type=int,
+                        default=d.max_connections_per_address,
+                        help="open connections from one IP address (raise it behind a reverse "
+                        f"proxy); more are closed with 1008 (default: "
+                        f"{d.max_connections_per_address})")
+    limits.add_argument("--ingest-max-call-s", type=float, default=d.ingest_max_call_s,
+                        help="longest pushed call, seconds of audio; then call_too_long and "
+                        f"1008 (default: {d.ingest_max_call_s:g})")
+    limits.add_argument("--max-subscribe-streams", type=int, default=d.max_subscribe_streams,
+                        help="entries (names and prefixes) in one subscribe "
+                        f"(default: {d.max_subscribe_streams})")
+    limits.add_argument("--max-subscribe-chars", type=int, default=d.max_subscribe_chars,
+                        help="total characters of one subscribe's entries "
+                        f"(default: {d.max_subscribe_chars})")
+    limits.add_argument("--client-messages-per-s", type=float, default=d.client_messages_per_s,
+                        help="frames per second a /ws client may send on average; a flood "
+                        "past the burst is closed with 1008 "
+                        f"(default: {d.client_messages_per_s:g})")
+    limits.add_argument("--client-message-burst", type=int, default=d.client_message_burst,
+                        help="frames a /ws client may send at once above that rate "
+                        f"(default: {d.client_message_burst})")
+    limits.add_argument("--client-log-lines-per-min", type=float,
+                        default=d.client_log_lines_per_min,
+                        help="log lines one client address may cause per minute (burst 10); "
+                        "the rest are counted, not logged "
+                        f"(default: {d.client_log_lines_per_min:g})")
+    limits.add_argument("--store-retry-events", type=int, default=d.store_retry_events,
+                        help="events kept in memory while the store cannot write (disk full, "
+                        f"locked), oldest dropped past that (default: {d.store_retry_events})")
     alerts = parser.add_argument_group("alerts")
     alerts.add_argument("--alert", dest="alerts", action="append", default=[], type=_alert_rule,
                         metavar="RULE",
@@ -311,6 +348,16 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
         static_dir=args.static_dir,
         ingest_max_frame_bytes=args.ingest_max_frame_bytes,
         ingest_idle_timeout_s=args.ingest_idle_timeout_s,
+        max_ws_clients=args.max_ws_clients,
+        max_ingest_calls=args.max_ingest_calls,
+        max_connections_per_address=args.max_connections_per_address,
+        ingest_max_call_s=args.ingest_max_call_s,
+        max_subscribe_streams=args.max_subscribe_streams,
+        max_subscribe_chars=args.max_subscribe_chars,
+        client_messages_per_s=args.client_messages_per_s,
+        client_message_burst=args.client_message_burst,
+        client_log_lines_per_min=args.client_log_lines_per_min,
+        store_retry_events=args.store_retry_events,
         alerts=tuple(args.alerts),
         webhook_url=args.webhook_url,
         webhook_queue_size=args.webhook_queue_size,

@@ -32,6 +32,18 @@ class ServerConfig:
     - ``shutdown_timeout_s``: how long clients get to receive their queued frames at shutdown.
     - ``ingest_max_frame_bytes``: largest binary audio frame on ``/ingest`` (error + 1009).
     - ``ingest_idle_timeout_s``: an ``/ingest`` sender silent this long is closed (1008).
+    - Limits (each refusal counted in ``stats.refused``, see docs/protocol.md "Limits"):
+      ``max_ws_clients`` concurrent ``/ws`` clients (more: 1013); ``max_ingest_calls``
+      concurrent pushed calls (more: ``too_many_calls``, 1013); ``max_connections_per_address``
+      open connections (both endpoints) from one IP address (more: 1008; raise it behind a
+      reverse proxy, where every client has the proxy's address); ``ingest_max_call_s`` audio
+      seconds per pushed call (more: ``call_too_long``, 1008); ``max_subscribe_streams`` /
+      ``max_subscribe_chars`` entries / characters of one ``subscribe`` (more:
+      ``subscribe_too_large`` error); ``client_messages_per_s`` with a burst of
+      ``client_message_burst``: frames of any kind a ``/ws`` client may send (a flood: 1008);
+      ``client_log_lines_per_min``: log lines one client address may cause (the rest counted).
+    - ``store_retry_events``: events kept in memory while the store cannot write (then the
+      oldest are dropped, counted).
     - ``alerts``: alert rules (labels checked against the model's at start).
     - ``webhook_url``: POST every alert message here (None = no webhook); ``webhook_*``: its
       queue size (drop-oldest), attempts per alert and per-request timeout.
@@ -49,6 +61,16 @@ class ServerConfig:
     static_dir: Path = field(default=STATIC_DIR)
     ingest_max_frame_bytes: int = 128 * 1024
     ingest_idle_timeout_s: float = 10.0
+    max_ws_clients: int = 1000
+    max_ingest_calls: int = 100
+    max_connections_per_address: int = 256
+    ingest_max_call_s: float = 4 * 3600.0
+    max_subscribe_streams: int = 256
+    max_subscribe_chars: int = 16 * 1024
+    client_messages_per_s: float = 10.0
+    client_message_burst: int = 50
+    client_log_lines_per_min: float = 30.0
+    store_retry_events: int = 10_000
     alerts: tuple[AlertRule, ...] = ()
     webhook_url: str | None = None
     webhook_queue_size: int = 256
@@ -96,11 +118,32 @@ class ServerConfig:
             raise ServerError(
                 f"ingest_idle_timeout_s must be in (0, 3600] s, got {self.ingest_idle_timeout_s!r}"
             )
+        self._check_limits()
         if not all(isinstance(rule, AlertRule) for rule in self.alerts):
             raise ServerError(f"alerts must be AlertRule objects, got {self.alerts!r}")
         object.__setattr__(self, "alerts", tuple(self.alerts))
         if self.webhook_url is not None:
             self.webhook()  # validates the URL and the webhook settings
+
+    def _check_limits(self) -> None:
+        ranges: tuple[tuple[str, float, float], ...] = (
+            ("max_ws_clients", 1, 1_000_000),
+            ("max_ingest_calls", 1, 100_000),
+            ("max_connections_per_address", 1, 1_000_000),
+            ("ingest_max_call_s", 1, 7 * 24 * 3600),
+            ("max_subscribe_streams", 1, 100_000),
+            ("max_subscribe_chars", 16, 64 * 1024 * 1024),
+            ("client_messages_per_s", 0.01, 1_000_000),
+            ("client_message_burst", 1, 1_000_000),
+            ("client_log_lines_per_min", 0.1, 1_000_000),
+            ("store_retry_events", 0, 10_000_000),
+        )
+        for name, low, high in ranges:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                low <= value <= high
+            ):
+                raise ServerError(f"{name} must be {low:g}-{high:g}, got {value!r}")
 
     def webhook(self) -> WebhookConfig:
         """The webhook settings (ServerError when ``webhook_url`` is None or bad)."""

@@ -10,6 +10,14 @@ The hub also knows what a new client needs: the ``hello`` (session id, model, la
 hop, live streams) and the backlog; and it publishes periodic stats from a stats source
 (``Engine.stats``) with the fan-out's own counters added.
 
+Store failures never stop the hub: a failed write (disk full, I/O error, locked file) is
+counted (``store_errors``), the event is kept in a bounded retry buffer (``store_retry_events``;
+full: the oldest is dropped and counted in ``store_events_dropped``) and still sent to the
+clients; writes are retried at most every ``store_retry_s`` (on the next event or stats tick),
+in order, and resume by themselves once the store can write again. Meanwhile ``health()`` says
+``ok: false`` with the reason and the log says so at most once per ``store_log_interval_s``.
+While the store can write, every event is committed before any client gets it.
+
 With an :class:`~server.alerts.AlertMonitor` every engine event also goes through the alert
 rules; an ``alert`` message is published after the window that caused it (and before the
 ``stream_close`` that ends it) and its frame is handed to ``on_alert`` (the webhook's
@@ -19,9 +27,11 @@ non-blocking ``submit``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,6 +42,7 @@ from client.messages import (
     MessageError,
     SpeechEndMessage,
     SpeechStartMessage,
+    StatsMessage,
     StreamCloseMessage,
     StreamInfo,
     StreamOpenMessage,
@@ -45,7 +56,8 @@ from .alerts import AlertMonitor
 from .convert import event_message
 from .errors import ServerError
 from .fanout import Backlog, BacklogRole, FanOut, Frame
-from .store import TimelineStore
+from .limits import ServerCounters
+from .store import StoreRow, TimelineStore, store_row
 
 __all__ = ["EventHub", "ModelInfo", "new_session_id"]
 
@@ -109,6 +121,10 @@ class EventHub:
         stats_source: StatsSource | None = None,
         alerts: AlertMonitor | None = None,
         on_alert: AlertSink | None = None,
+        counters: ServerCounters | None = None,
+        store_retry_events: int = 10_000,
+        store_retry_s: float = 1.0,
+        store_log_interval_s: float = 30.0,
     ) -> None:
         self.info = info
         self.alerts = alerts
@@ -120,12 +136,22 @@ class EventHub:
         self.stats_source = stats_source
         self.started_at = time.time()
         self.events_published = 0
-        self.events_lost = 0  # arrived after close, or failed to encode/record
+        self.events_lost = 0  # arrived after close, or failed to convert/encode
+        #: refusals and suppressed log lines of the server and ingest (shared with them)
+        self.counters = counters if counters is not None else ServerCounters()
+        self.store_errors = 0  # failed store writes (each retry that fails counts)
+        self.store_events_dropped = 0  # events the store never got (retry buffer full)
+        self.store_error: str | None = None  # the last write failure while not recovered
+        self.store_retry_events = store_retry_events
+        self.store_retry_s = store_retry_s
+        self.store_log_interval_s = store_log_interval_s
+        self._pending: deque[StoreRow] = deque()
+        self._store_tried_at = 0.0
+        self._store_logged_at: float | None = None
         self._streams: dict[str, StreamInfo] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stats_task: asyncio.Task[None] | None = None
         self._closed = False
-        self._store_failed = False
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -195,6 +221,8 @@ class EventHub:
             logger.exception("cannot convert %s; skipped", type(event).__name__)
             self.events_lost += 1
             return
+        if isinstance(message, StatsMessage):
+            message = self._with_server_counters(message)
         if self.alerts is None:
             self.publish(message)
             return
@@ -234,6 +262,8 @@ class EventHub:
             return None
         self._record(message, text)
         stream = getattr(message, "stream", None)
+        if not isinstance(stream, str):
+            stream = None
         if isinstance(message, StreamOpenMessage):
             self._streams[message.stream] = StreamInfo(
                 message.stream, message.sample_rate_hz, dict(message.metadata)
@@ -247,34 +277,82 @@ class EventHub:
             role = "close"
         elif isinstance(message, _BACKLOG_TYPES):
             role = "event"
-        self.fanout.publish(Frame(text, stream), backlog=role)
+        self.fanout.publish(Frame(text, stream, text.encode()), backlog=role)
         self.events_published += 1
         if isinstance(message, WindowMessage):
             logger.debug("window %s#%d %s", message.stream, message.seq, message.smoothed_label)
         return text
 
+    def _with_server_counters(self, message: StatsMessage) -> StatsMessage:
+        return dataclasses.replace(
+            message,
+            refused=dict(self.counters.refused),
+            log_lines_suppressed=self.counters.log_lines_suppressed,
+            store_errors=self.store_errors,
+            store_events_dropped=self.store_events_dropped,
+        )
+
     def _record(self, message: Message, text: str) -> None:
-        if self.store is None:
+        """Commit one event, or keep it for retry while the store cannot write (see module doc)."""
+        store = self.store
+        if store is None:
             return
+        row = store_row(message, text)
+        if not self._pending:
+            try:
+                store.record_rows((row,))
+                return
+            except ServerError as exc:
+                self._store_failed(exc, time.monotonic())
+        self._keep(row)
+        self._retry()
+
+    def _keep(self, row: StoreRow) -> None:
+        if len(self._pending) >= self.store_retry_events:
+            self._pending.popleft()
+            self.store_events_dropped += 1
+        self._pending.append(row)
+
+    def _retry(self) -> None:
+        """Write the buffered events in order, at most every ``store_retry_s``."""
+        store = self.store
+        now = time.monotonic()
+        if store is None or not self._pending or now - self._store_tried_at < self.store_retry_s:
+            return
+        self._store_tried_at = now
+        rows = tuple(self._pending)
         try:
-            self.store.record(message, text)
-        except ServerError:
-            # keep monitoring live; say it loudly once, since the timeline now has a gap
-            self.events_lost += 1
-            if not self._store_failed:
-                self._store_failed = True
-                logger.exception("timeline store write failed; events are not being recorded")
+            store.record_rows(rows)
+        except ServerError as exc:
+            self._store_failed(exc, now)
+            return
+        self._pending.clear()
+        logger.warning("timeline store writes resumed: %d buffered event(s) written, %d dropped "
+                       "while it failed (%d failed write(s) so far)", len(rows),
+                       self.store_events_dropped, self.store_errors)
+        self.store_error = None
+        self._store_logged_at = None
+
+    def _store_failed(self, exc: ServerError, now: float) -> None:
+        self.store_errors += 1
+        self._store_tried_at = now
+        self.store_error = str(exc)
+        logged = self._store_logged_at
+        if logged is None or now - logged >= self.store_log_interval_s:
+            self._store_logged_at = now
+            logger.error("timeline store write failed: %s; live events still go to clients, "
+                         "%d kept for retry (at most %d), %d dropped, %d failed write(s)",
+                         exc, len(self._pending) + 1, self.store_retry_events,
+                         self.store_events_dropped, self.store_errors)
 
     async def _stats_loop(self) -> None:
         assert self.stats_source is not None
-        try:
-            while True:
-                await asyncio.sleep(self.stats_interval_s)
+        while True:
+            await asyncio.sleep(self.stats_interval_s)
+            try:
                 self.publish_stats(self.stats_source())
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            logger.exception("stats task failed; no more stats messages")
+            except Exception:  # one bad tick must not end the stats for the rest of the run
+                logger.exception("stats tick failed; trying again next interval")
 
     # -- client side --------------------------------------------------------------------------
 
@@ -297,9 +375,15 @@ class EventHub:
         )
 
     def health(self) -> dict[str, Any]:
-        """The ``GET /healthz`` body."""
+        """The ``GET /healthz`` body: ``ok`` is false while the store cannot write (``reason``).
+
+        The server shows only ``ok`` (and its version) to the public; the rest is for admins.
+        """
+        self._retry()  # a health check also tries a failed store again (rate-limited)
+        ok = self.store_error is None
         return {
-            "ok": True,
+            "ok": ok,
+            "reason": None if ok else f"timeline store: {self.store_error}",
             "session": self.session,
             "model": self.info.name,
             "streams": [s.stream for s in self._streams.values()],
@@ -308,6 +392,12 @@ class EventHub:
             "events": self.events_published,
             "alerts": 0 if self.alerts is None else self.alerts.alerts_started,
             "store": None if self.store is None else str(self.store.path),
+            "store_error": self.store_error,
+            "store_errors": self.store_errors,
+            "store_pending": len(self._pending),
+            "store_events_dropped": self.store_events_dropped,
+            "refused": dict(self.counters.refused),
+            "log_lines_suppressed": self.counters.log_lines_suppressed,
             "uptime_s": round(time.time() - self.started_at, 3),
         }
 

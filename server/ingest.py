@@ -11,11 +11,17 @@ The pure parts (:func:`check_start`, :func:`decode_audio`) validate and convert;
 ``code`` names the case) and a close code: 1008 for protocol order (audio before start, a
 second start, a duplicate live call id, an idle sender), 1003 for data the server will not
 take (bad start fields, unsupported format/rate/channels, frames that are not whole sample
-frames, non-finite floats), 1009 for a frame over ``ingest_max_frame_bytes``. Only that call
+frames, non-finite floats), 1009 for a frame over ``ingest_max_frame_bytes``; limits:
+``too_many_calls`` (1013, ``max_ingest_calls`` live already) and ``call_too_long`` (1008, more
+than ``ingest_max_call_s`` seconds of audio), each counted in ``stats.refused``. Only that call
 ends; whatever it produced is already in the store. Closes: 1000 after ``ingest_end``, 1001 at
 server shutdown. ``stream_close.reason``: ``end`` (ingest_end or a clean close),
-``disconnected`` (the connection dropped), ``idle_timeout``, ``error`` (rejected mid-call),
-``shutdown``.
+``disconnected`` (the connection dropped), ``idle_timeout``, ``max_length`` (the call reached
+``ingest_max_call_s``), ``error`` (rejected mid-call), ``shutdown``.
+
+Log lines a sender causes go through a :class:`~server.limits.ClientLog` (per address, the
+rest counted). Anyone allowed to push may take a call id that is not live yet; the real sender
+then gets ``duplicate_stream`` (see docs/protocol.md: give pushing senders their own token).
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from streamer.engine import Engine, StreamFeed
 from streamer.errors import StreamerError
 
 from .config import ServerConfig
+from .limits import ClientLog, ServerCounters, address_of
 
 __all__ = [
     "INGEST_PATH",
@@ -210,9 +217,16 @@ class IngestEndpoint:
         self.config = config
         self.calls_started = 0
         self.calls_rejected = 0
+        self.counters = ServerCounters()
+        self.log = ClientLog(logger, self.counters, per_minute=config.client_log_lines_per_min)
         self._live: set[str] = set()
         self._tasks: set[asyncio.Task[object]] = set()
         self._closing = False
+
+    def bind(self, counters: ServerCounters, log: ClientLog) -> None:
+        """Count refusals and limit log lines together with the server (called by it)."""
+        self.counters = counters
+        self.log = log
 
     @property
     def live_calls(self) -> tuple[str, ...]:
@@ -232,6 +246,7 @@ class IngestEndpoint:
         task = asyncio.current_task()
         assert task is not None
         peer = connection.remote_address
+        address = address_of(peer)
         if self._closing:
             await connection.close(CloseCode.GOING_AWAY, "server shutting down")
             return
@@ -247,8 +262,9 @@ class IngestEndpoint:
                 max_frame_bytes=self.config.ingest_max_frame_bytes,
                 idle_timeout_s=self.config.ingest_idle_timeout_s,
             )))
-            logger.info("ingest %s from %s: %s Hz, %s x %s -> %s", spec.call, peer,
-                        spec.sample_rate_hz, spec.channels, spec.format, ", ".join(spec.streams))
+            self.log.info(address, "ingest %s from %s: %s Hz, %s x %s -> %s", spec.call, peer,
+                          spec.sample_rate_hz, spec.channels, spec.format,
+                          ", ".join(spec.streams))
             reason = await self._receive(connection, spec, feeds)
             if reason == "end":
                 await self._close_feeds(feeds, reason)
@@ -256,9 +272,11 @@ class IngestEndpoint:
                 await connection.close(CloseCode.NORMAL_CLOSURE, "stream ended")
         except IngestRejected as exc:
             self.calls_rejected += 1
-            reason = "idle_timeout" if exc.code == "idle_timeout" else "error"
-            logger.warning("ingest %s from %s rejected: %s (%s)",
-                           spec.call if spec else "(not started)", peer, exc, exc.code)
+            reason = _CLOSE_REASONS.get(exc.code, "error")
+            if exc.code in _REFUSALS:
+                self.counters.refuse(_REFUSALS[exc.code])
+            self.log.warning(address, "ingest %s from %s rejected: %s (%s)",
+                             spec.call if spec else "(not started)", peer, exc, exc.code)
             try:
                 await connection.send(encode(ErrorMessage(code=exc.code, message=str(exc))))
                 await connection.close(exc.close, exc.code)
@@ -269,7 +287,7 @@ class IngestEndpoint:
                 CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY)
             reason = "end" if clean else "disconnected"
             if spec is not None:
-                logger.info("ingest %s: sender closed (%s)", spec.call, reason)
+                self.log.info(address, "ingest %s: sender closed (%s)", spec.call, reason)
         except asyncio.CancelledError:
             reason = "shutdown"
             await self._close_feeds(feeds, reason)
@@ -322,6 +340,12 @@ class IngestEndpoint:
                 "duplicate_stream", f"stream {spec.call!r} is already live; use another id",
                 CloseCode.POLICY_VIOLATION,
             )
+        limit = self.config.max_ingest_calls
+        if len(self._live) >= limit:
+            raise IngestRejected(
+                "too_many_calls", f"{len(self._live)} calls are live, the most this server "
+                f"takes (--max-ingest-calls {limit}); try again later", CloseCode.TRY_AGAIN_LATER,
+            )
         return spec
 
     def _open(self, spec: IngestSpec) -> list[StreamFeed]:
@@ -347,6 +371,8 @@ class IngestEndpoint:
         """Feed frames until ingest_end ("end"); raises for anything else."""
         blocking = not self.engine.config.realtime
         limit = self.config.ingest_max_frame_bytes
+        max_frames = int(self.config.ingest_max_call_s * spec.sample_rate_hz)
+        received = 0
         while True:
             frame = await self._recv(connection)
             if isinstance(frame, str):
@@ -371,6 +397,13 @@ class IngestEndpoint:
             audio = decode_audio(spec, frame)
             if audio.shape[0] == 0:
                 continue
+            received += audio.shape[0]
+            if received > max_frames:
+                raise IngestRejected(
+                    "call_too_long", f"the call passed {self.config.ingest_max_call_s:g} s of "
+                    "audio (--ingest-max-call-s); start a new call to go on",
+                    CloseCode.POLICY_VIOLATION,
+                )
             channels = [np.ascontiguousarray(audio[:, i]) for i in range(spec.channels)]
             try:
                 if blocking:
@@ -388,6 +421,12 @@ class IngestEndpoint:
                 feed.close(reason=reason)
             else:  # the flush may wait for the inference queue: not on the loop
                 await asyncio.to_thread(feed.close, reason)
+
+
+#: rejection code -> stream_close reason (others: "error")
+_CLOSE_REASONS = {"idle_timeout": "idle_timeout", "call_too_long": "max_length"}
+#: rejection code -> the stats.refused counter it counts in
+_REFUSALS = {"too_many_calls": "ingest_calls", "call_too_long": "call_length"}
 
 
 def _feed_all(feeds: list[StreamFeed], channels: list[NDArray[np.float32]]) -> None:

@@ -152,6 +152,7 @@ class Monitor:
             info, fanout=fanout, store=self.store, session=self.session,
             stats_interval_s=config.stats_interval_s, stats_source=self._stats,
             alerts=alerts, on_alert=None if self.webhook is None else self.webhook.submit,
+            store_retry_events=config.store_retry_events,
         )
         await hub.start()
         self.engine = Engine(self.model, engine_config, hub.sink)

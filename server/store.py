@@ -13,6 +13,13 @@ whatever a client has received is in the store even if the process is killed (SI
 later; a committed WAL transaction survives a process crash (only an OS crash or power loss can
 take the last ones back).
 
+Every SQLite error while writing (disk full, I/O error, a file locked by another process, a
+read-only file) becomes a :class:`~server.errors.ServerError` naming the file and SQLite's
+reason; nothing is half-written (each call is one transaction). A lock held elsewhere is waited
+for at most ``busy_timeout_s`` (the caller is the event loop). ``max_bytes`` caps the file's
+size (SQLite's ``max_page_count``): past it a write fails like on a full disk, and
+:meth:`TimelineStore.set_max_bytes` lifts it again.
+
 A :class:`TimelineStore` belongs to the thread that opened it (the server's event loop).
 :func:`export_timeline` reads a store, read-only, into a CSV or JSONL timeline (see
 :mod:`client.timeline`); it works while a server is still writing to the file.
@@ -23,7 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -39,10 +46,12 @@ __all__ = [
     "DEFAULT_STORE_PATH",
     "SCHEMA_VERSION",
     "SessionInfo",
+    "StoreRow",
     "TimelineStore",
     "export_timeline",
     "read_events",
     "read_sessions",
+    "store_row",
 ]
 
 logger = logging.getLogger(__name__)
@@ -85,6 +94,24 @@ class SessionInfo:
     sample_rate_hz: int
 
 
+#: one event as the store writes it: type, stream, seq, wall_time, frame
+StoreRow = tuple[str, str | None, int | None, float | None, str]
+
+
+def store_row(message: Message, frame: str) -> StoreRow:
+    """The row of one event (``frame`` is its exact wire text)."""
+    stream = getattr(message, "stream", None)
+    seq = getattr(message, "seq", None)
+    wall_time = getattr(message, "wall_time", None)
+    return (
+        message.TYPE,
+        stream if isinstance(stream, str) else None,
+        seq if isinstance(seq, int) else None,
+        float(wall_time) if isinstance(wall_time, (int, float)) else None,
+        frame,
+    )
+
+
 def _db_error(path: Path, exc: sqlite3.Error) -> ServerError:
     return ServerError(f"{path}: timeline store error ({exc})")
 
@@ -101,8 +128,12 @@ class TimelineStore:
     ``close()`` is idempotent; recording after close is refused.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(
+        self, path: str | Path, *, busy_timeout_s: float = 0.1, max_bytes: int | None = None
+    ) -> None:
         self.path = Path(path)
+        self.busy_timeout_s = busy_timeout_s
+        self.max_bytes = max_bytes
         self.session: str | None = None
         self.events_recorded = 0
         self._db: sqlite3.Connection | None = None
@@ -117,7 +148,7 @@ class TimelineStore:
         if not self.path.parent.is_dir():
             raise ServerError(f"{self.path}: folder {self.path.parent} does not exist")
         try:
-            db = sqlite3.connect(str(self.path), isolation_level=None)
+            db = sqlite3.connect(str(self.path), isolation_level=None)  # 5 s lock wait at start
         except sqlite3.Error as exc:
             raise _db_error(self.path, exc) from exc
         try:
@@ -133,6 +164,8 @@ class TimelineStore:
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            # while serving, a lock held elsewhere must not stall the event loop for long
+            db.execute(f"PRAGMA busy_timeout={max(0, int(self.busy_timeout_s * 1000))}")
         except sqlite3.Error as exc:
             db.close()
             raise _db_error(self.path, exc) from exc
@@ -140,8 +173,21 @@ class TimelineStore:
             db.close()
             raise
         self._db = db
+        if self.max_bytes is not None:
+            self.set_max_bytes(self.max_bytes)
         logger.info("timeline store %s open", self.path)
         return self
+
+    def set_max_bytes(self, max_bytes: int | None) -> None:
+        """Cap the file's size (None: SQLite's own maximum); writes past it fail as if full."""
+        db = self._conn()
+        try:
+            page = int(db.execute("PRAGMA page_size").fetchone()[0])
+            pages = 2**32 - 2 if max_bytes is None else max(1, max_bytes // page)
+            db.execute(f"PRAGMA max_page_count={pages}")
+        except sqlite3.Error as exc:
+            raise _db_error(self.path, exc) from exc
+        self.max_bytes = max_bytes
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
@@ -151,36 +197,48 @@ class TimelineStore:
     def start_session(self, hello: Hello, *, started_at: float) -> None:
         """Register this server run (its session id, model and labels)."""
         db = self._conn()
-        with db:
-            db.execute(
-                "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    hello.session,
-                    started_at,
-                    hello.model,
-                    json.dumps(list(hello.labels)),
-                    hello.window_s,
-                    hello.hop_s,
-                    hello.sample_rate_hz,
-                ),
-            )
+        try:
+            with db:
+                db.execute(
+                    "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        hello.session,
+                        started_at,
+                        hello.model,
+                        json.dumps(list(hello.labels)),
+                        hello.window_s,
+                        hello.hop_s,
+                        hello.sample_rate_hz,
+                    ),
+                )
+        except sqlite3.Error as exc:
+            raise _db_error(self.path, exc) from exc
         self.session = hello.session
 
     def record(self, message: Message, frame: str) -> None:
         """Append one event (its wire frame) and commit before returning."""
+        self.record_rows((store_row(message, frame),))
+
+    def record_rows(self, rows: Iterable[StoreRow]) -> None:
+        """Append events in order, all in one transaction, committed before returning.
+
+        Any SQLite error is a ServerError with SQLite's reason; then none of them is written.
+        """
         if self.session is None:
             raise ServerError("start_session() must come before record()")
         db = self._conn()
-        stream = getattr(message, "stream", None)
-        seq = getattr(message, "seq", None)
-        wall_time = getattr(message, "wall_time", None)
-        with db:  # one transaction, committed on exit
-            db.execute(
-                "INSERT INTO events (session, type, stream, seq, wall_time, frame) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (self.session, message.TYPE, stream, seq, wall_time, frame),
-            )
-        self.events_recorded += 1
+        session = self.session
+        values = [(session, *row) for row in rows]
+        try:
+            with db:  # one transaction, committed on exit (rolled back on an error)
+                db.executemany(
+                    "INSERT INTO events (session, type, stream, seq, wall_time, frame) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    values,
+                )
+        except sqlite3.Error as exc:
+            raise _db_error(self.path, exc) from exc
+        self.events_recorded += len(values)
 
     def close(self) -> None:
         """Checkpoint and close the file. Idempotent."""
