@@ -133,10 +133,11 @@ def build_calls(found: dict[str, dict[str, list[Path]]], *, calls: int, clips: i
     return out
 
 
-def run_call(model: Any, smoothing: Any, audio: np.ndarray) -> tuple[list[Any], int]:
-    """The call through a real engine: its WindowLabels and its number of speech segments."""
+def run_call(model: Any, smoothing: Any, audio: np.ndarray
+             ) -> tuple[list[Any], list[tuple[float, float]]]:
+    """The call through a real engine: its WindowLabels and its speech segments (start, end)."""
     from streamer.engine import Engine, EngineConfig
-    from streamer.events import Event, SpeechStart, StreamClosed, WindowLabel
+    from streamer.events import Event, SpeechEnd, StreamClosed, WindowLabel
 
     events: list[Event] = []
     done = threading.Event()
@@ -155,7 +156,21 @@ def run_call(model: Any, smoothing: Any, audio: np.ndarray) -> tuple[list[Any], 
         if not done.wait(600):
             raise RuntimeError("the engine did not close the stream")
     windows = [e for e in events if isinstance(e, WindowLabel)]
-    return windows, sum(isinstance(e, SpeechStart) for e in events)
+    return windows, [(e.start_s, e.end_s) for e in events if isinstance(e, SpeechEnd)]
+
+
+def _clip_of(call: Call, start_s: float, end_s: float) -> int:
+    overlaps = [max(0.0, min(end_s, b) - max(start_s, a)) for a, b, _ in call.clips]
+    return int(np.argmax(overlaps)) if max(overlaps) > 0.0 else -1
+
+
+def vad_gaps(call: Call, segments: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
+    """Silences between consecutive VAD segments: (between two clips, inside one clip)."""
+    between, inside = [], []
+    for (a0, e0), (s1, e1) in zip(segments, segments[1:], strict=False):
+        same = _clip_of(call, a0, e0) == _clip_of(call, s1, e1)
+        (inside if same else between).append(max(0.0, s1 - e0))
+    return between, inside
 
 
 def score(call: Call, windows: list[Any], segments: int) -> Score:
@@ -245,12 +260,18 @@ def main() -> int:
           f"{f', through the phone line ({args.phone})' if args.phone else ', 16 kHz'}; "
           f"corpora: {', '.join(sorted(found))}")
     results = Results()
+    between: list[float] = []
+    inside: list[float] = []
     for name, fields in SETTINGS.items():
         smoothing = SmoothingConfig(**fields)  # type: ignore[arg-type]
         total = results.by_setting.setdefault(name, Score())
         for call in calls:
             windows, segments = run_call(model, smoothing, call.audio)
-            s = score(call, windows, segments)
+            if name == next(iter(SETTINGS)):  # the VAD does not depend on the smoothing
+                b, i = vad_gaps(call, segments)
+                between += b
+                inside += i
+            s = score(call, windows, len(segments))
             total.add(s)
             results.by_corpus.setdefault(call.corpus, {}).setdefault(name, Score()).add(s)
     default = SmoothingConfig()
@@ -260,6 +281,11 @@ def main() -> int:
     print("\nall calls\n" + HEADER)
     for name, s in results.by_setting.items():
         print(line(name, s))
+    reset = default.gap_reset_s if default.gap_reset_s is not None else float("inf")
+    pct = " / ".join(f"{x:.2f}" for x in np.percentile(between or [0.0], [5, 25, 50]))
+    print(f"\nVAD gaps (silence between segments) between clips: {len(between)}, "
+          f"percentiles 5/25/50 {pct} s, {sum(g >= reset for g in between)} >= gap_reset_s; "
+          f"inside one clip: {len(inside)}, {sum(g >= reset for g in inside)} >= gap_reset_s")
     print("\nper corpus: raw acc / smoothed acc / first-after-change smoothed")
     for corpus, by in sorted(results.by_corpus.items()):
         cells = "  ".join(
@@ -271,6 +297,7 @@ def main() -> int:
         args.json.write_text(json.dumps({
             "command": sys.argv, "model": model.name, "phone": args.phone,
             "settings": {n: {**SETTINGS[n], **s.row()} for n, s in results.by_setting.items()},
+            "vad_gaps_s": {"between_clips": between, "inside_clips": inside},
             "by_corpus": {c: {n: s.row() for n, s in by.items()}
                           for c, by in results.by_corpus.items()},
         }, indent=2) + "\n")
