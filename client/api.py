@@ -19,6 +19,11 @@ Frames that are not valid messages are logged and skipped; the connection is kep
 ``streams`` is given the client sends :class:`Subscribe` after each connect and also filters
 locally, because a server may send its backlog before it reads the subscription.
 
+``token`` is sent as ``Authorization: Bearer`` in each handshake (see :mod:`client.auth`);
+``wss://`` URLs verify the server against the system CAs or ``ca_file``. A server that refuses
+the credential (401, 403) or the host name (421), or a certificate that does not verify, is a
+ClientError at once, also with ``reconnect=True``: retrying would not help.
+
 Imports only the wire schema and websockets.
 """
 
@@ -28,14 +33,17 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from urllib.parse import urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
+from .auth import QuietHandshakeLogger, auth_headers, ssl_context
 from .errors import ClientError
 from .messages import (
     ErrorMessage,
@@ -56,6 +64,7 @@ __all__ = [
     "backoff_delays",
     "events",
     "normalize_url",
+    "open_connection",
 ]
 
 logger = logging.getLogger(__name__)
@@ -138,6 +147,8 @@ class EventClient:
         backoff_max_s: float = 10.0,
         open_timeout_s: float = 10.0,
         max_frame_bytes: int = 1 << 20,
+        token: str | None = None,
+        ca_file: str | Path | None = None,
     ) -> None:
         if backoff_initial_s <= 0 or backoff_max_s < backoff_initial_s:
             raise ClientError(
@@ -153,6 +164,8 @@ class EventClient:
         self.backoff_max_s = backoff_max_s
         self.open_timeout_s = open_timeout_s
         self.max_frame_bytes = max_frame_bytes
+        self._headers = auth_headers(token)
+        self._ssl = ssl_context(self.url, ca_file)
         #: the latest Hello received (None before the first connection)
         self.hello: Hello | None = None
         #: successful connections so far (1 after the first, 2 after the first reconnect, ...)
@@ -187,16 +200,10 @@ class EventClient:
             await connection.close()
 
     async def _open(self) -> ClientConnection:
-        try:
-            connection = await connect(
-                self.url,
-                open_timeout=self.open_timeout_s,
-                max_size=self.max_frame_bytes,
-                proxy=None,
-            )
-        except InvalidURI as exc:
-            raise ClientError(f"bad URL {self.url!r}: {exc}") from exc
-        return connection
+        return await open_connection(
+            self.url, headers=self._headers, tls=self._ssl, open_timeout_s=self.open_timeout_s,
+            max_frame_bytes=self.max_frame_bytes,
+        )
 
     def _wanted(self, message: Message) -> bool:
         stream = getattr(message, "stream", None)
@@ -278,6 +285,51 @@ class EventClient:
                 return
 
 
+#: handshake statuses that retrying cannot fix
+_FATAL_STATUSES = {401: "the server wants a valid token (--token-file or the environment)",
+                   403: "the server refused this credential or origin",
+                   421: "the server does not answer for this host name"}
+
+
+async def open_connection(
+    url: str,
+    *,
+    headers: list[tuple[str, str]],
+    tls: ssl.SSLContext | None,
+    open_timeout_s: float,
+    max_frame_bytes: int,
+) -> ClientConnection:
+    """Connect to a server's WebSocket endpoint (``/ws`` or ``/ingest``) with our settings.
+
+    ClientError for what retrying cannot fix (a bad URL, 401/403/421, a certificate that does
+    not verify); OSError, TimeoutError or InvalidHandshake for what it might.
+    """
+    try:
+        return await connect(
+            url,
+            open_timeout=open_timeout_s,
+            max_size=max_frame_bytes,
+            proxy=None,
+            additional_headers=headers or None,
+            ssl=tls,
+            logger=QuietHandshakeLogger(logging.getLogger("websockets.client")),
+        )
+    except InvalidURI as exc:
+        raise ClientError(f"bad URL {url!r}: {exc}") from exc
+    except InvalidStatus as exc:
+        status = exc.response.status_code
+        if status in _FATAL_STATUSES:
+            raise ClientError(
+                f"{url}: HTTP {status}: {_FATAL_STATUSES[status]}"
+            ) from exc
+        raise
+    except ssl.SSLCertVerificationError as exc:
+        raise ClientError(
+            f"{url}: the server's certificate does not verify ({exc.verify_message}); "
+            "give its CA with --ca-file"
+        ) from exc
+
+
 def _close_reason(connection: ClientConnection, exc: ConnectionClosed | None = None) -> str:
     rcvd = exc.rcvd if exc is not None else connection.protocol.close_rcvd
     if rcvd is None:
@@ -292,6 +344,8 @@ async def events(
     reconnect: bool = True,
     backoff_initial_s: float = 0.5,
     backoff_max_s: float = 10.0,
+    token: str | None = None,
+    ca_file: str | Path | None = None,
 ) -> AsyncIterator[Event]:
     """One-shot helper: ``async for event in events(url): ...`` with an owned EventClient."""
     async with EventClient(
@@ -300,6 +354,8 @@ async def events(
         reconnect=reconnect,
         backoff_initial_s=backoff_initial_s,
         backoff_max_s=backoff_max_s,
+        token=token,
+        ca_file=ca_file,
     ) as client:
         async for event in client.events():
             yield event

@@ -61,6 +61,23 @@ def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="longest reconnect delay in seconds (default 10)",
     )
+    _add_credential_arguments(parser, "view", "EMOTION_MONITOR_VIEW_TOKEN")
+
+
+def _add_credential_arguments(parser: argparse.ArgumentParser, role: str, env: str) -> None:
+    parser.add_argument(
+        "--token-file",
+        default=None,
+        metavar="FILE",
+        help=f"file holding the {role} token (alone, or ROLE:TOKEN lines); default: the "
+        f"{env} environment variable, else no token. Never on the command line (ps shows it)",
+    )
+    parser.add_argument(
+        "--ca-file",
+        default=None,
+        metavar="PEM",
+        help="trust only these CA certificates for a wss:// URL (default: the system's CAs)",
+    )
 
 
 def register(subparsers: Any) -> None:
@@ -116,6 +133,7 @@ def register(subparsers: Any) -> None:
                       help="audio per binary frame in ms (default 20)")
     push.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
                       help="metadata for the server's stream_open (repeatable)")
+    _add_credential_arguments(push, "ingest", "EMOTION_MONITOR_INGEST_TOKEN")
     push.set_defaults(handler=_push)
 
 
@@ -157,6 +175,7 @@ async def _until_signal(coro: Coroutine[Any, Any, None]) -> None:
 
 def _client(args: argparse.Namespace) -> Any:
     from .api import EventClient
+    from .auth import read_token
 
     return EventClient(
         args.url,
@@ -164,6 +183,8 @@ def _client(args: argparse.Namespace) -> Any:
         reconnect=args.reconnect,
         backoff_initial_s=args.backoff_initial_s,
         backoff_max_s=args.backoff_max_s,
+        token=read_token(args.token_file, roles=("view", "admin"), environ=os.environ),
+        ca_file=args.ca_file,
     )
 
 
@@ -235,6 +256,7 @@ def _log(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
+    from .auth import read_token
     from .errors import ClientError
     from .push import PushConfig, push
 
@@ -252,6 +274,8 @@ def _push(args: argparse.Namespace) -> int:
         format=args.fmt,
         frame_ms=args.frame_ms,
         metadata=metadata,
+        token=read_token(args.token_file, roles=("ingest",), environ=os.environ),
+        ca_file=args.ca_file,
     )
     result = asyncio.run(push(args.file, config))
     print(f"pushed {result.seconds:.1f} s of {args.file} as {', '.join(result.streams)} "

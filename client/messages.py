@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 __all__ = [
     "ALERT_STATES",
+    "WIDEBAND_MODEL_ON_NARROWBAND_AUDIO",
     "INGEST_FORMATS",
     "PROTOCOL_VERSION",
     "AlertMessage",
@@ -46,6 +47,9 @@ PROTOCOL_VERSION = 1
 INGEST_FORMATS = ("s16le", "f32le")
 #: ``AlertMessage.state`` values
 ALERT_STATES = ("start", "end")
+#: a ``stream_open`` warning: the stream's input rate is below 16 kHz (e.g. an 8 kHz call) and
+#: the model is not marked fit for narrowband audio (the same code as ``streamer.events``)
+WIDEBAND_MODEL_ON_NARROWBAND_AUDIO = "wideband_model_on_narrowband_audio"
 
 
 class MessageError(ValueError):
@@ -68,6 +72,7 @@ class StreamInfo:
     stream: str
     sample_rate_hz: int
     metadata: Mapping[str, str] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()  # as in its stream_open
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +87,8 @@ class Hello:
     hop_s: float
     sample_rate_hz: int
     streams: tuple[StreamInfo, ...] = ()
+    # the model is marked fit for narrowband (8 kHz phone) input; false: 16 kHz audio only
+    model_narrowband: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +100,8 @@ class StreamOpenMessage:
     sample_rate_hz: int
     wall_time: float
     metadata: Mapping[str, str] = field(default_factory=dict)
+    # codes, e.g. WIDEBAND_MODEL_ON_NARROWBAND_AUDIO: input below 16 kHz, model not narrowband
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,10 +340,35 @@ def encode(message: Message) -> str:
     return json.dumps(body, separators=(",", ":"), allow_nan=False)
 
 
+def _shown(value: Any) -> str:
+    """A short repr for error messages (a huge int has none: int max str digits)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return f"<a {type(value).__name__} too long to show>"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _check(name: str, value: Any, expected: type | tuple[type, ...]) -> None:
     if isinstance(value, bool) or not isinstance(value, expected):
         want = expected if isinstance(expected, type) else expected[0]
-        raise MessageError(f"field {name!r} must be {want.__name__}, got {value!r}")
+        raise MessageError(f"field {name!r} must be {want.__name__}, got {_shown(value)}")
+
+
+def _finite(name: str, value: int | float) -> float:
+    """A JSON number as a finite float (an int too big for a float, or 1e999, is refused)."""
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise MessageError(f"field {name!r} must be a finite number, got {_shown(value)}")
+    return number
+
+
+def _no_constants(name: str) -> Any:
+    # json.loads calls this for NaN, Infinity and -Infinity, which are not JSON
+    raise MessageError(f"not valid JSON: {name} is not a JSON number", "bad_json")
 
 
 def _field_value(cls: type[Any], name: str, raw: Any) -> Any:
@@ -347,7 +381,7 @@ def _field_value(cls: type[Any], name: str, raw: Any) -> Any:
         return raw
     if annotation == "float":
         _check(name, raw, (int, float))
-        return float(raw)
+        return _finite(name, raw)
     if annotation == "tuple[str, ...]":
         _check(name, raw, list)
         for item in raw:
@@ -367,12 +401,16 @@ def _field_value(cls: type[Any], name: str, raw: Any) -> Any:
         _check(name, raw, dict)
         for value in raw.values():
             _check(name + "{}", value, (int, float))
-        return {k: float(v) for k, v in raw.items()}
+        return {k: _finite(name + "{}", v) for k, v in raw.items()}
     if annotation == "tuple[StreamInfo, ...]":
         _check(name, raw, list)
         for item in raw:
             _check(name + "[]", item, dict)
         return tuple(_build(StreamInfo, item) for item in raw)
+    if annotation == "bool":
+        if not isinstance(raw, bool):
+            raise MessageError(f"field {name!r} must be true or false, got {raw!r}")
+        return raw
     raise AssertionError(f"no decoder for {cls.__name__}.{name}: {annotation}")
 
 
@@ -391,27 +429,32 @@ def decode(frame: str | bytes) -> Message:
     if isinstance(frame, bytes):
         raise MessageError("expected a JSON text frame, got a binary frame", "binary_frame")
     try:
-        body = json.loads(frame)
+        body = json.loads(frame, parse_constant=_no_constants)
     except json.JSONDecodeError as exc:
         raise MessageError(
             f"not valid JSON: {exc.msg} at position {exc.pos}", "bad_json"
         ) from exc
     except RecursionError as exc:  # e.g. "[[[[...": the parser gives up before the end
         raise MessageError("not valid JSON: nested too deeply", "bad_json") from exc
+    except MessageError:  # NaN, Infinity
+        raise
+    except ValueError as exc:  # an integer over sys.get_int_max_str_digits() digits
+        raise MessageError(f"not valid JSON: {exc}", "bad_json") from exc
     if not isinstance(body, dict):
         raise MessageError("a message must be a JSON object")
     kind = body.get("type")
     if not isinstance(kind, str):
         raise MessageError("a message needs a string 'type'")
     version = body.get("v")
-    if version != PROTOCOL_VERSION:
+    if type(version) is not int or version != PROTOCOL_VERSION:  # true == 1 == 1.0 in Python
         raise MessageError(
-            f"unsupported protocol version {version!r}; this side speaks {PROTOCOL_VERSION}",
+            f"unsupported protocol version {_shown(version)}; this side speaks {PROTOCOL_VERSION}",
             "bad_version",
         )
     cls = _TYPES.get(kind)
     if cls is None:
         raise MessageError(
-            f"unknown message type {kind!r}; known: {', '.join(sorted(_TYPES))}", "unknown_type"
+            f"unknown message type {_shown(kind)}; known: {', '.join(sorted(_TYPES))}",
+            "unknown_type",
         )
     return _build(cls, body)

@@ -13,7 +13,9 @@ the pace never drifts), or with ``fast=True`` as fast as the server reads them (
 write buffer gives the backpressure).
 
 The server's ``error`` frame (any time) or a close other than 1000 becomes a ClientError that
-names the server's code and message. Imports the wire schema, websockets, numpy and soundfile.
+names the server's code and message. ``token`` (an ingest token) goes in the handshake's
+``Authorization: Bearer`` header; ``wss://`` URLs verify the server against ``ca_file`` or the
+system CAs (see :mod:`client.auth`). Imports the wire schema, websockets, numpy and soundfile.
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import soundfile as sf
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
+from .api import open_connection
+from .auth import auth_headers, ssl_context
 from .errors import ClientError
 from .messages import (
     INGEST_FORMATS,
@@ -78,9 +82,13 @@ class PushConfig:
     frame_ms: int = 20
     metadata: Mapping[str, str] = field(default_factory=dict)
     open_timeout_s: float = 10.0
+    token: str | None = field(default=None, repr=False)
+    ca_file: str | Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "url", ingest_url(self.url))
+        auth_headers(self.token)  # checks it
+        ssl_context(self.url, self.ca_file)  # checks the CA file against the URL
         object.__setattr__(self, "roles", tuple(self.roles))
         object.__setattr__(self, "metadata", dict(self.metadata))
         if not isinstance(self.stream, str) or not self.stream:
@@ -161,11 +169,14 @@ async def push_file(
     frame_ms: int = 20,
     metadata: Mapping[str, str] | None = None,
     open_timeout_s: float = 10.0,
+    token: str | None = None,
+    ca_file: str | Path | None = None,
 ) -> PushResult:
     """Send ``path`` to ``url`` as stream ``stream`` (keyword form of :func:`push`)."""
     return await push(path, PushConfig(
         stream=stream, url=url, roles=tuple(roles), fast=fast, format=fmt, frame_ms=frame_ms,
-        metadata=dict(metadata or {}), open_timeout_s=open_timeout_s,
+        metadata=dict(metadata or {}), open_timeout_s=open_timeout_s, token=token,
+        ca_file=ca_file,
     ))
 
 
@@ -187,9 +198,12 @@ async def push(path: str | Path, config: PushConfig) -> PushResult:
         blocks = audio.blocks(blocksize=per_frame, dtype=_DTYPES[config.format][0],
                               always_2d=True)
         try:
-            connection = await connect(config.url, open_timeout=config.open_timeout_s,
-                                       proxy=None, max_size=1 << 20)
-        except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
+            connection = await open_connection(
+                config.url, headers=auth_headers(config.token),
+                tls=ssl_context(config.url, config.ca_file),
+                open_timeout_s=config.open_timeout_s, max_frame_bytes=1 << 20,
+            )
+        except (OSError, InvalidHandshake, TimeoutError) as exc:
             raise ClientError(f"cannot connect to {config.url}: {exc}") from exc
         async with connection:
             return await _push(

@@ -21,9 +21,12 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import errno
+import importlib.metadata
 import json
 import logging
 import re
+import time
+from collections.abc import Generator
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -31,12 +34,31 @@ from urllib.parse import unquote, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import (
+    ConnectionClosed,
+    HeaderLineTooLong,
+    InvalidMessage,
+    RequestLineTooLong,
+    TooManyHeaders,
+)
 from websockets.frames import CloseCode
-from websockets.http11 import Request, Response
+from websockets.http11 import Request, Response, parse_headers, parse_line
+from websockets.protocol import Protocol
+from websockets.server import ServerProtocol
 
 from client.messages import ErrorMessage, MessageError, Subscribe, decode, encode
 
+from .auth import (
+    OriginPolicy,
+    SessionStore,
+    bearer_token,
+    cookie_value,
+    expired_cookie,
+    grants,
+    is_loopback,
+    login_token,
+    session_cookie,
+)
 from .config import ServerConfig
 from .errors import ServerError
 from .fanout import ClientQueue, QueueClosed
@@ -44,7 +66,7 @@ from .hub import EventHub
 from .ingest import INGEST_PATH, IngestEndpoint
 from .limits import AddressSlots, ClientLog, TokenBucket, address_of
 
-__all__ = ["CONTENT_TYPES", "EventServer", "format_host"]
+__all__ = ["CONTENT_TYPES", "MAX_BODY_BYTES", "REFUSALS", "EventServer", "format_host"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,11 +89,129 @@ WS_PATH = "/ws"
 _PING_TIMEOUT_S = 60.0
 #: how long a new client's backlog waits for the client's first frame (see ``_write``)
 _BACKLOG_GRACE_S = 1.0
+LOGIN_PATH = "/login"
+LOGOUT_PATH = "/logout"
+#: the largest request body read (a login form); a longer one is answered 413
+MAX_BODY_BYTES = 4096
+#: refusal counters in the admin /healthz ``refused`` object
+REFUSALS = ("auth", "origin", "host", "method", "body", "login")
+_HTTP_METHODS = {LOGIN_PATH: "GET, POST", LOGOUT_PATH: "POST"}
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("emotion-monitor")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class _BodyReadingConnection(ServerConnection):
+    """A websockets ServerConnection whose request parser also takes small request bodies.
+
+    websockets' own parser gives no answer at all to a request with a body (it half-closes
+    the connection) and refuses ``Transfer-Encoding``. This parser (the same request line and
+    header parsing, from ``websockets.http11``) reads a ``Content-Length`` body of up to
+    MAX_BODY_BYTES into ``body`` (the login form), and marks a longer or chunked one in
+    ``body_error`` without reading it, so that ``process_request`` can answer 413 or 400.
+    Everything else (414 for a long request line, 431 for big headers, silence for garbage,
+    then WebSocket frames) is as websockets does it.
+    """
+
+    def __init__(self, protocol: ServerProtocol, *args: Any, **kwargs: Any) -> None:
+        super().__init__(protocol, *args, **kwargs)
+        self.body = b""
+        self.body_error: HTTPStatus | None = None
+        # Nothing has been received yet (the transport is not even connected): swap parsers.
+        protocol.parser = self._parse(protocol)
+        next(protocol.parser)
+
+    def _parse(self, protocol: ServerProtocol) -> Generator[None, None, None]:
+        reader = protocol.reader
+        try:
+            line = yield from parse_line(reader.read_line, RequestLineTooLong)
+            method, path, version = line.split(b" ", 2)
+            if version not in (b"HTTP/1.1", b"HTTP/1.0"):
+                raise ValueError("unsupported HTTP version")
+            headers = yield from parse_headers(reader.read_line)
+            request = Request(path.decode("ascii"), headers, method.decode("ascii"),
+                              version.decode("ascii"))
+            lengths = set(headers.get_all("Content-Length"))
+            if "Transfer-Encoding" in headers or len(lengths) > 1 or not all(
+                n.isdigit() for n in lengths
+            ):
+                self.body_error = HTTPStatus.BAD_REQUEST
+            elif lengths and int(lengths.pop()) > MAX_BODY_BYTES:
+                self.body_error = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+            elif (length := int(headers.get("Content-Length", "0"))) > 0:
+                self.body = bytes((yield from reader.read_exact(length)))
+        except RequestLineTooLong as exc:
+            protocol.handshake_exc = exc
+            protocol.send_response(protocol.reject(
+                HTTPStatus.REQUEST_URI_TOO_LONG, f"Failed to open a WebSocket connection: {exc}.\n"
+            ))
+            yield
+            return
+        except (HeaderLineTooLong, TooManyHeaders) as exc:
+            protocol.handshake_exc = exc
+            protocol.send_response(protocol.reject(
+                HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                f"Failed to open a WebSocket connection: {exc}.\n",
+            ))
+            yield
+            return
+        except Exception as exc:  # EOF, not HTTP, not ASCII: no answer, as websockets does
+            protocol.handshake_exc = InvalidMessage("did not receive a valid HTTP request")
+            protocol.handshake_exc.__cause__ = exc
+            protocol.send_eof()
+            protocol.parser = protocol.discard()
+            next(protocol.parser)
+            yield
+            return
+        protocol.events.append(request)
+        if self.body_error is not None:
+            # the answer will be 400/413: drop the unread body instead of parsing it as frames
+            while True:
+                reader.discard()
+                yield
+        yield from Protocol.parse(protocol)  # WebSocket frames after the handshake
 
 
 def format_host(host: str) -> str:
     """A host as it goes into a URL (IPv6 in brackets)."""
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _single(headers: Headers, name: str) -> str | None:
+    """The value of a header sent exactly once, else None (absent, or sent twice)."""
+    values = headers.get_all(name)
+    return values[0] if len(values) == 1 else None
+
+
+def _origin(headers: Headers) -> str | None:
+    """The Origin header; None when absent, "null" (never allowed) when sent twice."""
+    values = headers.get_all("Origin")
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else "null"
+
+
+def _peer(connection: ServerConnection) -> str:
+    try:
+        host, port = connection.remote_address[:2]
+    except (TypeError, ValueError, OSError):
+        return "?"
+    return f"{format_host(str(host))}:{port}"
+
+
+class _NoHeaderLogs(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """websockets' logger without its DEBUG lines: they print every request and response
+    header, credentials and cookies included."""
+
+    def isEnabledFor(self, level: int) -> bool:  # noqa: N802 (logging's name)
+        return level > logging.DEBUG and self.logger.isEnabledFor(level)
+
+    def debug(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        return None
 
 
 def _response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
@@ -83,6 +223,8 @@ def _response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
             ("Content-Type", content_type),
             ("Cache-Control", "no-cache"),
             ("X-Content-Type-Options", "nosniff"),
+            ("X-Frame-Options", "DENY"),
+            ("Referrer-Policy", "same-origin"),  # no-referrer would make POST Origin "null"
         ]
     )
     return Response(status.value, status.phrase, headers, body)
@@ -90,6 +232,14 @@ def _response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
 
 def _text(status: HTTPStatus, text: str) -> Response:
     return _response(status, text.encode(), "text/plain; charset=utf-8")
+
+
+def _redirect(location: str, *cookies: str) -> Response:
+    response = _text(HTTPStatus.SEE_OTHER, f"see {location}\n")
+    response.headers["Location"] = location
+    for cookie in cookies:
+        response.headers["Set-Cookie"] = cookie
+    return response
 
 
 class EventServer:
@@ -115,6 +265,11 @@ class EventServer:
         self._server: Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
         self._closed = False
+        #: dashboard logins (cookie sessions)
+        self.sessions = SessionStore(ttl_s=config.session_ttl_s)
+        #: refused requests by reason (REFUSALS); shown in the admin /healthz
+        self.refused: dict[str, int] = dict.fromkeys(REFUSALS, 0)
+        self._policy: OriginPolicy | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -123,6 +278,11 @@ class EventServer:
         if self._server is not None:
             return self
         config = self.config
+        tls = None
+        if config.tls_cert is not None and config.tls_key is not None:
+            from .tls import server_context
+
+            tls = server_context(config.tls_cert, config.tls_key)
         try:
             self._server = await serve(
                 self._handle,
@@ -137,7 +297,9 @@ class EventServer:
                 # a loop that falls briefly behind must not cut calls: answer time for pings
                 ping_timeout=_PING_TIMEOUT_S,
                 close_timeout=config.shutdown_timeout_s,
-                logger=logging.getLogger("server.websockets"),
+                logger=_NoHeaderLogs(logging.getLogger("server.websockets")),
+                create_connection=_BodyReadingConnection,
+                ssl=tls,
             )
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
@@ -148,7 +310,19 @@ class EventServer:
             raise ServerError(
                 f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}"
             ) from exc
+        self._policy = config.origin_policy(self.port)
         logger.info("listening on %s (events at %s)", self.url, self.ws_url)
+        credentials = config.credentials
+        if credentials.configured:
+            logger.info("tokens configured for: %s", ", ".join(credentials.roles))
+            if not any(role in credentials.roles for role in ("view", "admin")):
+                logger.warning("no view or admin token: nobody can read /ws or the dashboard")
+        else:
+            logger.info("no tokens configured: every local client may view and push (loopback "
+                        "only)")
+        if not tls and not config.tls_proxy and not is_loopback(config.host):
+            logger.warning("serving %s without TLS: tokens and events cross the network in "
+                           "clear text (use --tls-cert/--tls-key or a TLS proxy)", config.host)
         return self
 
     @property
@@ -161,17 +335,20 @@ class EventServer:
     @property
     def url(self) -> str:
         """The dashboard URL, e.g. ``http://127.0.0.1:8765/``."""
-        return f"http://{format_host(self.config.host)}:{self.port}/"
+        scheme = "https" if self.config.tls else "http"
+        return f"{scheme}://{format_host(self.config.host)}:{self.port}/"
 
     @property
     def ws_url(self) -> str:
         """The events URL, e.g. ``ws://127.0.0.1:8765/ws``."""
-        return f"ws://{format_host(self.config.host)}:{self.port}{WS_PATH}"
+        scheme = "wss" if self.config.tls else "ws"
+        return f"{scheme}://{format_host(self.config.host)}:{self.port}{WS_PATH}"
 
     @property
     def ingest_url(self) -> str:
         """The audio ingest URL, e.g. ``ws://127.0.0.1:8765/ingest``."""
-        return f"ws://{format_host(self.config.host)}:{self.port}{INGEST_PATH}"
+        scheme = "wss" if self.config.tls else "ws"
+        return f"{scheme}://{format_host(self.config.host)}:{self.port}{INGEST_PATH}"
 
     async def close(self) -> None:
         """Drain client queues, close clients with 1001, stop listening. Idempotent."""
@@ -204,18 +381,66 @@ class EventServer:
 
     def _http(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
-        if path == WS_PATH:
+        headers = request.headers
+        policy = self._policy or self.config.origin_policy(int(connection.local_address[1]))
+        origin = _origin(headers)
+        if not policy.host_allowed(_single(headers, "Host")):
+            return self._refuse(
+                "host", connection, request, HTTPStatus.MISDIRECTED_REQUEST,
+                "this server does not answer for that host name (see --allow-host)\n",
+            )
+        body_error = getattr(connection, "body_error", None)
+        if body_error is not None:
+            return self._refuse(
+                "body", connection, request, body_error,
+                f"request bodies are taken only by POST {LOGIN_PATH}, up to "
+                f"{MAX_BODY_BYTES} bytes with a Content-Length\n",
+            )
+        allowed_methods = _HTTP_METHODS.get(path, "GET")
+        if request.method not in allowed_methods.split(", "):
+            response = self._refuse(
+                "method", connection, request, HTTPStatus.METHOD_NOT_ALLOWED,
+                f"{request.method} is not allowed on {path}; use {allowed_methods}\n",
+            )
+            response.headers["Allow"] = allowed_methods
+            return response
+        body: bytes = getattr(connection, "body", b"")
+        if request.method == "POST":
+            if not policy.origin_allowed(origin):
+                return self._refuse("origin", connection, request, HTTPStatus.FORBIDDEN,
+                                    "cross-origin request refused\n")
+            if path == LOGIN_PATH:
+                return self._login(connection, request, body)
+            return self._logout(request)
+        if body:
+            return self._refuse("body", connection, request, HTTPStatus.BAD_REQUEST,
+                                f"a {request.method} request takes no body\n")
+        if path == WS_PATH or (path == INGEST_PATH and self.ingest is not None):
+            if not policy.origin_allowed(origin):
+                return self._refuse(
+                    "origin", connection, request, HTTPStatus.FORBIDDEN,
+                    "WebSocket from another origin refused (see --allow-origin)\n",
+                )
+            needed = "view" if path == WS_PATH else "ingest"
+            refused = self._check_role(connection, request, needed)
+            if refused is not None:
+                return refused
+            if path == INGEST_PATH:
+                # audio frames are bigger than client messages; set before any frame is read
+                connection.protocol.max_message_size = 4 * self.config.ingest_max_frame_bytes
             return None  # the WebSocket handshake (websockets answers 426 to a plain GET)
-        if path == INGEST_PATH and self.ingest is not None:
-            # audio frames are bigger than client messages; set before any frame is read
-            connection.protocol.max_message_size = 4 * self.config.ingest_max_frame_bytes
-            return None
-        if "upgrade" in request.headers.get("Connection", "").lower():
+        if "upgrade" in ", ".join(headers.get_all("Connection")).lower():
             return _text(HTTPStatus.NOT_FOUND, f"no WebSocket endpoint at {path}; use {WS_PATH}\n")
         if path == "/healthz":
-            body = json.dumps(self.hub.health(), separators=(",", ":")).encode()
+            body = json.dumps(self._health(request), separators=(",", ":")).encode()
             return _response(HTTPStatus.OK, body, "application/json")
+        if path == LOGIN_PATH:
+            if not self.config.credentials.configured:
+                return _redirect("/")
+            return self._static("login.html")
         if path in ("/", "/index.html"):
+            if self.config.credentials.configured and not grants(self._role(request), "view"):
+                return _redirect(LOGIN_PATH)
             return self._static("index.html")
         name = unquote(path)
         for prefix in ("/static/", "/"):
@@ -223,6 +448,87 @@ class EventServer:
                 name = name[len(prefix):]
                 break
         return self._static(name)
+
+    # -- credentials --------------------------------------------------------------------------
+
+    def _role(self, request: Request, *, cookies: bool = True) -> str | None:
+        """The role a request's Bearer token (or, if ``cookies``, its session cookie) carries."""
+        headers = request.headers
+        if "Authorization" in headers:
+            # two Authorization headers are no credential at all
+            token = bearer_token(_single(headers, "Authorization"))
+            return self.config.credentials.role_of(token)
+        if cookies:
+            session = cookie_value(headers.get_all("Cookie"))
+            return self.sessions.role_of(session, time.monotonic())
+        return None
+
+    def _check_role(
+        self, connection: ServerConnection, request: Request, needed: str
+    ) -> Response | None:
+        """None when the request may use an endpoint of role ``needed``, else a 401/403."""
+        if not self.config.credentials.configured:
+            return None  # loopback only, every local client trusted (see server.auth)
+        # audio senders are programs: a Bearer header only, no dashboard cookie
+        role = self._role(request, cookies=needed != "ingest")
+        if grants(role, needed):
+            return None
+        headers = request.headers
+        presented = "Authorization" in headers or (
+            needed != "ingest" and cookie_value(headers.get_all("Cookie")) is not None
+        )
+        if role is None:
+            why = "the credential is not valid" if presented else "a credential is required"
+            response = self._refuse(
+                "auth", connection, request, HTTPStatus.UNAUTHORIZED,
+                f"{why}: send 'Authorization: Bearer TOKEN' with a {needed} token\n",
+            )
+            response.headers["WWW-Authenticate"] = 'Bearer realm="emotion-monitor"'
+            return response
+        return self._refuse("auth", connection, request, HTTPStatus.FORBIDDEN,
+                            f"a {role} credential cannot use {needed} endpoints\n")
+
+    def _login(self, connection: ServerConnection, request: Request, body: bytes) -> Response:
+        if not self.config.credentials.configured:
+            return _redirect("/")
+        role = self.config.credentials.role_of(login_token(body))
+        if not grants(role, "view"):
+            self._refuse("login", connection, request, HTTPStatus.SEE_OTHER,
+                         "login refused" if role is None else f"login with a {role} token")
+            return _redirect(f"{LOGIN_PATH}?failed=1")
+        assert role is not None
+        value = self.sessions.create(role, time.monotonic())
+        logger.info("dashboard login (%s) from %s", role, _peer(connection))
+        cookie = session_cookie(value, max_age_s=int(self.config.session_ttl_s),
+                                secure=self.config.tls or self.config.tls_proxy)
+        return _redirect("/", cookie)
+
+    def _logout(self, request: Request) -> Response:
+        self.sessions.revoke(cookie_value(request.headers.get_all("Cookie")))
+        return _redirect(LOGIN_PATH if self.config.credentials.configured else "/",
+                         expired_cookie(secure=self.config.tls or self.config.tls_proxy))
+
+    def _refuse(
+        self, reason: str, connection: ServerConnection, request: Request, status: HTTPStatus,
+        text: str,
+    ) -> Response:
+        """Count and log a refused request (never its headers: they may hold credentials)."""
+        self.refused[reason] += 1
+        logger.warning("refused %s %s from %s: %s (%d %s)", request.method[:16],
+                       urlsplit(request.path).path[:200], _peer(connection), reason,
+                       status.value, status.phrase)
+        return _text(status, text)
+
+    def _health(self, request: Request) -> dict[str, Any]:
+        """The ``/healthz`` body: ok and version for anyone, the details for admin."""
+        health = self.hub.health()
+        public = {"ok": bool(health.get("ok", True)), "version": _version()}
+        if self.config.credentials.configured and not grants(
+            self._role(request), "admin"
+        ):
+            return public
+        return {**health, **public, "refused": dict(self.refused),
+                "sessions": len(self.sessions)}
 
     def _static(self, name: str) -> Response:
         """A file of the static folder by plain name only (no folders, no dot files)."""

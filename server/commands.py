@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .auth import load_credentials
 from .config import DEFAULT_STORE_PATH, ServerConfig
 from .errors import ServerError
 
@@ -69,6 +70,7 @@ def register(subparsers: Any) -> None:
     _add_model_flags(run)
     _add_engine_flags(run)
     _add_server_flags(run)
+    _add_security_flags(run)
     run.set_defaults(handler=_run)
 
     analyze = subparsers.add_parser(
@@ -283,6 +285,13 @@ def _add_server_flags(parser: argparse.ArgumentParser) -> None:
                         f"(default: {d.webhook_max_attempts})")
     alerts.add_argument("--webhook-timeout-s", type=float, default=d.webhook_timeout_s,
                         help=f"timeout of one POST (default: {d.webhook_timeout_s})")
+    alerts.add_argument("--webhook-token-file", type=Path, default=None, metavar="FILE",
+                        help="send 'Authorization: Bearer <first line of FILE>' with every POST "
+                        "(default: $EMOTION_MONITOR_WEBHOOK_TOKEN if set)")
+    alerts.add_argument("--webhook-secret-file", type=Path, default=None, metavar="FILE",
+                        help="sign every POST with this secret (X-Emotion-Monitor-Signature: "
+                        "t=<unix>,v1=<HMAC-SHA256 hex>) (default: "
+                        "$EMOTION_MONITOR_WEBHOOK_SECRET if set)")
 
 
 def _alert_rule(text: str) -> Any:
@@ -363,7 +372,57 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
         webhook_queue_size=args.webhook_queue_size,
         webhook_max_attempts=args.webhook_max_attempts,
         webhook_timeout_s=args.webhook_timeout_s,
+        webhook_token=_webhook_credential(args.webhook_token_file, "TOKEN", "webhook token"),
+        webhook_secret=_webhook_credential(args.webhook_secret_file, "SECRET",
+                                           "webhook secret"),
+        credentials=load_credentials(args.token_file, os.environ),
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        allow_hosts=tuple(args.allow_hosts),
+        allow_origins=tuple(args.allow_origins),
+        tls_proxy=args.tls_proxy,
+        session_ttl_s=args.session_ttl_s,
     )
+
+
+def _add_security_flags(parser: argparse.ArgumentParser) -> None:
+    d = _DEFAULTS
+    group = parser.add_argument_group(
+        "security (see docs/security.md)",
+        "Tokens are read from --token-file (ROLE:TOKEN lines, roles ingest, view, admin) and "
+        "from EMOTION_MONITOR_INGEST_TOKEN, EMOTION_MONITOR_VIEW_TOKEN and "
+        "EMOTION_MONITOR_ADMIN_TOKEN, never from the command line. Without any token only a "
+        "loopback --host is allowed.",
+    )
+    group.add_argument("--token-file", type=Path, default=None, metavar="FILE",
+                       help="file of ROLE:TOKEN lines (chmod 600; several tokens per role allowed)")
+    group.add_argument("--tls-cert", type=Path, default=None, metavar="PEM",
+                       help="serve https:// and wss:// with this certificate chain (with "
+                       "--tls-key)")
+    group.add_argument("--tls-key", type=Path, default=None, metavar="PEM",
+                       help="the certificate's unencrypted private key")
+    group.add_argument("--allow-host", dest="allow_hosts", action="append", default=[],
+                       metavar="NAME",
+                       help="also answer requests for this Host name (repeatable; '*' = any; "
+                       "default: the --host address, plus localhost on loopback); other names "
+                       "get 421")
+    group.add_argument("--allow-origin", dest="allow_origins", action="append", default=[],
+                       metavar="ORIGIN",
+                       help="also accept browser WebSockets and logins from this origin, e.g. "
+                       "https://monitor.example.com (repeatable; default: the server's own)")
+    group.add_argument("--tls-proxy", action="store_true",
+                       help="TLS ends at a reverse proxy in front of this server: mark cookies "
+                       "Secure and take https:// as the server's own origin scheme")
+    group.add_argument("--session-ttl-s", type=float, default=d.session_ttl_s,
+                       help="how long a dashboard login lasts, seconds "
+                       f"(default: {d.session_ttl_s:g})")
+
+
+def _webhook_credential(path: Path | None, kind: str, what: str) -> str | None:
+    """A webhook credential from its file or environment variable (never from the command line)."""
+    from .webhook import SECRET_ENV, TOKEN_ENV, read_credential
+
+    return read_credential(path, TOKEN_ENV if kind == "TOKEN" else SECRET_ENV, what)
 
 
 def _quiet_websockets() -> None:
@@ -380,6 +439,10 @@ def _run(args: argparse.Namespace) -> int:
 
     server_config = _server_config(args)
     engine_config = _engine_config(args, realtime=args.realtime)
+    if server_config.tls_cert is not None and server_config.tls_key is not None:
+        from .tls import server_context
+
+        server_context(server_config.tls_cert, server_config.tls_key)  # fail before the model
     if server_config.store_path is not None and not server_config.store_path.parent.is_dir():
         raise ServerError(f"--store {server_config.store_path}: the folder does not exist")
     sources: list[Any] = []

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .alerts import AlertRule
+from .auth import Credentials, OriginPolicy, is_loopback, is_wildcard
 from .errors import ServerError
 from .webhook import WebhookConfig
 
@@ -46,7 +47,16 @@ class ServerConfig:
       oldest are dropped, counted).
     - ``alerts``: alert rules (labels checked against the model's at start).
     - ``webhook_url``: POST every alert message here (None = no webhook); ``webhook_*``: its
-      queue size (drop-oldest), attempts per alert and per-request timeout.
+      queue size (drop-oldest), attempts per alert and per-request timeout;
+      ``webhook_token`` is sent as ``Authorization: Bearer``, ``webhook_secret`` signs each
+      body (HMAC-SHA256, see :mod:`server.webhook`); neither is ever logged or shown.
+    - ``credentials``: the role tokens (``--token-file`` and ``EMOTION_MONITOR_*_TOKEN``); none
+      configured = loopback only, every local client trusted (see :mod:`server.auth`).
+    - ``tls_cert``/``tls_key``: serve https:// and wss:// (both or neither).
+    - ``allow_hosts``: more ``Host`` names to answer (``"*"`` = any); ``allow_origins``: more
+      browser origins allowed to open WebSockets and log in.
+    - ``tls_proxy``: TLS ends at a reverse proxy in front (cookies Secure, own origins https).
+    - ``session_ttl_s``: how long a dashboard login lasts.
     """
 
     host: str = "127.0.0.1"
@@ -76,6 +86,15 @@ class ServerConfig:
     webhook_queue_size: int = 256
     webhook_max_attempts: int = 4
     webhook_timeout_s: float = 5.0
+    webhook_token: str | None = field(default=None, repr=False)
+    webhook_secret: str | None = field(default=None, repr=False)
+    credentials: Credentials = field(default_factory=Credentials)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    allow_hosts: tuple[str, ...] = ()
+    allow_origins: tuple[str, ...] = ()
+    tls_proxy: bool = False
+    session_ttl_s: float = 12 * 3600.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host.strip():
@@ -124,6 +143,47 @@ class ServerConfig:
         object.__setattr__(self, "alerts", tuple(self.alerts))
         if self.webhook_url is not None:
             self.webhook()  # validates the URL and the webhook settings
+        self._check_security()
+
+    def _check_security(self) -> None:
+        if not isinstance(self.credentials, Credentials):
+            raise ServerError(f"credentials must be Credentials, got {type(self.credentials)}")
+        if not self.credentials.configured and not is_loopback(self.host):
+            raise ServerError(
+                f"--host {self.host} is not a loopback address and no token is configured: "
+                "give tokens (--token-file or EMOTION_MONITOR_VIEW_TOKEN/_INGEST_TOKEN/"
+                "_ADMIN_TOKEN) before exposing the server"
+            )
+        object.__setattr__(self, "allow_hosts", tuple(self.allow_hosts))
+        object.__setattr__(self, "allow_origins", tuple(self.allow_origins))
+        if is_wildcard(self.host) and not self.allow_hosts:
+            raise ServerError(
+                f"--host {self.host} listens on every address: name the host names clients "
+                "use with --allow-host NAME (repeatable; '*' accepts any)"
+            )
+        self.origin_policy(self.port or 1)  # validates allow_hosts and allow_origins
+        for name in ("tls_cert", "tls_key"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ServerError("--tls-cert and --tls-key go together: give both or neither")
+        if not 60 <= self.session_ttl_s <= 30 * 86400:
+            raise ServerError(
+                f"session_ttl_s must be 60 s-30 days, got {self.session_ttl_s!r}"
+            )
+
+    @property
+    def tls(self) -> bool:
+        """Whether the server itself serves TLS."""
+        return self.tls_cert is not None
+
+    def origin_policy(self, port: int) -> OriginPolicy:
+        """The Host/Origin policy once the server is bound to ``port``."""
+        return OriginPolicy.build(
+            self.host, port, https=self.tls or self.tls_proxy,
+            allow_hosts=self.allow_hosts, allow_origins=self.allow_origins,
+        )
 
     def _check_limits(self) -> None:
         ranges: tuple[tuple[str, float, float], ...] = (
@@ -154,4 +214,6 @@ class ServerConfig:
             queue_size=self.webhook_queue_size,
             max_attempts=self.webhook_max_attempts,
             timeout_s=self.webhook_timeout_s,
+            token=self.webhook_token,
+            secret=self.webhook_secret,
         )

@@ -28,9 +28,11 @@ CHROMIUM_ARGS = (
 
 @asynccontextmanager
 async def chromium_page(
-    executable: str, workdir: Path, *, timeout_s: float
+    executable: str, workdir: Path, *, timeout_s: float, extra_args: tuple[str, ...] = ()
 ) -> AsyncIterator[tuple[Any, list[str]]]:
-    """A fresh page in headless Chromium, and the list its console messages are added to."""
+    """A fresh page in headless Chromium, and the list its console messages are added to.
+
+    ``extra_args`` are more Chromium switches (e.g. ``--host-resolver-rules``)."""
     from playwright.async_api import async_playwright
 
     home = workdir / "browser-home"
@@ -40,7 +42,7 @@ async def chromium_page(
             str(workdir / "browser-profile"),
             executable_path=executable,
             headless=True,
-            args=list(CHROMIUM_ARGS),
+            args=[*CHROMIUM_ARGS, *extra_args],
             env={"HOME": str(home), "PATH": "/usr/bin:/bin"},
             timeout=timeout_s * 1000,
             viewport={"width": 1280, "height": 800},
