@@ -123,6 +123,7 @@ def event_message(
             sample_rate_hz=int(event.sample_rate_hz),
             wall_time=float(event.wall_time),
             metadata=dict(event.metadata),
+            warnings=tuple(event.warnings),
         )
     if isinstance(event, StreamClosed):
         return StreamCloseMessage(

@@ -36,6 +36,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from client.messages import (
+    WIDEBAND_MODEL_ON_NARROWBAND_AUDIO,
     AlertMessage,
     Hello,
     Message,
@@ -79,7 +80,7 @@ def new_session_id() -> str:
 class ModelInfo:
     """What clients are told about the model and windowing (from the engine's settings)."""
 
-    __slots__ = ("name", "labels", "window_s", "hop_s", "sample_rate_hz")
+    __slots__ = ("name", "labels", "window_s", "hop_s", "sample_rate_hz", "narrowband")
 
     def __init__(
         self,
@@ -89,12 +90,14 @@ class ModelInfo:
         window_s: float,
         hop_s: float,
         sample_rate_hz: int,
+        narrowband: bool = False,
     ) -> None:
         self.name = name
         self.labels = tuple(labels)
         self.window_s = float(window_s)
         self.hop_s = float(hop_s)
         self.sample_rate_hz = int(sample_rate_hz)
+        self.narrowband = bool(narrowband)  # the model is fit for 8 kHz (phone) input
 
 
 class EventHub:
@@ -266,7 +269,8 @@ class EventHub:
             stream = None
         if isinstance(message, StreamOpenMessage):
             self._streams[message.stream] = StreamInfo(
-                message.stream, message.sample_rate_hz, dict(message.metadata)
+                message.stream, message.sample_rate_hz, dict(message.metadata),
+                tuple(message.warnings),
             )
         elif isinstance(message, StreamCloseMessage):
             self._streams.pop(message.stream, None)
@@ -372,6 +376,7 @@ class EventHub:
             hop_s=info.hop_s,
             sample_rate_hz=info.sample_rate_hz,
             streams=self.streams,
+            model_narrowband=info.narrowband,
         )
 
     def health(self) -> dict[str, Any]:
@@ -386,7 +391,12 @@ class EventHub:
             "reason": None if ok else f"timeline store: {self.store_error}",
             "session": self.session,
             "model": self.info.name,
+            "model_narrowband": self.info.narrowband,
             "streams": [s.stream for s in self._streams.values()],
+            # open streams below 16 kHz on a model not marked narrowband (see stream_open)
+            "narrowband_mismatch_streams": sum(
+                WIDEBAND_MODEL_ON_NARROWBAND_AUDIO in s.warnings for s in self._streams.values()
+            ),
             "clients": self.fanout.clients,
             "client_messages_dropped": self.fanout.messages_dropped,
             "events": self.events_published,

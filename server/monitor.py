@@ -139,6 +139,7 @@ class Monitor:
             window_s=engine_config.window_s,
             hop_s=engine_config.hop_s,
             sample_rate_hz=int(self.model.sample_rate_hz),
+            narrowband=bool(getattr(self.model, "narrowband_ok", False)),
         )
         fanout = FanOut(
             queue_size=config.client_queue_size,

@@ -50,6 +50,7 @@ from numpy.typing import NDArray
 from .audio import MODEL_RATE_HZ
 from .errors import AudioError, ModelError, StreamerError
 from .events import (
+    WIDEBAND_MODEL_ON_NARROWBAND_AUDIO,
     EngineStats,
     Event,
     SpeechEnd,
@@ -318,7 +319,17 @@ class Engine:
             if capture is not None:
                 self._captures[stream_id] = capture
         logger.info("stream %s opened at %s Hz", stream_id, rate)
-        self._emit(state, StreamOpened(stream_id, rate, time.time(), dict(feed.metadata)))
+        flagged: tuple[str, ...] = ()
+        if rate < MODEL_RATE_HZ and not getattr(self.model, "narrowband_ok", False):
+            # band-limited input (a phone line) on a model not trained or measured for it
+            flagged = (WIDEBAND_MODEL_ON_NARROWBAND_AUDIO,)
+            logger.warning(
+                "stream %s: %s Hz input on model %s, which is not marked narrowband (trained "
+                "and measured on %s Hz audio only); its labels may be unreliable here",
+                stream_id, rate, self.model.name, MODEL_RATE_HZ,
+            )
+        self._emit(state, StreamOpened(stream_id, rate, time.time(), dict(feed.metadata),
+                                       flagged))
         return feed
 
     def stats(self) -> EngineStats:

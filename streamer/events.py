@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 __all__ = [
+    "WIDEBAND_MODEL_ON_NARROWBAND_AUDIO",
     "EngineStats",
     "Event",
     "SpeechEnd",
@@ -21,14 +22,21 @@ __all__ = [
 ]
 
 
+#: ``StreamOpened.warnings`` code: the stream's input rate is below the model rate (e.g. an
+#: 8 kHz phone call) and the model is not marked ``"narrowband": true`` in its config
+WIDEBAND_MODEL_ON_NARROWBAND_AUDIO = "wideband_model_on_narrowband_audio"
+
+
 @dataclass(frozen=True, slots=True)
 class StreamOpened:
-    """A stream started producing audio."""
+    """A stream started producing audio; ``warnings`` are codes such as
+    :data:`WIDEBAND_MODEL_ON_NARROWBAND_AUDIO`."""
 
     stream: str
     sample_rate_hz: int
     wall_time: float
     metadata: dict[str, str] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

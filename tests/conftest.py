@@ -61,6 +61,25 @@ def tiny_wav2vec2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def save_tiny_compact(folder: Path, *, seed: int = 0, **fields: object) -> Path:
+    """A tiny random compact model saved as a checkpoint (extra config.json fields as given)."""
+    import torch
+
+    from streamer.compact import CompactEmotionConfig, CompactEmotionForAudioClassification
+    from streamer.training import compact_feature_extractor
+
+    torch.manual_seed(seed)
+    config = CompactEmotionConfig(
+        n_mels=16, hidden_size=16, num_blocks=1, freq_mask_bands=0, time_mask_frames=0,
+        id2label=dict(enumerate(TINY_LABELS)),
+        label2id={label: i for i, label in enumerate(TINY_LABELS)},
+        **fields,
+    )
+    CompactEmotionForAudioClassification(config).eval().save_pretrained(folder)
+    compact_feature_extractor().save_pretrained(folder)
+    return folder
+
+
 def tone(
     freq_hz: float, seconds: float, *, rate_hz: int = 16000, amplitude: float = 0.3
 ) -> NDArray[np.float32]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_LABELS, speech_like
+from conftest import save_tiny_compact, speech_like
 from numpy.typing import NDArray
 
 from streamer.calibration import (
@@ -160,25 +160,6 @@ def test_config_temperature_defaults_to_one() -> None:
 
 
 # -- temperature applied by the models --------------------------------------------------------
-
-
-def save_tiny_compact(folder: Path, *, seed: int = 0, **fields: object) -> Path:
-    """A tiny random compact model saved as a checkpoint (extra config fields as given)."""
-    import torch
-
-    from streamer.compact import CompactEmotionConfig, CompactEmotionForAudioClassification
-    from streamer.training import compact_feature_extractor
-
-    torch.manual_seed(seed)
-    config = CompactEmotionConfig(
-        n_mels=16, hidden_size=16, num_blocks=1, freq_mask_bands=0, time_mask_frames=0,
-        id2label=dict(enumerate(TINY_LABELS)),
-        label2id={label: i for i, label in enumerate(TINY_LABELS)},
-        **fields,
-    )
-    CompactEmotionForAudioClassification(config).eval().save_pretrained(folder)
-    compact_feature_extractor().save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
