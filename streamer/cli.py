@@ -15,7 +15,14 @@ from typing import Any
 
 __all__ = ["register"]
 
-_DEFAULT_GROUP_REGEX = r"^(S[MF]\d+)_"  # same as streamer.dataset.DEFAULT_GROUP_REGEX
+_DATA_HELP = (
+    "dataset folder: one corpus (DIR/<label>/*.wav) or a folder of corpora "
+    "(DIR/<corpus>/<label>/*); repeat for several"
+)
+_SPEAKER_HELP = (
+    "speaker id of corpus NAME = first group of REGEX on the file name (repeatable); the six "
+    "corpora of ../shared/data have known defaults"
+)
 
 
 def register(subparsers: Any) -> None:
@@ -30,9 +37,7 @@ def register(subparsers: Any) -> None:
             "batch 32, Adam 0.9/0.999/1e-8, linear schedule, 50 epochs, seed 42, AMP on CUDA)."
         ),
     )
-    train.add_argument(
-        "--data", required=True, type=Path, help="dataset folder (one folder per label)"
-    )
+    _add_data_flags(train)
     train.add_argument("--out", required=True, type=Path, help="output checkpoint folder")
     train.add_argument(
         "--base", default="compact", help="'compact' (default) or a checkpoint folder / hub id"
@@ -57,12 +62,6 @@ def register(subparsers: Any) -> None:
         help="fine-tune: stop after N optimiser steps (default: no limit)",
     )
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    train.add_argument(
-        "--group-regex",
-        default=_DEFAULT_GROUP_REGEX,
-        help="compact: speaker id = first group of this regex on the file name, for speaker "
-        f"balance (default: {_DEFAULT_GROUP_REGEX})",
-    )
     _add_compact_flags(train)
     train.set_defaults(handler=_train)
 
@@ -77,8 +76,12 @@ def register(subparsers: Any) -> None:
     evaluate.add_argument(
         "--model", default=None, help="checkpoint folder or hub id (default: bundled)"
     )
+    _add_data_flags(evaluate, speakers=False)
     evaluate.add_argument(
-        "--data", required=True, type=Path, help="dataset folder (one folder per label)"
+        "--phone",
+        choices=["mulaw", "alaw"],
+        default=None,
+        help="put the test audio through a phone line first (8 kHz, G.711 LAW, back to 16 kHz)",
     )
     evaluate.add_argument(
         "--report", type=Path, default=None, help="write confusion PNGs and scores.json here"
@@ -97,14 +100,14 @@ def register(subparsers: Any) -> None:
         help="cross-validate the compact recipe and the speaker-lookup baseline",
         description=(
             "Trains the compact recipe once per fold and scores held-out whole clips. "
-            "--protocol folds (default): --folds k folds grouped by speaker (--group speaker) or "
-            "stratified random (--group random). --protocol reference: one stratified random "
-            "80/20 split with seed 42, as the reference model reported."
+            "--protocol folds (default): --group corpus holds out each corpus in turn "
+            "(leave-one-corpus-out, several corpora), --group speaker makes --folds k folds "
+            "grouped by speaker (over --test-corpus only when given; the other corpora always "
+            "train), --group random stratified random folds. --protocol reference: one "
+            "stratified random 80/20 split with seed 42, as the reference model reported."
         ),
     )
-    crossval.add_argument(
-        "--data", required=True, type=Path, help="dataset folder (one folder per label)"
-    )
+    _add_data_flags(crossval)
     crossval.add_argument(
         "--protocol",
         choices=["folds", "reference"],
@@ -114,15 +117,21 @@ def register(subparsers: Any) -> None:
     crossval.add_argument("--folds", type=int, default=5, help="number of folds (default: 5)")
     crossval.add_argument(
         "--group",
-        choices=["speaker", "random"],
+        choices=["corpus", "speaker", "random"],
         default="speaker",
         help="fold grouping (default: speaker)",
     )
     crossval.add_argument(
-        "--group-regex",
-        default=_DEFAULT_GROUP_REGEX,
-        help="speaker id = first group of this regex on the file name "
-        f"(default: {_DEFAULT_GROUP_REGEX})",
+        "--test-corpus",
+        default=None,
+        metavar="NAME",
+        help="--group speaker/random: folds over this corpus only; the others always train",
+    )
+    crossval.add_argument(
+        "--phone",
+        choices=["mulaw", "alaw"],
+        default=None,
+        help="also score each test side through a phone line (8 kHz, G.711 LAW, back to 16 kHz)",
     )
     crossval.add_argument(
         "--seed", type=int, default=0, help="seed for folds and training (default: 0)"
@@ -144,7 +153,11 @@ def register(subparsers: Any) -> None:
         help="use only every k-th clip so at most N clips (quick checks)",
     )
     crossval.add_argument(
-        "--json", type=Path, default=None, help="also write the results as JSON here"
+        "--json",
+        type=Path,
+        default=None,
+        help="also write the results as JSON here (rewritten after every fold, so a run cut "
+        "short keeps the folds it finished)",
     )
     crossval.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     crossval.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
@@ -178,7 +191,52 @@ _COMPACT_FLAGS: tuple[tuple[str, type, str], ...] = (
      "ids from --group-regex; names that do not match turn it off (default: 1)"),
     ("balance_classes", int, "1: draw training clips with equal class weight, 0: plain shuffle "
      "(default: 1)"),
+    ("balance_corpora", int, "1: within a class, each corpus that has it weighs the same "
+     "(default: 1)"),
+    ("phone_prob", float, "probability that a training clip goes through a phone line "
+     "(8 kHz G.711, mu-law or A-law) (default: 0)"),
+    ("f_max_hz", float, "upper edge of the mel filterbank in Hz (default: 8000)"),
+    ("max_epoch_steps", int, "optimiser steps per epoch at most (default: 60)"),
 )
+
+
+def _add_data_flags(parser: argparse.ArgumentParser, *, speakers: bool = True) -> None:
+    parser.add_argument(
+        "--data", required=True, type=Path, action="append", metavar="DIR", help=_DATA_HELP
+    )
+    if speakers:
+        parser.add_argument(
+            "--speaker-regex",
+            action="append",
+            default=[],
+            metavar="NAME=REGEX",
+            help=_SPEAKER_HELP,
+        )
+        parser.add_argument(
+            "--group-regex",
+            default=None,
+            metavar="REGEX",
+            help="speaker regex for every corpus without a --speaker-regex of its own "
+            "(default: the known one per corpus)",
+        )
+
+
+def _load_data(args: argparse.Namespace, *, labels: tuple[str, ...] | None = None) -> Any:
+    """The --data folders as one dataset (corpora and speakers known)."""
+    from .dataset import load_corpora, resolve_corpora
+    from .errors import DataError
+
+    regexes: dict[str, str] = {}
+    for item in getattr(args, "speaker_regex", None) or []:
+        name, sep, regex = item.partition("=")
+        if not sep or not name or not regex:
+            raise DataError(f"--speaker-regex takes NAME=REGEX, got {item!r}")
+        regexes[name] = regex
+    specs = resolve_corpora(
+        args.data, speaker_regex=regexes, default_regex=getattr(args, "group_regex", None)
+    )
+    progress = not getattr(args, "no_progress", False)
+    return load_corpora(specs, labels=labels, progress=progress)
 
 
 def _add_compact_flags(parser: argparse.ArgumentParser) -> None:
@@ -213,14 +271,13 @@ def _compact_config(args: argparse.Namespace, **fixed: Any) -> Any:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .dataset import load_dataset
     from .errors import DataError
     from .training import FineTuneConfig, fine_tune, save_compact, train_compact
 
     started = time.monotonic()
     if args.base == "compact":
-        config = _compact_config(args, speaker_regex=args.group_regex)
-    data = load_dataset(args.data)
+        config = _compact_config(args)
+    data = _load_data(args)
     try:
         if args.base != "compact":
             kwargs: dict[str, Any] = {"batch_size": args.batch_size, "max_steps": args.max_steps}
@@ -239,46 +296,68 @@ def _train(args: argparse.Namespace) -> int:
     else:
         fine_tune(data, args.base, args.out, ft_config, progress=not args.no_progress)
     skipped = f", skipped {len(data.skipped)} unusable file(s)" if data.skipped else ""
+    corpora = f" from {len(data.corpus_names)} corpora" if len(data.corpus_names) > 1 else ""
     print(
-        f"trained on {len(data)} clips ({', '.join(data.labels)}){skipped} in "
+        f"trained on {len(data)} clips{corpora} ({', '.join(data.labels)}){skipped} in "
         f"{time.monotonic() - started:.0f} s; saved to {args.out}"
     )
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .dataset import load_dataset
+    import numpy as np
+
     from .evaluation import evaluate_model, plot_confusion, render_scores
     from .models import load_model
 
     model = load_model(args.model, device=args.device)
-    data = load_dataset(args.data, labels=model.labels, min_classes=1)
-    result = evaluate_model(model, data, window_s=args.window_s, hop_s=args.hop_s)
-    print(f"model {model.name} on {args.data}")
-    print(render_scores(result.clips, "clips"))
-    print(render_scores(result.windows, f"{args.window_s:g} s windows, hop {args.hop_s:g} s"))
+    data = _load_data(args, labels=tuple(model.labels))
+    where = ", ".join(str(d) for d in args.data)
+    if args.phone is not None:
+        from .telephony import phone_line
+
+        data = data.with_audio([phone_line(a, law=args.phone) for a in data.audio])
+        where += f" through a phone line (8 kHz G.711 {args.phone})"
+    parts = [("all", data)]
+    if len(data.corpus_names) > 1:
+        parts += [
+            (name, data.subset(np.flatnonzero(data.corpus_ids == k)))
+            for k, name in enumerate(data.corpus_names)
+        ]
+    print(f"model {model.name} on {where}")
+    report: dict[str, Any] = {"model": model.name, "data": where}
+    uars = []
+    for name, part in parts:
+        result = evaluate_model(model, part, window_s=args.window_s, hop_s=args.hop_s)
+        prefix = "" if name == "all" else f"{name}: "
+        print(render_scores(result.clips, f"{prefix}clips"))
+        print(render_scores(
+            result.windows, f"{prefix}{args.window_s:g} s windows, hop {args.hop_s:g} s"
+        ))
+        if name != "all":
+            uars.append(result.clips.uar)
+        report[name] = {
+            "clips": _scores_dict(result.clips), "windows": _scores_dict(result.windows)
+        }
+        if args.report is not None and name == "all":
+            args.report.mkdir(parents=True, exist_ok=True)
+            plot_confusion(
+                result.clips, args.report / "confusion_clips.png", title=f"{model.name}: clips"
+            )
+            plot_confusion(
+                result.windows,
+                args.report / "confusion_windows.png",
+                title=f"{model.name}: {args.window_s:g} s windows",
+            )
+    if uars:
+        print(f"mean clip UAR over {len(uars)} corpora: {np.mean(uars):.3f}")
+        report["mean_corpus_uar"] = float(np.mean(uars))
     if args.report is not None:
         args.report.mkdir(parents=True, exist_ok=True)
-        plot_confusion(
-            result.clips, args.report / "confusion_clips.png", title=f"{model.name}: clips"
-        )
-        plot_confusion(
-            result.windows,
-            args.report / "confusion_windows.png",
-            title=f"{model.name}: {args.window_s:g} s windows",
-        )
-        (args.report / "scores.json").write_text(
-            json.dumps(
-                {
-                    "model": model.name,
-                    "data": str(args.data),
-                    "clips": _scores_dict(result.clips),
-                    "windows": _scores_dict(result.windows),
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+        flat = report if len(parts) > 1 else {
+            "model": model.name, "data": where, **report["all"]
+        }
+        (args.report / "scores.json").write_text(json.dumps(flat, indent=2) + "\n")
         print(f"report written to {args.report}")
     return 0
 
@@ -286,59 +365,92 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _crossval(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .crossval import group_folds, reference_split, run_crossval, stratified_folds
-    from .dataset import group_ids, load_dataset
+    from .crossval import (
+        corpus_folds,
+        group_folds,
+        reference_split,
+        run_crossval,
+        stratified_folds,
+    )
     from .errors import DataError
 
     started = time.monotonic()
-    config = _compact_config(args, speaker_regex=args.group_regex)
-    data = load_dataset(args.data)
+    config = _compact_config(args)
+    data = _load_data(args)
     if args.limit is not None:
         if args.limit < 10:
             raise DataError(f"--limit must be at least 10, got {args.limit}")
         step = max(1, int(np.ceil(len(data) / args.limit)))
         data = data.subset(list(range(0, len(data), step)))
-    groups = (
-        group_ids(data.clips, args.group_regex)
-        if args.group == "speaker" or (args.protocol == "reference")
-        else [str(i) for i in range(len(data))]
-    )
     fold_seed = args.seed if args.fold_seed is None else args.fold_seed
+    names = list(data.corpus_names)
+    pool = np.arange(len(data))  # the clips folds are made of; the rest always trains
+    if args.test_corpus is not None:
+        if args.group == "corpus" or args.protocol == "reference":
+            raise DataError("--test-corpus goes with --group speaker or --group random")
+        lowered = [n.lower() for n in names]
+        if args.test_corpus.lower() not in lowered:
+            raise DataError(f"--test-corpus {args.test_corpus!r} is not among {', '.join(names)}")
+        pool = np.flatnonzero(data.corpus_ids == lowered.index(args.test_corpus.lower()))
+    speakers = data.speakers or (None,) * len(data)
+    groups = [s if s is not None else f"clip{i}" for i, s in enumerate(speakers)]
+    if args.group == "speaker" or args.protocol == "reference":
+        missing = sorted({names[int(data.corpus_ids[i])] for i in pool if speakers[i] is None})
+        if missing and args.protocol != "reference":
+            raise DataError(
+                f"corpus {missing[0]} has no speaker ids: pass --speaker-regex "
+                f"{missing[0]}=REGEX (or --group random)"
+            )
+    fold_names: list[str] | None = None
     if args.protocol == "reference":
-        folds = [reference_split(data.targets, test_fraction=0.2, seed=42)]
+        folds = [pool[reference_split(data.targets[pool], test_fraction=0.2, seed=42)]]
         title = "reference protocol: one stratified random 80/20 split, seed 42"
+    elif args.group == "corpus":
+        folds, fold_names = corpus_folds(data)
+        title = f"leave-one-corpus-out over {len(folds)} corpora, training seed {args.seed}"
     elif args.group == "speaker":
-        folds = group_folds(groups, args.folds, seed=fold_seed)
+        folds = [pool[f] for f in group_folds([groups[i] for i in pool], args.folds,
+                                              seed=fold_seed)]
         title = (
-            f"{args.folds} folds grouped by speaker (regex {args.group_regex!r}), "
-            f"fold seed {fold_seed}, training seed {args.seed}"
+            f"{args.folds} folds grouped by speaker, fold seed {fold_seed}, "
+            f"training seed {args.seed}"
         )
     else:
-        folds = stratified_folds(data.targets, args.folds, seed=fold_seed)
+        folds = [pool[f] for f in stratified_folds(data.targets[pool], args.folds,
+                                                   seed=fold_seed)]
         title = (
             f"{args.folds} stratified random folds, fold seed {fold_seed}, "
             f"training seed {args.seed}"
         )
-    result = run_crossval(data, folds, groups, config, progress=not args.no_progress)
-    elapsed = time.monotonic() - started
-    print(f"crossval on {args.data}: {len(data)} clips, {title}")
-    print(
-        f"{'fold':>4} {'n_test':>6} {'acc':>6} {'UAR':>6} {'wavg_acc':>8} {'win_acc':>7} "
-        f"{'lookup_acc':>10} {'lookup_UAR':>10}  classes in test"
+    if args.test_corpus is not None:
+        title += f", over {names[int(data.corpus_ids[pool[0]])]} (other corpora always train)"
+    if args.phone is not None:
+        title += f"; test sides also through a phone line (G.711 {args.phone})"
+    where = ", ".join(str(d) for d in args.data)
+    finished: list[Any] = []
+
+    def keep(fold: Any) -> None:
+        finished.append(fold)
+        if args.json is not None:
+            _write_crossval_json(args.json, data, where, title, finished, None, started)
+
+    result = run_crossval(
+        data, folds, groups, config, progress=not args.no_progress, fold_names=fold_names,
+        phone_law=args.phone, on_fold=keep,
     )
-    for f in result.folds:
-        present = ",".join(
-            lab for lab, r in zip(f.model.labels, f.model.recall, strict=True) if r == r
-        )
-        print(
-            f"{f.fold:>4} {f.model.n:>6} {f.model.accuracy:>6.3f} {f.model.uar:>6.3f} "
-            f"{f.windows_avg.accuracy:>8.3f} {f.windows.accuracy:>7.3f} "
-            f"{f.baseline.accuracy:>10.3f} {f.baseline.uar:>10.3f}  {present}"
-        )
+    elapsed = time.monotonic() - started
+    print(f"crossval on {where}: {len(data)} clips, {title}")
+    _print_folds(result, data.labels)
     print(
         f"pooled: accuracy {result.pooled.accuracy:.3f}  UAR {result.pooled.uar:.3f}  "
         f"(n={result.pooled.n}); per-fold UAR mean {result.uar_mean:.3f} std {result.uar_std:.3f}"
     )
+    if result.phone_uar_mean is not None and result.pooled_phone is not None:
+        print(
+            f"through the phone line: pooled accuracy {result.pooled_phone.model.accuracy:.3f}  "
+            f"UAR {result.pooled_phone.model.uar:.3f}; per-fold UAR mean "
+            f"{result.phone_uar_mean:.3f}"
+        )
     print(
         f"2 s windows (1 s hop) averaged per clip: accuracy "
         f"{result.pooled_windows_avg.accuracy:.3f}  UAR {result.pooled_windows_avg.uar:.3f}; "
@@ -354,36 +466,96 @@ def _crossval(args: argparse.Namespace) -> int:
     print(render_scores(result.pooled, "pooled held-out clips"))
     print(f"time {elapsed:.0f} s")
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(
-            json.dumps(
-                {
-                    "data": str(args.data),
-                    "protocol": title,
-                    "n": len(data),
-                    "pooled": _scores_dict(result.pooled),
-                    "pooled_baseline": _scores_dict(result.pooled_baseline),
-                    "pooled_windows_avg": _scores_dict(result.pooled_windows_avg),
-                    "pooled_windows": _scores_dict(result.pooled_windows),
-                    "uar_mean": result.uar_mean,
-                    "uar_std": result.uar_std,
-                    "folds": [
-                        {
-                            "fold": f.fold,
-                            "model": _scores_dict(f.model),
-                            "baseline": _scores_dict(f.baseline),
-                            "windows_avg": _scores_dict(f.windows_avg),
-                            "windows": _scores_dict(f.windows),
-                        }
-                        for f in result.folds
-                    ],
-                    "seconds": elapsed,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+        _write_crossval_json(args.json, data, where, title, list(result.folds), result, started)
     return 0
+
+
+def _print_folds(result: Any, labels: tuple[str, ...]) -> None:
+    width = max(6, *(len(f.name) for f in result.folds))
+    short = [label[:3] for label in labels]
+    phone = result.folds[0].phone is not None
+    head = (
+        f"{'fold':<{width}} {'n_test':>6} {'acc':>6} {'UAR':>6} "
+        + (f"{'ph_acc':>6} {'ph_UAR':>6} " if phone else "")
+        + " ".join(f"{'R_' + s:>6}" for s in short) + " "
+        + " ".join(f"{'P_' + s:>6}" for s in short)
+        + f" {'wavg':>6} {'win':>6} {'lookup':>6}"
+    )
+    print(head)
+    for f in result.folds:
+        recall = " ".join("   n/a" if r != r else f"{r:>6.3f}" for r in f.model.recall)
+        share = " ".join(f"{p:>6.3f}" for p in f.model.predicted_share)
+        ph = f"{f.phone.model.accuracy:>6.3f} {f.phone.model.uar:>6.3f} " if f.phone else ""
+        print(
+            f"{f.name:<{width}} {f.model.n:>6} {f.model.accuracy:>6.3f} {f.model.uar:>6.3f} "
+            f"{ph}{recall} {share} {f.windows_avg.accuracy:>6.3f} {f.windows.accuracy:>6.3f} "
+            f"{f.baseline.accuracy:>6.3f}"
+        )
+    print("(R_: recall per class, P_: share of clips predicted as each class; "
+          "wavg/win: accuracy of window-averaged clips and of single 2 s windows)")
+
+
+def _side_dict(side: Any) -> dict[str, Any] | None:
+    if side is None:
+        return None
+    return {
+        "model": _scores_dict(side.model),
+        "windows_avg": _scores_dict(side.windows_avg),
+        "windows": _scores_dict(side.windows),
+    }
+
+
+def _write_crossval_json(
+    path: Path, data: Any, where: str, title: str, folds: list[Any], result: Any, started: float
+) -> None:
+    """Write what is known so far (``result`` None: folds still running); atomic replace."""
+    import numpy as np
+
+    doc: dict[str, Any] = {
+        "data": where,
+        "protocol": title,
+        "complete": result is not None,
+        "n": len(data),
+        "labels": list(data.labels),
+        "corpora": list(data.corpus_names),
+        "folds": [
+            {
+                "fold": f.fold,
+                "name": f.name,
+                "n_train": f.n_train,
+                "model": _scores_dict(f.model),
+                "baseline": _scores_dict(f.baseline),
+                "windows_avg": _scores_dict(f.windows_avg),
+                "windows": _scores_dict(f.windows),
+                "phone": _side_dict(f.phone),
+                # whole-clip predictions of every held-out clip, for calibration
+                "predictions": {
+                    "file": [data.clips[int(i)].path.name for i in f.test_idx],
+                    "target": [int(data.targets[int(i)]) for i in f.test_idx],
+                    "probs": np.round(f.probs.astype(np.float64), 6).tolist(),
+                    "phone_probs": None if f.phone_probs is None
+                    else np.round(f.phone_probs.astype(np.float64), 6).tolist(),
+                },
+            }
+            for f in folds
+        ],
+        "seconds": time.monotonic() - started,
+    }
+    if result is not None:
+        doc.update(
+            pooled=_scores_dict(result.pooled),
+            pooled_baseline=_scores_dict(result.pooled_baseline),
+            pooled_windows_avg=_scores_dict(result.pooled_windows_avg),
+            pooled_windows=_scores_dict(result.pooled_windows),
+            pooled_phone=_side_dict(result.pooled_phone),
+            uar_mean=result.uar_mean,
+            uar_std=result.uar_std,
+            phone_uar_mean=result.phone_uar_mean,
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    tmp.replace(path)
 
 
 def _scores_dict(scores: Any) -> dict[str, Any]:
@@ -396,5 +568,6 @@ def _scores_dict(scores: Any) -> dict[str, Any]:
             for lab, r in zip(scores.labels, scores.recall, strict=True)
         },
         "labels": list(scores.labels),
+        "predicted_share": list(scores.predicted_share),
         "confusion": scores.confusion.tolist(),
     }

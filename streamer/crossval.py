@@ -7,6 +7,7 @@ Fold builders are pure numpy functions:
   the fewest clips so far.
 - :func:`stratified_folds`: k random folds with each class dealt evenly (seeded).
 - :func:`reference_split`: the reference protocol, one stratified random 80/20 split (seed 42).
+- :func:`corpus_folds`: leave-one-corpus-out, one fold per corpus of a multi-corpus dataset.
 
 Each held-out clip is scored three ways: the whole clip in one pass (``model``), the mean of the
 class probabilities of its 2 s windows (``windows_avg``; the windows of
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +36,8 @@ from .evaluation import Scores, clip_windows, predict_clips, score
 __all__ = [
     "CrossvalResult",
     "FoldResult",
+    "SideScores",
+    "corpus_folds",
     "group_folds",
     "reference_split",
     "run_crossval",
@@ -113,10 +117,35 @@ def speaker_majority(
     )
 
 
+def corpus_folds(data: Dataset) -> tuple[list[NDArray[np.int64]], list[str]]:
+    """Leave-one-corpus-out: one fold per corpus, its test side that corpus's clips."""
+    ids = data.corpus_ids
+    present = [k for k in range(len(data.corpus_names)) if np.any(ids == k)]
+    if len(present) < 2:
+        raise DataError(
+            f"--group corpus needs at least 2 corpora, got {len(present)} "
+            "(give several --data folders, or a folder of corpora)"
+        )
+    return (
+        [np.flatnonzero(ids == k).astype(np.int64) for k in present],
+        [data.corpus_names[k] for k in present],
+    )
+
+
+@dataclass(frozen=True)
+class SideScores:
+    """One test side scored three ways: whole clips, window-averaged clips, single windows."""
+
+    model: Scores
+    windows_avg: Scores
+    windows: Scores
+
+
 @dataclass(frozen=True)
 class FoldResult:
     """One held-out fold: the model's (whole clips, window-averaged clips, single windows) and
-    the baseline's scores."""
+    the baseline's scores, at 16 kHz and (``phone``) through the phone line; ``probs`` are the
+    whole-clip class probabilities of the test clips (``test_idx``), for calibration."""
 
     fold: int
     n_train: int
@@ -124,6 +153,11 @@ class FoldResult:
     baseline: Scores
     windows_avg: Scores
     windows: Scores
+    name: str = ""
+    phone: SideScores | None = None
+    test_idx: NDArray[np.int64] | None = None
+    probs: NDArray[np.float32] | None = None
+    phone_probs: NDArray[np.float32] | None = None
 
 
 @dataclass(frozen=True)
@@ -135,6 +169,7 @@ class CrossvalResult:
     pooled_baseline: Scores
     pooled_windows_avg: Scores
     pooled_windows: Scores
+    pooled_phone: SideScores | None = None
 
     @property
     def uar_mean(self) -> float:
@@ -144,6 +179,44 @@ class CrossvalResult:
     def uar_std(self) -> float:
         return float(np.std([f.model.uar for f in self.folds]))
 
+    @property
+    def phone_uar_mean(self) -> float | None:
+        if any(f.phone is None for f in self.folds):
+            return None
+        return float(np.mean([f.phone.model.uar for f in self.folds if f.phone is not None]))
+
+
+def _score_side(
+    model: object, audio: tuple[NDArray[np.float32], ...], targets: NDArray[np.int64],
+    labels: tuple[str, ...],
+) -> tuple[SideScores, NDArray[np.float32], dict[str, list[int]]]:
+    """Score clips three ways; returns the scores, the whole-clip probabilities and the raw
+    (true, predicted) ids of each view for pooling."""
+    probs = predict_clips(model, audio)  # type: ignore[arg-type]
+    pred = probs.argmax(axis=1)
+    window_probs = [
+        model.predict_proba(np.ascontiguousarray(clip_windows(clip)))  # type: ignore[attr-defined]
+        for clip in audio
+    ]
+    avg = np.array([p.mean(axis=0).argmax() for p in window_probs], dtype=np.int64)
+    win_pred = np.concatenate([p.argmax(axis=1) for p in window_probs])
+    win_true = np.concatenate(
+        [np.full(len(p), t, dtype=np.int64) for p, t in zip(window_probs, targets, strict=True)]
+    )
+    side = SideScores(
+        model=score(targets, pred, labels),
+        windows_avg=score(targets, avg, labels),
+        windows=score(win_true, win_pred, labels),
+    )
+    raw = {
+        "true": [int(t) for t in targets],
+        "pred": [int(p) for p in pred],
+        "avg": [int(a) for a in avg],
+        "win_true": [int(t) for t in win_true],
+        "win_pred": [int(p) for p in win_pred],
+    }
+    return side, probs.astype(np.float32), raw
+
 
 def run_crossval(
     data: Dataset,
@@ -152,21 +225,21 @@ def run_crossval(
     config: object | None = None,
     *,
     progress: bool = True,
+    fold_names: list[str] | None = None,
+    phone_law: str | None = None,
+    on_fold: Callable[[FoldResult], None] | None = None,
 ) -> CrossvalResult:
     """Train the compact recipe once per fold on the other clips and score the held-out clips
-    (whole, window-averaged and window by window)."""
+    (whole, window-averaged and window by window), also through the phone line when
+    ``phone_law`` is ``"mulaw"`` or ``"alaw"``. ``on_fold`` sees each fold as it finishes."""
     import torch
 
     from .models import EmotionModel
     from .training import CompactTrainConfig, compact_feature_extractor, train_compact
 
     train_config = config if isinstance(config, CompactTrainConfig) else CompactTrainConfig()
-    all_true: list[int] = []
-    all_pred: list[int] = []
+    pools: dict[str, dict[str, list[int]]] = {}
     all_base: list[int] = []
-    all_avg: list[int] = []
-    win_true: list[int] = []
-    win_pred: list[int] = []
     results: list[FoldResult] = []
     extractor = compact_feature_extractor()
     for f, test_idx in enumerate(test_folds):
@@ -175,9 +248,11 @@ def run_crossval(
         train_idx = np.flatnonzero(mask)
         if len(train_idx) == 0 or len(test_idx) == 0:
             raise DataError(f"fold {f + 1} has an empty training or test side")
+        name = fold_names[f] if fold_names is not None else f"fold {f + 1}"
         train, test = data.subset(train_idx), data.subset(test_idx)
         net = train_compact(
-            train, train_config, progress=progress, description=f"fold {f + 1}/{len(test_folds)}"
+            train, train_config, progress=progress,
+            description=f"{name} ({f + 1}/{len(test_folds)})",
         )
         model = EmotionModel(
             name=f"fold{f + 1}",
@@ -187,49 +262,57 @@ def run_crossval(
             model=net.to(torch.float32),
             feature_extractor=extractor,
         )
-        pred = predict_clips(model, test.audio).argmax(axis=1)
-        window_probs = [
-            model.predict_proba(np.ascontiguousarray(clip_windows(clip))) for clip in test.audio
-        ]
-        avg = np.array([p.mean(axis=0).argmax() for p in window_probs], dtype=np.int64)
-        fold_win_pred = np.concatenate([p.argmax(axis=1) for p in window_probs])
-        fold_win_true = np.concatenate(
-            [
-                np.full(len(p), t, dtype=np.int64)
-                for p, t in zip(window_probs, test.targets, strict=True)
-            ]
-        )
+        side, probs, raw = _score_side(model, test.audio, test.targets, data.labels)
+        for key, values in raw.items():
+            pools.setdefault("wide", {}).setdefault(key, []).extend(values)
+        phone_side = phone_probs = None
+        if phone_law is not None:
+            from .telephony import phone_line
+
+            narrow = tuple(phone_line(a, law=phone_law) for a in test.audio)
+            phone_side, phone_probs, raw = _score_side(model, narrow, test.targets, data.labels)
+            for key, values in raw.items():
+                pools.setdefault("phone", {}).setdefault(key, []).extend(values)
         base = speaker_majority(
             [groups[i] for i in train_idx], train.targets, [groups[i] for i in test_idx]
         )
-        fold_scores = score(test.targets, pred, data.labels)
-        results.append(
-            FoldResult(
-                fold=f + 1,
-                n_train=len(train_idx),
-                model=fold_scores,
-                baseline=score(test.targets, base, data.labels),
-                windows_avg=score(test.targets, avg, data.labels),
-                windows=score(fold_win_true, fold_win_pred, data.labels),
-            )
-        )
-        logger.info(
-            "fold %d: n=%d accuracy %.3f UAR %.3f",
-            f + 1,
-            len(test_idx),
-            fold_scores.accuracy,
-            fold_scores.uar,
-        )
-        all_true.extend(int(t) for t in test.targets)
-        all_pred.extend(int(p) for p in pred)
         all_base.extend(int(b) for b in base)
-        all_avg.extend(int(a) for a in avg)
-        win_true.extend(int(t) for t in fold_win_true)
-        win_pred.extend(int(p) for p in fold_win_pred)
+        result = FoldResult(
+            fold=f + 1,
+            n_train=len(train_idx),
+            model=side.model,
+            baseline=score(test.targets, base, data.labels),
+            windows_avg=side.windows_avg,
+            windows=side.windows,
+            name=name,
+            phone=phone_side,
+            test_idx=np.asarray(test_idx, dtype=np.int64),
+            probs=probs,
+            phone_probs=phone_probs,
+        )
+        results.append(result)
+        extra = "" if phone_side is None else f" (phone UAR {phone_side.model.uar:.3f})"
+        logger.info(
+            "%s: n=%d accuracy %.3f UAR %.3f%s",
+            name, len(test_idx), side.model.accuracy, side.model.uar, extra,
+        )
+        if on_fold is not None:
+            on_fold(result)
+
+    def pooled(which: str) -> SideScores:
+        p = pools[which]
+        return SideScores(
+            model=score(np.array(p["true"]), np.array(p["pred"]), data.labels),
+            windows_avg=score(np.array(p["true"]), np.array(p["avg"]), data.labels),
+            windows=score(np.array(p["win_true"]), np.array(p["win_pred"]), data.labels),
+        )
+
+    wide = pooled("wide")
     return CrossvalResult(
         folds=tuple(results),
-        pooled=score(np.array(all_true), np.array(all_pred), data.labels),
-        pooled_baseline=score(np.array(all_true), np.array(all_base), data.labels),
-        pooled_windows_avg=score(np.array(all_true), np.array(all_avg), data.labels),
-        pooled_windows=score(np.array(win_true), np.array(win_pred), data.labels),
+        pooled=wide.model,
+        pooled_baseline=score(np.array(pools["wide"]["true"]), np.array(all_base), data.labels),
+        pooled_windows_avg=wide.windows_avg,
+        pooled_windows=wide.windows,
+        pooled_phone=pooled("phone") if phone_law is not None else None,
     )

@@ -57,6 +57,18 @@ class Scores:
     def n(self) -> int:
         return int(self.confusion.sum())
 
+    @property
+    def predicted_share(self) -> tuple[float, ...]:
+        """Share of the predictions that went to each class (a class never predicted is 0)."""
+        counts = self.confusion.sum(axis=0)
+        return tuple(float(c) / max(1, self.n) for c in counts)
+
+    @property
+    def smallest_share(self) -> float:
+        """The smallest predicted share over the classes present in the truth."""
+        present = self.confusion.sum(axis=1) > 0
+        return float(min(np.array(self.predicted_share)[present]))
+
 
 def score(y_true: NDArray[np.int64], y_pred: NDArray[np.int64], labels: tuple[str, ...]) -> Scores:
     """Scores of predicted class ids against true ids (both index ``labels``)."""
@@ -151,6 +163,11 @@ def render_scores(scores: Scores, title: str) -> str:
         + "  ".join(
             f"{label}={'n/a' if np.isnan(r) else f'{r:.3f}'}"
             for label, r in zip(scores.labels, scores.recall, strict=True)
+        ),
+        "  predicted share: "
+        + "  ".join(
+            f"{label}={share:.3f}"
+            for label, share in zip(scores.labels, scores.predicted_share, strict=True)
         ),
         "  confusion (rows true, columns predicted):",
         "  " + " " * width + "".join(f"{label:>{width}}" for label in scores.labels),

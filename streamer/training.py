@@ -30,6 +30,7 @@ __all__ = [
     "FineTuneConfig",
     "compact_feature_extractor",
     "crop_batch",
+    "draw_weights",
     "fine_tune",
     "save_compact",
     "train_compact",
@@ -62,6 +63,15 @@ class CompactTrainConfig:
     gain_db: float = 0.0
     balance_speakers: bool = True
     speaker_regex: str = DEFAULT_GROUP_REGEX
+    #: probability that a training clip is drawn through the phone line (8 kHz G.711)
+    phone_prob: float = 0.0
+    #: upper end of the mel filterbank (8000 = full band at 16 kHz, 4000 = telephone band)
+    f_max_hz: float = 8000.0
+    #: optimiser steps per epoch at most (an epoch is one pass over the clips, or this many
+    #: steps on a large multi-corpus set)
+    max_epoch_steps: int = 60
+    #: balance draws across corpora too (each corpus weighs the same within a class)
+    balance_corpora: bool = True
 
     def __post_init__(self) -> None:
         if self.feature_norm not in ("band", "global", "none"):
@@ -88,6 +98,12 @@ class CompactTrainConfig:
             raise ValueError(f"speed_perturb must be in [0, 0.5), got {self.speed_perturb}")
         if not 0 <= self.gain_db <= 40:
             raise ValueError(f"gain_db must be in [0, 40], got {self.gain_db}")
+        if not 0 <= self.phone_prob <= 1:
+            raise ValueError(f"phone_prob must be in [0, 1], got {self.phone_prob}")
+        if not 1000 <= self.f_max_hz <= 8000:
+            raise ValueError(f"f_max_hz must be in [1000, 8000], got {self.f_max_hz}")
+        if self.max_epoch_steps < 1:
+            raise ValueError(f"max_epoch_steps must be >= 1, got {self.max_epoch_steps}")
         try:
             re.compile(self.speaker_regex)
         except re.error as exc:
@@ -193,6 +209,7 @@ def _new_model(labels: tuple[str, ...], config: CompactTrainConfig) -> Any:
         freq_mask_bands=config.freq_mask_bands,
         time_mask_frames=config.time_mask_frames,
         feature_norm=config.feature_norm,
+        f_max_hz=config.f_max_hz,
         num_members=config.members,
         id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},
@@ -204,6 +221,7 @@ def _train_one(
     data: Dataset, config: CompactTrainConfig, *, progress: bool, description: str
 ) -> Any:
     import torch
+    from torch.nn import functional as F  # noqa: N812
     from tqdm.auto import tqdm
 
     torch.manual_seed(config.seed)
@@ -213,7 +231,7 @@ def _train_one(
     model.train()
     n_samples = int(round(config.crop_s * MODEL_RATE_HZ))
     batch = min(config.batch_size, len(data))
-    steps_per_epoch = max(1, len(data) // batch)
+    steps_per_epoch = max(1, min(len(data) // batch, config.max_epoch_steps))
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
@@ -225,46 +243,100 @@ def _train_one(
     )
     eye = torch.eye(n_labels)
     versions = _speed_versions(data.audio, config.speed_perturb)
+    phone = _phone_versions(data.audio, config.phone_prob)
     groups = _speaker_groups(data, config.speaker_regex) if config.balance_speakers else None
+    weights = draw_weights(
+        data.targets,
+        corpora=data.corpus_ids if config.balance_corpora else None,
+        groups=groups,
+        balance_classes=config.balance_classes,
+    )
+    # Classes each clip's corpus has: a corpus without (say) Neutral says nothing about
+    # Neutral, so its clips only compete among the classes it has.
+    allowed = _allowed_classes(data)
+    smoothing = config.label_smoothing
     bar = tqdm(
         total=config.epochs * steps_per_epoch, desc=description, disable=not progress, unit="step"
     )
+    running: float | None = None
     try:
         for epoch in range(config.epochs):
-            order = _epoch_order(data.targets, rng, balance=config.balance_classes,
-                                 groups=groups)
+            order = _epoch_order(data.targets, rng, weights=weights)
             losses = []
             for step in range(steps_per_epoch):
                 idx = order[step * batch : (step + 1) * batch]
+                if len(idx) == 0:
+                    idx = order[:batch]
                 if len(versions) == 1:  # no extra draw: the default recipe stays reproducible
                     clips = [versions[0][i] for i in idx]
                 else:
                     pick = rng.integers(0, len(versions), size=len(idx))
                     clips = [versions[v][i] for v, i in zip(pick, idx, strict=True)]
+                if phone is not None:
+                    through = rng.random(len(idx)) < config.phone_prob
+                    clips = [phone[i] if t else c for c, i, t in zip(clips, idx, through,
+                                                                     strict=True)]
                 crops = crop_batch(clips, n_samples, rng)
                 if config.gain_db > 0:
                     gains = rng.uniform(-config.gain_db, config.gain_db, size=(len(idx), 1))
                     crops = np.clip(crops * 10.0 ** (gains / 20.0), -1.0, 1.0).astype(np.float32)
                 x = torch.from_numpy(crops)
                 y = eye[torch.from_numpy(data.targets[idx])]
+                mask = None if allowed is None else torch.from_numpy(allowed[idx])
                 if config.mixup_alpha > 0:
                     lam = float(rng.beta(config.mixup_alpha, config.mixup_alpha))
                     perm = torch.from_numpy(rng.permutation(len(idx)))
                     x = lam * x + (1 - lam) * x[perm]
                     y = lam * y + (1 - lam) * y[perm]
-                loss = model(input_values=x, labels=y).loss
+                    if mask is not None:
+                        mask = mask | mask[perm]
+                if mask is None:
+                    loss = model(input_values=x, labels=y).loss
+                else:
+                    logits = model(input_values=x).logits.float()
+                    logits = logits.masked_fill(~mask, -1e4)
+                    soft = y * (1 - smoothing) + smoothing * mask.float() / mask.sum(
+                        -1, keepdim=True
+                    )
+                    loss = -(soft * F.log_softmax(logits, dim=-1)).sum(-1).mean()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
-                losses.append(loss.detach().item())
+                value = loss.detach().item()
+                losses.append(value)
+                running = value if running is None else 0.95 * running + 0.05 * value
                 bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses):.3f}")
+                if step % 10 == 0:
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{running:.3f}")
             logger.debug("epoch %d loss %.4f", epoch + 1, float(np.mean(losses)))
     finally:
         bar.close()
     model.eval()
     return model
+
+
+def _allowed_classes(data: Dataset) -> NDArray[np.bool_] | None:
+    """Per clip, the classes its corpus has (None when every corpus has every class)."""
+    n_labels = len(data.labels)
+    has = np.zeros((len(data.corpus_names), n_labels), dtype=bool)
+    for k in range(len(data.corpus_names)):
+        has[k, list(data.corpus_labels(k))] = True
+    present = has[np.unique(data.corpus_ids)]
+    if present.all():
+        return None
+    return has[data.corpus_ids]
+
+
+def _phone_versions(
+    audio: tuple[NDArray[np.float32], ...] | list[NDArray[np.float32]], prob: float
+) -> list[NDArray[np.float32]] | None:
+    """Every clip through the phone line (mu-law and A-law alternating), or None when off."""
+    if prob <= 0:
+        return None
+    from .telephony import phone_line
+
+    return [phone_line(c, law="mulaw" if i % 2 == 0 else "alaw") for i, c in enumerate(audio)]
 
 
 def _speed_versions(
@@ -283,9 +355,13 @@ def _speed_versions(
 
 
 def _speaker_groups(data: Dataset, pattern: str) -> list[str] | None:
-    """Speaker ids from the file names, or None (no speaker balance) when they carry none."""
+    """Speaker ids (the dataset's own when it has them, else from the file names), or None (no
+    speaker balance) when they carry none."""
     from .dataset import group_ids
 
+    if data.speakers is not None:
+        # A clip without a speaker id is its own speaker (class balance only for its corpus).
+        return [s if s is not None else f"#{i}" for i, s in enumerate(data.speakers)]
     try:
         return group_ids(data.clips, pattern)
     except DataError as exc:
@@ -293,34 +369,61 @@ def _speaker_groups(data: Dataset, pattern: str) -> list[str] | None:
         return None
 
 
+def draw_weights(
+    targets: NDArray[np.int64],
+    *,
+    corpora: NDArray[np.int64] | None = None,
+    groups: list[str] | None = None,
+    balance_classes: bool = True,
+) -> NDArray[np.float64] | None:
+    """Draw probability of each clip, or None for a plain shuffle.
+
+    Each class weighs the same (``balance_classes``); within a class each corpus that has it
+    weighs the same (``corpora``: a corpus without a class is not counted for that class, so the
+    class keeps its full weight); within a (corpus, class) each speaker weighs the same
+    (``groups``). With one corpus this is the class- and speaker-balanced URDU recipe.
+    """
+    if corpora is not None and len(np.unique(corpora)) < 2:
+        corpora = None
+    if not balance_classes and groups is None and corpora is None:
+        return None
+    n = len(targets)
+    corpus = np.zeros(n, dtype=np.int64) if corpora is None else np.asarray(corpora)
+    speaker = list(range(n)) if groups is None else groups
+    cells = Counter(zip(corpus.tolist(), targets.tolist(), strict=True))
+    per_speaker = Counter(zip(corpus.tolist(), targets.tolist(), speaker, strict=True))
+    speakers_in_cell = Counter((c, t) for c, t, _ in per_speaker)
+    corpora_with_class = Counter(t for _, t in cells)
+    weights = np.empty(n)
+    for i, (c, t, g) in enumerate(zip(corpus.tolist(), targets.tolist(), speaker, strict=True)):
+        w = 1.0
+        if balance_classes:
+            w /= corpora_with_class[t]
+        else:  # keep each class's natural share, split across corpora by clip count
+            w *= cells[(c, t)] / corpora_with_class[t]
+        if groups is not None:
+            w /= speakers_in_cell[(c, t)] * per_speaker[(c, t, g)]
+        else:
+            w /= cells[(c, t)]
+        weights[i] = w
+    return weights / weights.sum()
+
+
 def _epoch_order(
     targets: NDArray[np.int64],
     rng: np.random.Generator,
     *,
-    balance: bool,
-    groups: list[str] | None = None,
+    weights: NDArray[np.float64] | None,
 ) -> NDArray[np.int64]:
-    """Clip indices for one epoch: a permutation, or (balance) draws with equal class weight;
-    with ``groups`` also equal weight for each speaker within a class.
+    """Clip indices for one epoch: a permutation, or draws with replacement by ``weights``.
 
     Balanced draws matter for speaker folds, where holding out one speaker can leave a class
     with a quarter of the clips of the others; speaker balance keeps one talkative speaker
     (SM5: 72 of the 100 Neutral clips) from standing for a whole class.
     """
-    if not balance and groups is None:
+    if weights is None:
         return rng.permutation(len(targets))
-    weights = np.ones(len(targets))
-    if balance:
-        weights /= np.bincount(targets)[targets]
-    if groups is not None:
-        pairs = list(zip(groups, targets.tolist(), strict=True))
-        per_pair = Counter(pairs)
-        speakers_in_class = Counter(t for _, t in per_pair)
-        clips_in_class = np.bincount(targets)
-        weights *= np.array([
-            clips_in_class[t] / (speakers_in_class[t] * per_pair[(g, t)]) for g, t in pairs
-        ])
-    return rng.choice(len(targets), size=len(targets), replace=True, p=weights / weights.sum())
+    return rng.choice(len(targets), size=len(targets), replace=True, p=weights)
 
 
 def save_compact(model: Any, out: str | Path) -> Path:

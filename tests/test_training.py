@@ -271,13 +271,13 @@ def test_bad_augmentation_option_exits_2(
 def test_speaker_balanced_draws_give_each_speaker_of_a_class_equal_weight() -> None:
     """With speaker ids, a class's draws split evenly across its speakers, whatever their
     clip counts, and the classes stay balanced."""
-    from streamer.training import _epoch_order
+    from streamer.training import _epoch_order, draw_weights
 
     targets = np.array([0] * 9 + [0] + [1] * 5)
     groups = ["A"] * 9 + ["B"] + ["C"] * 5  # class 0: A has 9 clips, B has 1
     rng = np.random.default_rng(0)
-    drawn = np.concatenate([_epoch_order(targets, rng, balance=True, groups=groups)
-                            for _ in range(2000)])
+    weights = draw_weights(targets, groups=groups)
+    drawn = np.concatenate([_epoch_order(targets, rng, weights=weights) for _ in range(2000)])
     share = np.bincount(drawn, minlength=len(targets)) / len(drawn)
     assert share[9] == pytest.approx(0.25, abs=0.01)  # B's one clip: half of class 0
     assert share[:9].sum() == pytest.approx(0.25, abs=0.01)
@@ -295,3 +295,22 @@ def test_speed_versions_play_clips_faster_and_slower() -> None:
     assert len(faster[0]) == pytest.approx(16000 / 1.1, abs=2)
     assert len(slower[0]) == pytest.approx(16000 / 0.9, abs=2)
     assert faster[0].dtype == slower[0].dtype == np.float32
+
+
+def test_corpus_balanced_weights_keep_classes_equal_when_a_corpus_lacks_one() -> None:
+    """Each class weighs 1/n_classes overall, each corpus that has a class splits it evenly,
+    and within a (corpus, class) each speaker weighs the same."""
+    from streamer.training import draw_weights
+
+    # corpus 0: classes 0, 1, 2 (class 0: speakers a (3 clips) and b (1 clip)); corpus 1 lacks 2
+    targets = np.array([0, 0, 0, 0, 1, 2, 0, 0, 1, 1, 1])
+    corpora = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
+    groups = ["a", "a", "a", "b", "c", "c", "d", "d", "e", "e", "e"]
+    w = draw_weights(targets, corpora=corpora, groups=groups)
+    assert w is not None
+    for cls in range(3):
+        assert w[targets == cls].sum() == pytest.approx(1 / 3)
+    assert w[(corpora == 0) & (targets == 0)].sum() == pytest.approx(1 / 6)
+    assert w[3] == pytest.approx(1 / 12)  # speaker b's one clip: half of its cell
+    assert w[5] == pytest.approx(1 / 3)  # class 2 lives in corpus 0 only: full weight
+    assert draw_weights(targets, balance_classes=False) is None
