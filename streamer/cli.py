@@ -167,6 +167,33 @@ def register(subparsers: Any) -> None:
     _add_compact_flags(crossval)
     crossval.set_defaults(handler=_crossval)
 
+    calibrate = subparsers.add_parser(
+        "calibrate",
+        help="fit a temperature on held-out crossval predictions; report calibration error",
+        description=(
+            "Reads the held-out whole-clip predictions that 'crossval --json' wrote (16 kHz and, "
+            "when present, through the phone line), fits one temperature T (softmax(logits / T)) "
+            "by minimising their negative log-likelihood, and reports expected calibration error "
+            "(15 equal-width bins) before and after, also with T fitted on the other folds only "
+            "(each fold's own predictions never seen). --model DIR writes T into DIR/config.json "
+            "(logit_temperature)."
+        ),
+    )
+    calibrate.add_argument(
+        "--crossval-json", required=True, type=Path, help="a 'crossval --json' file"
+    )
+    calibrate.add_argument(
+        "--model", type=Path, default=None,
+        help="checkpoint folder whose config.json gets the fitted temperature",
+    )
+    calibrate.add_argument(
+        "--bins", type=int, default=15, help="equal-width confidence bins (default: 15)"
+    )
+    calibrate.add_argument(
+        "--json", type=Path, default=None, help="also write the figures as JSON here"
+    )
+    calibrate.set_defaults(handler=_calibrate)
+
 
 # Compact-recipe flags: each maps onto the CompactTrainConfig field of the same name.
 _COMPACT_FLAGS: tuple[tuple[str, type, str], ...] = (
@@ -556,6 +583,93 @@ def _write_crossval_json(
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(doc, indent=1) + "\n")
     tmp.replace(path)
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .calibration import (
+        expected_calibration_error,
+        fit_temperature,
+        nll,
+        reliability_table,
+        set_temperature,
+        softmax,
+    )
+    from .errors import DataError
+
+    try:
+        doc = json.loads(args.crossval_json.read_text())
+        folds = doc["folds"]
+        sides: dict[str, list[tuple[Any, Any]]] = {"16 kHz": [], "phone line": []}
+        for fold in folds:
+            pred = fold["predictions"]
+            y = np.asarray(pred["target"], dtype=np.int64)
+            sides["16 kHz"].append((np.asarray(pred["probs"], dtype=np.float64), y))
+            if pred.get("phone_probs") is not None:
+                sides["phone line"].append((np.asarray(pred["phone_probs"]), y))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{args.crossval_json}: not a 'crossval --json' file ({exc})") from exc
+    if not folds:
+        raise DataError(f"{args.crossval_json}: holds no finished folds")
+    if not 2 <= args.bins <= 1000:
+        raise DataError(f"--bins must be 2-1000, got {args.bins}")
+    # Both sides together: the one temperature the model gets serves 16 kHz and phone calls.
+    parts = [p for side in sides.values() for p in side]
+    logits = np.log(np.clip(np.concatenate([p for p, _ in parts]), 1e-12, 1.0))
+    y_all = np.concatenate([y for _, y in parts])
+    temperature = fit_temperature(logits, y_all)
+    print(f"{args.crossval_json}: {len(folds)} folds ({doc.get('protocol', '?')})")
+    print(f"fitted temperature T = {temperature:.3f} on {len(y_all)} held-out predictions")
+    report: dict[str, Any] = {"temperature": temperature, "bins": args.bins, "sides": {}}
+    for name, side in sides.items():
+        if not side:
+            continue
+        z = np.log(np.clip(np.concatenate([p for p, _ in side]), 1e-12, 1.0))
+        y = np.concatenate([t for _, t in side])
+        # Leave-one-fold-out temperature: each fold is scaled by a T fitted on the other folds.
+        held = []
+        for k in range(len(side)):
+            others = [i for i in range(len(side)) if i != k] or [k]
+            zo = np.log(np.clip(np.concatenate([side[i][0] for i in others]), 1e-12, 1.0))
+            t_k = fit_temperature(zo, np.concatenate([side[i][1] for i in others]))
+            held.append(softmax(np.log(np.clip(side[k][0], 1e-12, 1.0)), t_k))
+        held_probs = np.concatenate(held)
+        before = softmax(z, 1.0)
+        after = softmax(z, temperature)
+        row: dict[str, Any] = {
+            "n": int(len(y)),
+            "ece_before": expected_calibration_error(before, y, args.bins),
+            "ece_after": expected_calibration_error(after, y, args.bins),
+            "ece_after_other_folds_t": expected_calibration_error(held_probs, y, args.bins),
+            "nll_before": nll(z, y, 1.0),
+            "nll_after": nll(z, y, temperature),
+            "reliability_after": [
+                {"lower": b.lower, "upper": b.upper, "count": b.count,
+                 "mean_confidence": b.mean_confidence, "accuracy": b.accuracy}
+                for b in reliability_table(after, y, args.bins)
+            ],
+        }
+        report["sides"][name] = row
+        print(
+            f"{name}: n={row['n']}  ECE {row['ece_before']:.3f} -> {row['ece_after']:.3f} "
+            f"(T from the other folds: {row['ece_after_other_folds_t']:.3f}); "
+            f"NLL {row['nll_before']:.3f} -> {row['nll_after']:.3f}"
+        )
+        print("  confidence bin   clips  mean confidence  observed accuracy")
+        for b in row["reliability_after"]:
+            if b["count"]:
+                print(
+                    f"  {b['lower']:.2f}-{b['upper']:.2f}  {b['count']:>10}  "
+                    f"{b['mean_confidence']:>15.3f}  {b['accuracy']:>17.3f}"
+                )
+    if args.model is not None:
+        set_temperature(args.model, temperature)
+        print(f"wrote logit_temperature {temperature:.3f} to {args.model / 'config.json'}")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+    return 0
 
 
 def _scores_dict(scores: Any) -> dict[str, Any]:

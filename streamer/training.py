@@ -211,6 +211,8 @@ def _new_model(labels: tuple[str, ...], config: CompactTrainConfig) -> Any:
         feature_norm=config.feature_norm,
         f_max_hz=config.f_max_hz,
         num_members=config.members,
+        # trained through the phone line too: fit for 8 kHz calls (the engine reads this)
+        narrowband=config.phone_prob > 0,
         id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},
     )

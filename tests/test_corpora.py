@@ -146,6 +146,34 @@ def test_leave_one_corpus_out_scores_held_out_corpora_above_chance(
     assert gamma["model"]["recall"]["Happy"] is None  # gamma has no Happy clips
     assert result["uar_mean"] > 0.6
 
+    # calibrate: one temperature fitted on those held-out predictions lowers their NLL
+    model = tmp_path / "model"
+    main(["train", "--data", str(gen_corpora), *SPEAKERS, "--out", str(model), "--epochs", "1",
+          "--no-progress"])
+    capsys.readouterr()
+    report = tmp_path / "calibration.json"
+    assert main(["calibrate", "--crossval-json", str(out_json), "--model", str(model),
+                 "--json", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "fitted temperature" in out and "observed accuracy" in out
+    figures = json.loads(report.read_text())
+    for side in ("16 kHz", "phone line"):
+        row = figures["sides"][side]
+        assert row["nll_after"] <= row["nll_before"] + 1e-9
+        assert 0 <= row["ece_after"] <= 1 and 0 <= row["ece_after_other_folds_t"] <= 1
+    config = json.loads((model / "config.json").read_text())
+    assert config["logit_temperature"] == pytest.approx(figures["temperature"])
+
+
+def test_calibrate_refuses_a_file_that_is_no_crossval_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """calibrate on anything but a crossval --json file: one line, exit 2."""
+    bad = tmp_path / "x.json"
+    bad.write_text('{"hello": 1}')
+    assert main(["calibrate", "--crossval-json", str(bad)]) == 2
+    assert "not a 'crossval --json' file" in _one_line_error(capsys)
+
 
 def test_speaker_folds_over_one_corpus_keep_the_others_in_training(
     gen_corpora: Path, capsys: pytest.CaptureFixture[str]
