@@ -26,13 +26,13 @@ import json
 import logging
 import re
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import (
     ConnectionClosed,
@@ -43,7 +43,7 @@ from websockets.exceptions import (
 )
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response, parse_headers, parse_line
-from websockets.protocol import Protocol
+from websockets.protocol import Protocol, State
 from websockets.server import ServerProtocol
 
 from client.messages import ErrorMessage, MessageError, Subscribe, decode, encode
@@ -61,7 +61,7 @@ from .auth import (
 )
 from .config import ServerConfig
 from .errors import ServerError
-from .fanout import ClientQueue, QueueClosed
+from .fanout import ClientQueue, Frame, QueueClosed
 from .hub import EventHub
 from .ingest import INGEST_PATH, IngestEndpoint
 from .limits import AddressSlots, ClientLog, TokenBucket, address_of
@@ -87,6 +87,8 @@ _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 WS_PATH = "/ws"
 #: the server pings every 20 s (websockets' default) and waits this long for the pong
 _PING_TIMEOUT_S = 60.0
+#: a client's unsent bytes above which frames wait in its queue instead (bounded, drop-oldest)
+_DIRECT_WRITE_LIMIT = 32 * 1024
 #: how long a new client's backlog waits for the client's first frame (see ``_write``)
 _BACKLOG_GRACE_S = 1.0
 LOGIN_PATH = "/login"
@@ -174,6 +176,27 @@ class _BodyReadingConnection(ServerConnection):
                 reader.discard()
                 yield
         yield from Protocol.parse(protocol)  # WebSocket frames after the handshake
+
+
+def _direct_writer(connection: ServerConnection) -> Callable[[Frame], bool]:
+    """Write a frame now if the connection's buffer has room (see ``ClientQueue.direct``)."""
+    transport = connection.transport
+    protocol = connection.protocol
+    # the frame's bytes are the same for every client only without extensions (no deflate)
+    shared = not protocol.extensions
+
+    def direct(frame: Frame) -> bool:
+        if protocol.state is not State.OPEN or protocol.expect_continuation_frame or (
+            transport.get_write_buffer_size() >= _DIRECT_WRITE_LIMIT
+        ):
+            return False
+        if shared and frame.wire:
+            transport.write(frame.wire)  # whole frames: never inside websockets' own writes
+        else:
+            broadcast((connection,), frame.data, text=True)  # websockets' synchronous write
+        return True
+
+    return direct
 
 
 def format_host(host: str) -> str:
@@ -638,6 +661,7 @@ class EventServer:
                 await asyncio.wait_for(first_frame.wait(), _BACKLOG_GRACE_S)
             except asyncio.TimeoutError:
                 pass  # a client that only listens: its backlog and live events follow now
+            queue.direct = _direct_writer(connection)
             while True:
                 try:
                     frame = await queue.next_frame()

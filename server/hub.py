@@ -56,7 +56,7 @@ from streamer.events import EngineStats, Event, StreamClosed
 from .alerts import AlertMonitor
 from .convert import event_message
 from .errors import ServerError
-from .fanout import Backlog, BacklogRole, FanOut, Frame
+from .fanout import Backlog, BacklogRole, FanOut, Frame, text_frame
 from .limits import ServerCounters
 from .store import StoreRow, TimelineStore, store_row
 
@@ -281,7 +281,8 @@ class EventHub:
             role = "close"
         elif isinstance(message, _BACKLOG_TYPES):
             role = "event"
-        self.fanout.publish(Frame(text, stream, text.encode()), backlog=role)
+        data = text.encode()
+        self.fanout.publish(Frame(text, stream, data, text_frame(data)), backlog=role)
         self.events_published += 1
         if isinstance(message, WindowMessage):
             logger.debug("window %s#%d %s", message.stream, message.seq, message.smoothed_label)
@@ -302,6 +303,8 @@ class EventHub:
         if store is None:
             return
         row = store_row(message, text)
+        if self._pending:
+            self._retry()  # the older events first (rate-limited while the store fails)
         if not self._pending:
             try:
                 store.record_rows((row,))
@@ -309,7 +312,6 @@ class EventHub:
             except ServerError as exc:
                 self._store_failed(exc, time.monotonic())
         self._keep(row)
-        self._retry()
 
     def _keep(self, row: StoreRow) -> None:
         if len(self._pending) >= self.store_retry_events:

@@ -305,9 +305,12 @@ class IngestEndpoint:
             self._tasks.discard(task)
 
     async def _recv(self, connection: ServerConnection) -> str | bytes:
+        # asyncio.timeout, not wait_for: no task per frame, so frames already received are
+        # read without going round the loop (behind every client writer) once per frame
         try:  # recv is cancellation-safe: a timeout loses no frame (none had arrived)
-            return await asyncio.wait_for(connection.recv(), self.config.ingest_idle_timeout_s)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self.config.ingest_idle_timeout_s):
+                return await connection.recv()
+        except TimeoutError:
             raise IngestRejected(
                 "idle_timeout",
                 f"no frame for {self.config.ingest_idle_timeout_s:g} s (--ingest-idle-timeout-s)",
