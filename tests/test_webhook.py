@@ -35,11 +35,7 @@ class Receiver:
         self.location = location
         self.requests: list[tuple[str, dict[str, str], bytes]] = []
         self.server: asyncio.Server | None = None
-
-    @property
-    def base(self) -> str:
-        assert self.server is not None
-        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        self.base = ""  # host:port once started
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = (await reader.readuntil(b"\r\n\r\n")).decode()
@@ -60,6 +56,7 @@ class Receiver:
 
     async def __aenter__(self) -> Receiver:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.base = f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
