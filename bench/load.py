@@ -246,8 +246,10 @@ async def main(args: argparse.Namespace) -> int:
         "--max-ws-clients", str(n + 10), "--max-ingest-calls", str(m + 10),
         "--max-connections-per-address", str(n + m + 20), *shlex.split(args.run_args),
     ]
+    profile = ["-m", "cProfile", "-o", str(args.profile)] if args.profile else []
     server = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "server", "--log-level", "WARNING", "run", "--source", "none",
+        sys.executable, *profile, "-m", "server", "--log-level", "WARNING", "run", "--source",
+        "none",
         *run_args, cwd=REPO, stdout=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
@@ -384,6 +386,8 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--rss-every-s", type=float, default=5.0)
     parser.add_argument("--run-args", default="", help="extra 'emotion-monitor run' arguments")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="run the server under cProfile, writing its stats to this file")
     args = parser.parse_args()
     if not 1 <= args.subscribers <= 5000 or not 1 <= args.calls <= 200:
         parser.error("--subscribers must be 1-5000 and --calls 1-200")

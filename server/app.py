@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
+from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import (
     ConnectionClosed,
@@ -89,6 +89,8 @@ WS_PATH = "/ws"
 _PING_TIMEOUT_S = 60.0
 #: a client's unsent bytes above which frames wait in its queue instead (bounded, drop-oldest)
 _DIRECT_WRITE_LIMIT = 32 * 1024
+#: frames for one client are gathered into one write at most this often (see _Coalescer)
+_FLUSH_S = 0.05
 #: how long a new client's backlog waits for the client's first frame (see ``_write``)
 _BACKLOG_GRACE_S = 1.0
 LOGIN_PATH = "/login"
@@ -178,25 +180,76 @@ class _BodyReadingConnection(ServerConnection):
         yield from Protocol.parse(protocol)  # WebSocket frames after the handshake
 
 
-def _direct_writer(connection: ServerConnection) -> Callable[[Frame], bool]:
-    """Write a frame now if the connection's buffer has room (see ``ClientQueue.direct``)."""
-    transport = connection.transport
-    protocol = connection.protocol
-    # the frame's bytes are the same for every client only without extensions (no deflate)
-    shared = not protocol.extensions
+class _Coalescer:
+    """Frames for clients that keep up, written at most once per ``interval_s`` per client.
 
-    def direct(frame: Frame) -> bool:
-        if protocol.state is not State.OPEN or protocol.expect_continuation_frame or (
-            transport.get_write_buffer_size() >= _DIRECT_WRITE_LIMIT
-        ):
-            return False
-        if shared and frame.wire:
-            transport.write(frame.wire)  # whole frames: never inside websockets' own writes
-        else:
-            broadcast((connection,), frame.data, text=True)  # websockets' synchronous write
-        return True
+    One ``send`` system call per client and frame was the fan-out's main cost (1,000 clients x
+    40 windows/s); gathering what is published within ``interval_s`` into one write per client
+    cuts it several-fold. A frame published after a quiet spell goes out on the next loop
+    turn; under load a frame waits at most ``interval_s``. Pending bytes per client stay under
+    ``limit`` (then frames wait in the client's own bounded queue instead).
+    """
 
-    return direct
+    def __init__(self, *, interval_s: float, limit: int) -> None:
+        self.interval_s = interval_s
+        self.limit = limit
+        self._pending: dict[ServerConnection, list[bytes]] = {}
+        self._sizes: dict[ServerConnection, int] = {}
+        self._handle: asyncio.TimerHandle | None = None
+        self._last = 0.0
+
+    def writer(self, connection: ServerConnection) -> Callable[[Frame], bool]:
+        """The ``ClientQueue.direct`` of one connection."""
+        transport = connection.transport
+        protocol = connection.protocol
+        # the frame's bytes are the same for every client only without extensions (no deflate)
+        shared = not protocol.extensions
+
+        def direct(frame: Frame) -> bool:
+            if not shared or not frame.wire or protocol.state is not State.OPEN:
+                return False
+            queued = self._sizes.get(connection, 0)
+            if queued + transport.get_write_buffer_size() >= self.limit:
+                return False
+            self._sizes[connection] = queued + len(frame.wire)
+            if queued:
+                self._pending[connection].append(frame.wire)
+            else:
+                self._pending[connection] = [frame.wire]
+            if self._handle is None:
+                loop = asyncio.get_running_loop()
+                self._handle = loop.call_at(max(loop.time(), self._last + self.interval_s),
+                                            self._flush_all)
+            return True
+
+        return direct
+
+    def flush(self, connection: ServerConnection) -> None:
+        """Write what is pending for ``connection`` now (before anything else is sent on it)."""
+        chunks = self._pending.pop(connection, None)
+        self._sizes.pop(connection, None)
+        if chunks and connection.protocol.state is State.OPEN:
+            connection.transport.write(b"".join(chunks))  # whole frames, between websockets'
+
+    def discard(self, connection: ServerConnection) -> None:
+        self._pending.pop(connection, None)
+        self._sizes.pop(connection, None)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        for connection in list(self._pending):
+            self.flush(connection)
+
+    def _flush_all(self) -> None:
+        self._handle = None
+        self._last = asyncio.get_running_loop().time()
+        pending, self._pending = self._pending, {}
+        self._sizes = {}
+        for connection, chunks in pending.items():
+            if connection.protocol.state is State.OPEN:
+                connection.transport.write(b"".join(chunks))
 
 
 def format_host(host: str) -> str:
@@ -285,6 +338,7 @@ class EventServer:
         if ingest is not None:
             ingest.bind(self.counters, self.client_log)
         self._slots = AddressSlots(config.max_connections_per_address)
+        self._coalescer = _Coalescer(interval_s=_FLUSH_S, limit=_DIRECT_WRITE_LIMIT)
         self._server: Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
         self._closed = False
@@ -383,6 +437,7 @@ class EventServer:
             return
         # Writers send what is queued, then close their connection with 1001.
         self.hub.fanout.close()
+        self._coalescer.close()
         if self._connections:
             _, pending = await asyncio.wait(
                 set(self._connections), timeout=self.config.shutdown_timeout_s
@@ -637,6 +692,7 @@ class EventServer:
             await connection.close(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
             hub.fanout.disconnect(queue)
+            self._coalescer.discard(connection)
             if writer is not None:
                 # the connection is closing or closed by now; the writer has nothing left to do
                 writer.cancel()
@@ -661,13 +717,15 @@ class EventServer:
                 await asyncio.wait_for(first_frame.wait(), _BACKLOG_GRACE_S)
             except asyncio.TimeoutError:
                 pass  # a client that only listens: its backlog and live events follow now
-            queue.direct = _direct_writer(connection)
+            queue.direct = self._coalescer.writer(connection)
             while True:
                 try:
                     frame = await queue.next_frame()
                 except QueueClosed:
+                    self._coalescer.flush(connection)
                     await connection.close(CloseCode.GOING_AWAY, "server shutting down")
                     return
+                self._coalescer.flush(connection)  # older frames first
                 await connection.send(frame.data, text=True)
         except ConnectionClosed:
             return
