@@ -317,3 +317,26 @@ def test_call_longer_than_the_limit_is_ended_with_call_too_long(
                 assert mon.hub is not None and mon.hub.counters.refused["call_length"] == 1
 
     run(scenario())
+
+
+def test_a_burst_arrives_in_order_and_whatever_is_missing_is_counted() -> None:
+    """Frames written directly or queued keep their order; a gap is always a counted drop."""
+
+    async def scenario() -> None:
+        async with running(client_queue_size=64) as (hub, server):
+            async with connect(server.ws_url) as ws:
+                assert isinstance(await receive(ws), Hello)
+                await ws.send(encode_subscribe([]))  # starts the live flow at once
+                for seq in range(3000):
+                    hub.publish_event(label("burst", seq))
+                    if seq % 500 == 0:
+                        await asyncio.sleep(0)  # let the loop write some out meanwhile
+                seqs: list[int] = []
+                while not seqs or seqs[-1] != 2999:
+                    message = await receive(ws)
+                    if isinstance(message, WindowMessage):
+                        seqs.append(message.seq)
+                assert seqs == sorted(set(seqs))
+                assert 3000 - len(seqs) == hub.fanout.messages_dropped
+
+    run(scenario())
