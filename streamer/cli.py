@@ -31,8 +31,11 @@ def register(subparsers: Any) -> None:
         "train",
         help="train the compact model or fine-tune a checkpoint on a folder-per-label dataset",
         description=(
-            "Train on DIR/<label>/*.wav (any rate, mono or stereo; resampled to 16 kHz). "
-            "--base compact trains the compact log-mel CNN; --base ID_OR_PATH fine-tunes a "
+            "Train on DIR/<label>/*.wav (any rate, mono or stereo; resampled to 16 kHz); "
+            "repeat --data, or give a folder of corpora, to train on several corpora at once "
+            "(draws balanced across corpora, classes and speakers; a class a corpus lacks is "
+            "left out of that corpus's loss). --base compact trains the compact log-mel CNN; "
+            "--base ID_OR_PATH fine-tunes a "
             "wav2vec2-family checkpoint with transformers Trainer (reference recipe: lr 5e-5, "
             "batch 32, Adam 0.9/0.999/1e-8, linear schedule, 50 epochs, seed 42, AMP on CUDA)."
         ),
@@ -223,6 +226,7 @@ _COMPACT_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("phone_prob", float, "probability that a training clip goes through a phone line "
      "(8 kHz G.711, mu-law or A-law) (default: 0)"),
     ("f_max_hz", float, "upper edge of the mel filterbank in Hz (default: 8000)"),
+    ("fft_size", int, "STFT window and FFT size in samples at 16 kHz (default: 400 = 25 ms)"),
     ("max_epoch_steps", int, "optimiser steps per epoch at most (default: 60)"),
 )
 

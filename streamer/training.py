@@ -67,6 +67,9 @@ class CompactTrainConfig:
     phone_prob: float = 0.0
     #: upper end of the mel filterbank (8000 = full band at 16 kHz, 4000 = telephone band)
     f_max_hz: float = 8000.0
+    #: STFT window and FFT size in samples at 16 kHz (400 = 25 ms; longer resolves pitch
+    #: harmonics better)
+    fft_size: int = 400
     #: optimiser steps per epoch at most (an epoch is one pass over the clips, or this many
     #: steps on a large multi-corpus set)
     max_epoch_steps: int = 60
@@ -102,6 +105,8 @@ class CompactTrainConfig:
             raise ValueError(f"phone_prob must be in [0, 1], got {self.phone_prob}")
         if not 1000 <= self.f_max_hz <= 8000:
             raise ValueError(f"f_max_hz must be in [1000, 8000], got {self.f_max_hz}")
+        if not 200 <= self.fft_size <= 2048:
+            raise ValueError(f"fft_size must be in [200, 2048], got {self.fft_size}")
         if self.max_epoch_steps < 1:
             raise ValueError(f"max_epoch_steps must be >= 1, got {self.max_epoch_steps}")
         try:
@@ -210,6 +215,8 @@ def _new_model(labels: tuple[str, ...], config: CompactTrainConfig) -> Any:
         time_mask_frames=config.time_mask_frames,
         feature_norm=config.feature_norm,
         f_max_hz=config.f_max_hz,
+        n_fft=config.fft_size,
+        win_length=config.fft_size,
         num_members=config.members,
         # trained through the phone line too: fit for 8 kHz calls (the engine reads this)
         narrowband=config.phone_prob > 0,
