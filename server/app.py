@@ -605,7 +605,8 @@ class EventServer:
             self._role(request), "admin"
         ):
             return public
-        return {**health, **public, "refused": dict(self.refused),
+        # the hub's limit refusals (ws_clients, per_address, ...) and ours (auth, origin, ...)
+        return {**health, **public, "refused": {**health.get("refused", {}), **self.refused},
                 "sessions": len(self.sessions)}
 
     def _static(self, name: str) -> Response:

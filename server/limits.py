@@ -114,7 +114,7 @@ class AddressSlots:
 
 
 class ClientLog:
-    """Log lines caused by clients, at most ``burst`` at once and ``per_minute`` per address.
+    """Warnings caused by clients, at most ``burst`` at once and ``per_minute`` per address.
 
     Addresses are remembered in an LRU of ``max_addresses`` (bounded memory); a suppressed line
     is counted in ``counters.log_lines_suppressed``, and the next line let through for that
@@ -162,7 +162,9 @@ class ClientLog:
             self._buckets.popitem(last=False)
 
     def info(self, address: str, msg: str, *args: object) -> None:
-        self.log(logging.INFO, address, msg, *args)
+        """Lifecycle lines (one per connection or call): not limited, so they never use up
+        the budget that keeps a client's warnings visible."""
+        self.logger.info(msg, *args)
 
     def warning(self, address: str, msg: str, *args: object) -> None:
         self.log(logging.WARNING, address, msg, *args)

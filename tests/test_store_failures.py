@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from client.messages import Hello, StatsMessage, WindowMessage
 from server.store import TimelineStore, read_events
 from streamer.events import StreamOpened
 from tests.conftest import TIMEOUT_S
-from tests.test_server import label, receive, running, stats
+from tests.test_server import http_get, label, receive, running, stats
 
 
 def run(coro: Any) -> Any:
@@ -52,6 +53,10 @@ def test_full_store_keeps_clients_and_stats_going_then_writes_resume(tmp_path: P
                 assert await windows_received(ws, 300) == [("a", n) for n in range(300)]
                 health = hub.health()
                 assert health["ok"] is False and "full" in health["reason"]
+                status, _, body = await asyncio.to_thread(http_get, server.port, "/healthz")
+                shown = json.loads(body)  # no tokens on loopback: the admin details too
+                assert status == 200 and shown["ok"] is False and "full" in shown["reason"]
+                assert "ws_clients" in shown["refused"] and "store_errors" in shown
                 assert health["store_errors"] >= 1 and health["store_pending"] > 0
                 hub.publish_stats(stats())  # stats still flow, with the store counters
                 while not isinstance(message := await receive(ws), StatsMessage):
