@@ -32,6 +32,7 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import signal
 import sys
 import tempfile
@@ -327,6 +328,7 @@ async def main(args: argparse.Namespace) -> int:
             except TimeoutError:
                 server.kill()
                 await server.wait()
+        shutil.rmtree(folder, ignore_errors=True)  # the run's store and worker results
     counts = [w for r in reports for w in r["windows"]]
     latency = [x for r in reports for x in r["latency"]]
     stats_text = state["stats"]
