@@ -230,6 +230,8 @@ def main() -> int:
     parser.add_argument("--phone", choices=("mulaw", "alaw"), nargs="?", const="mulaw",
                         help="put each call through the phone line (default law: mulaw)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--uncertain-below", type=float, default=None,
+                        help="override the smoother's 'uncertain' threshold in every setting")
     args = parser.parse_args()
     if args.calls < 1 or args.clips < 2 or args.gap_s < 0:
         parser.error("need --calls >= 1, --clips >= 2 and --gap-s >= 0")
@@ -263,6 +265,8 @@ def main() -> int:
     between: list[float] = []
     inside: list[float] = []
     for name, fields in SETTINGS.items():
+        if args.uncertain_below is not None:
+            fields = {**fields, "uncertain_below": args.uncertain_below}
         smoothing = SmoothingConfig(**fields)  # type: ignore[arg-type]
         total = results.by_setting.setdefault(name, Score())
         for call in calls:
@@ -275,8 +279,9 @@ def main() -> int:
             total.add(s)
             results.by_corpus.setdefault(call.corpus, {}).setdefault(name, Score()).add(s)
     default = SmoothingConfig()
+    shown = default.uncertain_below if args.uncertain_below is None else args.uncertain_below
     print(f"smoothing: alpha {default.alpha}, switch_margin {default.switch_margin}, "
-          f"uncertain_below {default.uncertain_below}; new defaults gap_reset_s "
+          f"uncertain_below {shown}; new defaults gap_reset_s "
           f"{default.gap_reset_s}, gap_decay_s {default.gap_decay_s}")
     print("\nall calls\n" + HEADER)
     for name, s in results.by_setting.items():
