@@ -339,18 +339,19 @@ def test_bundled_model_through_the_phone_line_on_a_real_corpus(
 def test_short_leave_one_corpus_out_on_the_real_corpora(
     corpora_dir: Path, urdu_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A short leave-one-corpus-out run over all six corpora completes and reports each one."""
+    """A short leave-one-corpus-out run over three real corpora (one without Neutral)
+    completes, reports each one, and never scores the class a corpus lacks."""
     out_json = tmp_path / "loco.json"
     code = main(
-        ["crossval", "--data", str(corpora_dir), "--data", str(urdu_dir), "--group", "corpus",
-         "--limit", "600", "--epochs", "2", "--max-epoch-steps", "10", "--phone", "mulaw",
-         "--no-progress", "--json", str(out_json)]
+        ["crossval", "--data", str(corpora_dir / "EmotionTTS-OpenDB-Korean"),
+         "--data", str(corpora_dir / "TurEV-DB"), "--data", str(urdu_dir), "--group", "corpus",
+         "--limit", "300", "--epochs", "2", "--max-epoch-steps", "10", "--phone", "mulaw",
+         "--phone-prob", "0.5", "--no-progress", "--json", str(out_json)]
     )
     assert code == 0
     result = json.loads(out_json.read_text())
-    assert len(result["folds"]) == 6 and result["complete"]
-    assert {f["name"] for f in result["folds"]} == {
-        "ASED", "EmotionTTS-OpenDB-Korean", "TESS", "TurEV-DB", "nEMO", "URDU"
-    }
-    turev = next(f for f in result["folds"] if f["name"] == "TurEV-DB")
+    assert len(result["folds"]) == 3 and result["complete"]
+    assert [f["name"] for f in result["folds"]] == ["EmotionTTS-OpenDB-Korean", "TurEV-DB", "URDU"]
+    turev = result["folds"][1]
     assert turev["model"]["recall"]["Neutral"] is None
+    assert turev["phone"]["model"]["n"] == turev["model"]["n"]
