@@ -355,3 +355,22 @@ def test_short_leave_one_corpus_out_on_the_real_corpora(
     turev = result["folds"][1]
     assert turev["model"]["recall"]["Neutral"] is None
     assert turev["phone"]["model"]["n"] == turev["model"]["n"]
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "words"),
+    [
+        ("--phone-prob", "1.5", "phone_prob must be in [0, 1]"),
+        ("--f-max-hz", "9000", "f_max_hz must be in [1000, 8000]"),
+        ("--fft-size", "100", "fft_size must be in [200, 2048]"),
+        ("--max-epoch-steps", "0", "max_epoch_steps must be >= 1"),
+    ],
+)
+def test_bad_multi_corpus_training_options_exit_2(
+    gen_corpora: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    flag: str, value: str, words: str,
+) -> None:
+    """Out-of-range phone-line, band, window or step settings: one line, exit 2."""
+    code = main(["train", "--data", str(gen_corpora), "--out", str(tmp_path / "o"), flag, value])
+    assert code == 2
+    assert words in _one_line_error(capsys)
