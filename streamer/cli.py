@@ -425,9 +425,9 @@ def _crossval(args: argparse.Namespace) -> int:
         pool = np.flatnonzero(data.corpus_ids == lowered.index(args.test_corpus.lower()))
     speakers = data.speakers or (None,) * len(data)
     groups = [s if s is not None else f"clip{i}" for i, s in enumerate(speakers)]
-    if args.group == "speaker" or args.protocol == "reference":
+    if args.group == "speaker" and args.protocol == "folds":
         missing = sorted({names[int(data.corpus_ids[i])] for i in pool if speakers[i] is None})
-        if missing and args.protocol != "reference":
+        if missing:
             raise DataError(
                 f"corpus {missing[0]} has no speaker ids: pass --speaker-regex "
                 f"{missing[0]}=REGEX (or --group random)"
@@ -618,9 +618,13 @@ def _calibrate(args: argparse.Namespace) -> int:
         raise DataError(f"{args.crossval_json}: holds no finished folds")
     if not 2 <= args.bins <= 1000:
         raise DataError(f"--bins must be 2-1000, got {args.bins}")
+    def log_probs(parts: list[tuple[Any, Any]]) -> Any:
+        # log-probabilities act as logits: softmax(log p / T) = softmax(logits / T)
+        return np.log(np.clip(np.concatenate([p for p, _ in parts]), 1e-12, 1.0))
+
     # Both sides together: the one temperature the model gets serves 16 kHz and phone calls.
     parts = [p for side in sides.values() for p in side]
-    logits = np.log(np.clip(np.concatenate([p for p, _ in parts]), 1e-12, 1.0))
+    logits = log_probs(parts)
     y_all = np.concatenate([y for _, y in parts])
     temperature = fit_temperature(logits, y_all)
     print(f"{args.crossval_json}: {len(folds)} folds ({doc.get('protocol', '?')})")
@@ -629,15 +633,14 @@ def _calibrate(args: argparse.Namespace) -> int:
     for name, side in sides.items():
         if not side:
             continue
-        z = np.log(np.clip(np.concatenate([p for p, _ in side]), 1e-12, 1.0))
+        z = log_probs(side)
         y = np.concatenate([t for _, t in side])
         # Leave-one-fold-out temperature: each fold is scaled by a T fitted on the other folds.
         held = []
         for k in range(len(side)):
-            others = [i for i in range(len(side)) if i != k] or [k]
-            zo = np.log(np.clip(np.concatenate([side[i][0] for i in others]), 1e-12, 1.0))
-            t_k = fit_temperature(zo, np.concatenate([side[i][1] for i in others]))
-            held.append(softmax(np.log(np.clip(side[k][0], 1e-12, 1.0)), t_k))
+            others = [side[i] for i in range(len(side)) if i != k] or [side[k]]
+            t_k = fit_temperature(log_probs(others), np.concatenate([t for _, t in others]))
+            held.append(softmax(log_probs([side[k]]), t_k))
         held_probs = np.concatenate(held)
         before = softmax(z, 1.0)
         after = softmax(z, temperature)

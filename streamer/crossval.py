@@ -25,6 +25,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
@@ -32,6 +33,9 @@ from numpy.typing import NDArray
 from .dataset import Dataset
 from .errors import DataError
 from .evaluation import Scores, clip_windows, predict_clips, score
+
+if TYPE_CHECKING:
+    from .models import EmotionModel
 
 __all__ = [
     "CrossvalResult",
@@ -187,15 +191,15 @@ class CrossvalResult:
 
 
 def _score_side(
-    model: object, audio: tuple[NDArray[np.float32], ...], targets: NDArray[np.int64],
+    model: EmotionModel, audio: tuple[NDArray[np.float32], ...], targets: NDArray[np.int64],
     labels: tuple[str, ...],
 ) -> tuple[SideScores, NDArray[np.float32], dict[str, list[int]]]:
     """Score clips three ways; returns the scores, the whole-clip probabilities and the raw
     (true, predicted) ids of each view for pooling."""
-    probs = predict_clips(model, audio)  # type: ignore[arg-type]
+    probs = predict_clips(model, audio)
     pred = probs.argmax(axis=1)
     window_probs = [
-        model.predict_proba(np.ascontiguousarray(clip_windows(clip)))  # type: ignore[attr-defined]
+        model.predict_proba(np.ascontiguousarray(clip_windows(clip)))
         for clip in audio
     ]
     avg = np.array([p.mean(axis=0).argmax() for p in window_probs], dtype=np.int64)

@@ -274,8 +274,6 @@ def _train_one(
             losses = []
             for step in range(steps_per_epoch):
                 idx = order[step * batch : (step + 1) * batch]
-                if len(idx) == 0:
-                    idx = order[:batch]
                 if len(versions) == 1:  # no extra draw: the default recipe stays reproducible
                     clips = [versions[0][i] for i in idx]
                 else:
