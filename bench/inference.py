@@ -26,7 +26,7 @@ same through the real server and a WebSocket client). For the naive loop it is t
 the hop to the pipeline call's return.
 
 Encoder cache: for the large model it also times consecutive hop-aligned windows of one
-stream with and without the exact conv-frame cache (``streamer.encoder_cache``), with the
+stream with and without the exact conv-frame cache (``streamer.models.encoder_cache``), with the
 feature extractor's per-window normalisation off (required for exactness).
 
     nice python bench/inference.py                       # everything, ~15-25 min on 2 cores
@@ -258,8 +258,8 @@ def capacity(run: Any, estimate: int, retries: int, max_p95_s: float) -> tuple[i
 def naive_pipe(folder: Path | None) -> Any:
     from transformers import AutoFeatureExtractor, AutoModelForAudioClassification, pipeline
 
-    from streamer.compact import register_compact
-    from streamer.models import BUNDLED_MODEL_DIR
+    from streamer.models.compact import register_compact
+    from streamer.models.loading import BUNDLED_MODEL_DIR
 
     register_compact()
     src = str(folder or BUNDLED_MODEL_DIR)
@@ -272,8 +272,8 @@ def bench_model(name: str, checkpoint: Path | None, work: Path, args: argparse.N
                 audio: np.ndarray) -> tuple[list[Result], dict[str, Any]]:
     import torch
 
-    from streamer.backends import load_backend
-    from streamer.optimize import optimize_model
+    from streamer.models.backends import load_backend
+    from streamer.offline.optimize import optimize_model
 
     out = work / f"{name}-onnx"
     data = args.data if name == "bundled" and args.data and args.data.is_dir() else None
@@ -342,8 +342,8 @@ def cache_speedup(folder: Path, audio: np.ndarray, windows: int) -> dict[str, An
     off, which exactness needs)."""
     import torch
 
-    from streamer.backends import load_backend
-    from streamer.encoder_cache import FrameCache, encoder_geometry
+    from streamer.models.backends import load_backend
+    from streamer.models.encoder_cache import FrameCache, encoder_geometry
 
     torch.set_num_threads(1)
     found: dict[str, Any] = {}

@@ -48,7 +48,7 @@ sys.path.insert(0, str(REPO))
 from websockets.asyncio.client import connect  # noqa: E402
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 
-from client.messages import (  # noqa: E402
+from streamer.protocol.messages import (  # noqa: E402
     IngestAck,
     IngestEnd,
     IngestStart,

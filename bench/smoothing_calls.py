@@ -238,7 +238,7 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     roots = args.data or [DATA / "corpora", DATA / "urdu"]
 
-    from streamer.models import load_model
+    from streamer.models.loading import load_model
     from streamer.smoothing import SmoothingConfig
 
     model = load_model(args.model, device="cpu")

@@ -5,9 +5,9 @@ Imports only the wire schema and websockets: never torch, sounddevice or the ser
 
 from __future__ import annotations
 
-from .api import Disconnected, EventClient, events, normalize_url
-from .errors import ClientError
-from .messages import (
+from client.api import Disconnected, EventClient, events, normalize_url
+from client.errors import ClientError
+from streamer.protocol.messages import (
     PROTOCOL_VERSION,
     ErrorMessage,
     Hello,

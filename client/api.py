@@ -7,8 +7,8 @@ Usage::
             if isinstance(event, WindowMessage):
                 ...
 
-``events()`` yields :mod:`client.messages` objects in the order the server sent them, plus a
-client-side :class:`Disconnected` marker each time the connection is lost. With
+``events()`` yields :mod:`streamer.protocol.messages` objects in the order the server sent them,
+plus a client-side :class:`Disconnected` marker each time the connection is lost. With
 ``reconnect=True`` (the default) the client then reconnects with exponential backoff and
 jitter, and the first message of the new connection is the server's new :class:`Hello`: its
 ``session`` differs from the previous one when the server restarted (old sequence numbers no
@@ -43,9 +43,9 @@ from urllib.parse import urlsplit, urlunsplit
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from .auth import QuietHandshakeLogger, auth_headers, ssl_context
-from .errors import ClientError
-from .messages import (
+from client.auth import QuietHandshakeLogger, auth_headers, ssl_context
+from client.errors import ClientError
+from streamer.protocol.messages import (
     ErrorMessage,
     Hello,
     Message,

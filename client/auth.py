@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import ClientError
+from client.errors import ClientError
 
 __all__ = [
     "ENV_VARS",

@@ -174,8 +174,8 @@ async def _until_signal(coro: Coroutine[Any, Any, None]) -> None:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from .api import EventClient
-    from .auth import read_token
+    from client.api import EventClient
+    from client.auth import read_token
 
     return EventClient(
         args.url,
@@ -210,7 +210,7 @@ def _print_line(line: str) -> None:
 
 
 def _watch(args: argparse.Namespace) -> int:
-    from .watch import watch_live, watch_plain
+    from client.watch import watch_live, watch_plain
 
     client = _client(args)
     plain = args.plain or not sys.stdout.isatty()
@@ -235,7 +235,7 @@ def _watch(args: argparse.Namespace) -> int:
 
 
 def _log(args: argparse.Namespace) -> int:
-    from .log import TimelineLogger, log_events
+    from client.log import TimelineLogger, log_events
 
     timeline = TimelineLogger(args.out)  # checks the suffix before connecting
     client = _client(args)
@@ -256,9 +256,9 @@ def _log(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
-    from .auth import read_token
-    from .errors import ClientError
-    from .push import PushConfig, push
+    from client.auth import read_token
+    from client.errors import ClientError
+    from client.push import PushConfig, push
 
     metadata = {}
     for item in args.meta:

@@ -2,8 +2,8 @@
 
 :class:`TimelineLogger` is the core: it takes events from an :class:`~client.api.EventClient`
 and appends one row per window to a CSV or JSONL file through
-:class:`client.timeline.TimelineWriter` (which flushes every row). It writes a window at most
-once: windows are named by ``(session, stream, seq)``, and a server may resend a backlog of
+:class:`streamer.protocol.timeline.TimelineWriter` (which flushes every row). It writes a window at
+most once: windows are named by ``(session, stream, seq)``, and a server may resend a backlog of
 recent windows after a reconnect. When the file already exists its rows are read back first,
 so a restarted logger does not duplicate them either.
 
@@ -24,10 +24,10 @@ import logging
 from pathlib import Path
 from types import TracebackType
 
-from .api import Event, EventClient
-from .errors import ClientError
-from .messages import Hello, WindowMessage
-from .timeline import TimelineWriter, iter_timeline, row_key, timeline_format
+from client.api import Event, EventClient
+from client.errors import ClientError
+from streamer.protocol.messages import Hello, WindowMessage
+from streamer.protocol.timeline import TimelineWriter, iter_timeline, row_key, timeline_format
 
 __all__ = ["TimelineLogger", "log_events"]
 

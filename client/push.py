@@ -34,11 +34,11 @@ import soundfile as sf
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from .api import open_connection
-from .auth import auth_headers, ssl_context
-from .errors import ClientError
-from .messages import (
-    INGEST_FORMATS,
+from client.api import open_connection
+from client.auth import auth_headers, ssl_context
+from client.errors import ClientError
+from streamer.protocol.limits import INGEST_FORMATS
+from streamer.protocol.messages import (
     ErrorMessage,
     IngestAck,
     IngestEnd,

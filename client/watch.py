@@ -20,8 +20,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .api import Disconnected, Event, EventClient
-from .messages import (
+from client.api import Disconnected, Event, EventClient
+from streamer.protocol.messages import (
     AlertMessage,
     ErrorMessage,
     Hello,

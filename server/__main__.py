@@ -1,5 +1,5 @@
 """``python -m server``: the same as the ``emotion-monitor`` command."""
 
-from .cli import main
+from server.cli import main
 
 raise SystemExit(main())

@@ -20,10 +20,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from client.messages import AlertMessage
+from server.errors import ServerError
 from streamer.events import Event, StreamClosed, WindowLabel
-
-from .errors import ServerError
+from streamer.protocol.messages import AlertMessage
 
 __all__ = ["AlertChange", "AlertEvaluator", "AlertMonitor", "AlertRule", "bind_rules",
            "parse_rule"]

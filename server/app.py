@@ -46,9 +46,7 @@ from websockets.http11 import Request, Response, parse_headers, parse_line
 from websockets.protocol import Protocol, State
 from websockets.server import ServerProtocol
 
-from client.messages import ErrorMessage, MessageError, Subscribe, decode, encode
-
-from .auth import (
+from server.auth import (
     OriginPolicy,
     SessionStore,
     bearer_token,
@@ -59,12 +57,13 @@ from .auth import (
     login_token,
     session_cookie,
 )
-from .config import ServerConfig
-from .errors import ServerError
-from .fanout import ClientQueue, Frame, QueueClosed
-from .hub import EventHub
-from .ingest import INGEST_PATH, IngestEndpoint
-from .limits import AddressSlots, ClientLog, TokenBucket, address_of
+from server.config import ServerConfig
+from server.errors import ServerError
+from server.fanout import ClientQueue, Frame, QueueClosed
+from server.hub import EventHub
+from server.ingest import INGEST_PATH, IngestEndpoint
+from server.limits import AddressSlots, ClientLog, TokenBucket, address_of
+from streamer.protocol.messages import ErrorMessage, MessageError, Subscribe, decode, encode
 
 __all__ = ["CONTENT_TYPES", "MAX_BODY_BYTES", "REFUSALS", "EventServer", "format_host"]
 
@@ -357,7 +356,7 @@ class EventServer:
         config = self.config
         tls = None
         if config.tls_cert is not None and config.tls_key is not None:
-            from .tls import server_context
+            from server.tls import server_context
 
             tls = server_context(config.tls_cert, config.tls_key)
         try:

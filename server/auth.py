@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from .errors import ServerError
+from server.errors import ServerError
 
 __all__ = [
     "ENV_VARS",

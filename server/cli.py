@@ -44,10 +44,9 @@ def build_parser() -> OneLineParser:
     sub.required = True
 
     from client.cli import register as register_client
-    from streamer.cli import register as register_streamer
-    from streamer.optimize_command import register as register_optimize
-
-    from .commands import register as register_server
+    from server.commands import register as register_server
+    from streamer.offline.commands import register as register_streamer
+    from streamer.offline.optimize_command import register as register_optimize
 
     register_server(sub)
     register_streamer(sub)
@@ -63,6 +62,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         ("streamer.errors", "StreamerError"),
         ("server.errors", "ServerError"),
         ("client.errors", "ClientError"),
+        ("streamer.protocol.errors", "ProtocolError"),
     ):
         loaded = sys.modules.get(module)
         if loaded is not None:

@@ -20,9 +20,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .auth import load_credentials
-from .config import DEFAULT_STORE_PATH, ServerConfig
-from .errors import ServerError
+from server.auth import load_credentials
+from server.config import DEFAULT_STORE_PATH, ServerConfig
+from server.errors import ServerError
 
 __all__ = ["register"]
 
@@ -296,7 +296,7 @@ def _add_server_flags(parser: argparse.ArgumentParser) -> None:
 
 def _alert_rule(text: str) -> Any:
     """argparse type for --alert: a parsed rule, or a one-line usage error."""
-    from .alerts import parse_rule
+    from server.alerts import parse_rule
 
     try:
         return parse_rule(text)
@@ -420,7 +420,7 @@ def _add_security_flags(parser: argparse.ArgumentParser) -> None:
 
 def _webhook_credential(path: Path | None, kind: str, what: str) -> str | None:
     """A webhook credential from its file or environment variable (never from the command line)."""
-    from .webhook import SECRET_ENV, TOKEN_ENV, read_credential
+    from server.webhook import SECRET_ENV, TOKEN_ENV, read_credential
 
     return read_credential(path, TOKEN_ENV if kind == "TOKEN" else SECRET_ENV, what)
 
@@ -435,12 +435,12 @@ def _quiet_websockets() -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from streamer.models import load_model
+    from streamer.models.loading import load_model
 
     server_config = _server_config(args)
     engine_config = _engine_config(args, realtime=args.realtime)
     if server_config.tls_cert is not None and server_config.tls_key is not None:
-        from .tls import server_context
+        from server.tls import server_context
 
         server_context(server_config.tls_cert, server_config.tls_key)  # fail before the model
     if server_config.store_path is not None and not server_config.store_path.parent.is_dir():
@@ -473,7 +473,7 @@ async def _serve(
     sources: list[Any],
     args: argparse.Namespace,
 ) -> int:
-    from .monitor import Monitor
+    from server.monitor import Monitor
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -536,10 +536,9 @@ async def _wait_until_done(monitor: Any, stop: asyncio.Event, *, exit_when_done:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from client.timeline import timeline_format
-    from streamer.models import load_model
-
-    from .monitor import analyze_files
+    from server.monitor import analyze_files
+    from streamer.models.loading import load_model
+    from streamer.protocol.timeline import timeline_format
 
     timeline_format(args.out)
     engine_config = _engine_config(args, realtime=False)
@@ -559,7 +558,7 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .store import export_timeline
+    from server.store import export_timeline
 
     rows = export_timeline(args.store, args.out, stream=args.stream, session=args.session)
     print(f"wrote {rows} row(s) to {args.out}")

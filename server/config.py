@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .alerts import AlertRule
-from .auth import Credentials, OriginPolicy, is_loopback, is_wildcard
-from .errors import ServerError
-from .webhook import WebhookConfig
+from server.alerts import AlertRule
+from server.auth import Credentials, OriginPolicy, is_loopback, is_wildcard
+from server.errors import ServerError
+from server.webhook import WebhookConfig
 
 __all__ = ["DEFAULT_STORE_PATH", "STATIC_DIR", "ServerConfig"]
 

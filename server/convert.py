@@ -1,7 +1,8 @@
 """Engine events -> wire messages (pure functions, any thread).
 
 The engine speaks :mod:`streamer.events` (probabilities as a tuple in model label order); the
-wire speaks :mod:`client.messages` (probabilities as a label -> value mapping). This is the one
+wire speaks :mod:`streamer.protocol.messages` (probabilities as a label -> value mapping). This is
+the one
 place that maps one onto the other, used by the live server and by ``analyze`` alike, so both
 produce the same rows.
 """
@@ -10,16 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from client.messages import (
-    Message,
-    SpeechEndMessage,
-    SpeechStartMessage,
-    StatsMessage,
-    StreamCloseMessage,
-    StreamOpenMessage,
-    UtteranceMessage,
-    WindowMessage,
-)
+from server.errors import ServerError
 from streamer.events import (
     EngineStats,
     Event,
@@ -30,8 +22,16 @@ from streamer.events import (
     Utterance,
     WindowLabel,
 )
-
-from .errors import ServerError
+from streamer.protocol.messages import (
+    Message,
+    SpeechEndMessage,
+    SpeechStartMessage,
+    StatsMessage,
+    StreamCloseMessage,
+    StreamOpenMessage,
+    UtteranceMessage,
+    WindowMessage,
+)
 
 __all__ = ["event_message", "stats_message", "utterance_message", "window_message"]
 

@@ -35,7 +35,14 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from client.messages import (
+from server.alerts import AlertMonitor
+from server.convert import event_message
+from server.errors import ServerError
+from server.fanout import Backlog, BacklogRole, FanOut, Frame, text_frame
+from server.limits import ServerCounters
+from server.store import StoreRow, TimelineStore, store_row
+from streamer.events import EngineStats, Event, StreamClosed
+from streamer.protocol.messages import (
     WIDEBAND_MODEL_ON_NARROWBAND_AUDIO,
     AlertMessage,
     Hello,
@@ -51,14 +58,6 @@ from client.messages import (
     WindowMessage,
     encode,
 )
-from streamer.events import EngineStats, Event, StreamClosed
-
-from .alerts import AlertMonitor
-from .convert import event_message
-from .errors import ServerError
-from .fanout import Backlog, BacklogRole, FanOut, Frame, text_frame
-from .limits import ServerCounters
-from .store import StoreRow, TimelineStore, store_row
 
 __all__ = ["EventHub", "ModelInfo", "new_session_id"]
 

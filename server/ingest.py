@@ -38,8 +38,13 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
-from client.messages import (
-    INGEST_FORMATS,
+from server.config import ServerConfig
+from server.limits import ClientLog, ServerCounters, address_of
+from streamer.audio import int16_to_float32
+from streamer.engine import Engine, StreamFeed
+from streamer.errors import StreamerError
+from streamer.protocol.limits import INGEST_FORMATS
+from streamer.protocol.messages import (
     ErrorMessage,
     IngestAck,
     IngestEnd,
@@ -48,12 +53,6 @@ from client.messages import (
     decode,
     encode,
 )
-from streamer.audio import int16_to_float32
-from streamer.engine import Engine, StreamFeed
-from streamer.errors import StreamerError
-
-from .config import ServerConfig
-from .limits import ClientLog, ServerCounters, address_of
 
 __all__ = [
     "INGEST_PATH",

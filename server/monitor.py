@@ -33,22 +33,21 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from client.messages import WindowMessage
-from client.timeline import TimelineWriter, timeline_format
+from server.alerts import AlertMonitor
+from server.app import EventServer
+from server.config import ServerConfig
+from server.convert import window_message
+from server.errors import ServerError
+from server.fanout import Backlog, FanOut
+from server.hub import EventHub, ModelInfo, new_session_id
+from server.ingest import IngestEndpoint
+from server.store import TimelineStore
+from server.webhook import WebhookSender
 from streamer.engine import ClassifierModel, Engine, EngineConfig, StreamFeed
 from streamer.errors import StreamerError
 from streamer.events import EngineStats, Event, SpeechStart, StreamClosed, WindowLabel
-
-from .alerts import AlertMonitor
-from .app import EventServer
-from .config import ServerConfig
-from .convert import window_message
-from .errors import ServerError
-from .fanout import Backlog, FanOut
-from .hub import EventHub, ModelInfo, new_session_id
-from .ingest import IngestEndpoint
-from .store import TimelineStore
-from .webhook import WebhookSender
+from streamer.protocol.messages import WindowMessage
+from streamer.protocol.timeline import TimelineWriter, timeline_format
 
 __all__ = ["AnalyzeResult", "AudioSource", "Monitor", "analyze_files"]
 

@@ -22,7 +22,7 @@ size (SQLite's ``max_page_count``): past it a write fails like on a full disk, a
 
 A :class:`TimelineStore` belongs to the thread that opened it (the server's event loop).
 :func:`export_timeline` reads a store, read-only, into a CSV or JSONL timeline (see
-:mod:`client.timeline`); it works while a server is still writing to the file.
+:mod:`streamer.protocol.timeline`); it works while a server is still writing to the file.
 """
 
 from __future__ import annotations
@@ -36,11 +36,10 @@ from pathlib import Path
 from types import TracebackType
 
 from client.errors import ClientError
-from client.messages import Hello, Message, MessageError, WindowMessage, decode
-from client.timeline import TimelineWriter
-
-from .config import DEFAULT_STORE_PATH
-from .errors import ServerError
+from server.config import DEFAULT_STORE_PATH
+from server.errors import ServerError
+from streamer.protocol.messages import Hello, Message, MessageError, WindowMessage, decode
+from streamer.protocol.timeline import TimelineWriter
 
 __all__ = [
     "DEFAULT_STORE_PATH",

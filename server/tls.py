@@ -9,7 +9,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from .errors import ServerError
+from server.errors import ServerError
 
 __all__ = ["server_context"]
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from .errors import ServerError
+from server.errors import ServerError
 
 __all__ = [
     "SIGNATURE_HEADER",

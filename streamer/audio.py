@@ -13,7 +13,7 @@ import soundfile as sf
 import soxr
 from numpy.typing import NDArray
 
-from .errors import AudioError
+from streamer.errors import AudioError
 
 __all__ = [
     "MODEL_RATE_HZ",

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .audio import downmix
-from .errors import AudioError
+from streamer.audio import downmix
+from streamer.errors import AudioError
 
 __all__ = [
     "CaptureBuffer",

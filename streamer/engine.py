@@ -47,9 +47,9 @@ import numpy as np
 import soxr
 from numpy.typing import NDArray
 
-from .audio import MODEL_RATE_HZ
-from .errors import AudioError, ModelError, StreamerError
-from .events import (
+from streamer.audio import MODEL_RATE_HZ
+from streamer.errors import AudioError, ModelError, StreamerError
+from streamer.events import (
     WIDEBAND_MODEL_ON_NARROWBAND_AUDIO,
     EngineStats,
     Event,
@@ -60,9 +60,9 @@ from .events import (
     Utterance,
     WindowLabel,
 )
-from .smoothing import Smoother, SmoothingConfig
-from .vad import GateClosed, GatedAudio, GateItem, GateOpened, VadConfig, VadGate
-from .windows import SpeechWindow, Windower
+from streamer.smoothing import Smoother, SmoothingConfig
+from streamer.vad import GateClosed, GatedAudio, GateItem, GateOpened, VadConfig, VadGate
+from streamer.windows import SpeechWindow, Windower
 
 __all__ = [
     "MAX_INPUT_RATE_HZ",
@@ -86,7 +86,7 @@ Sink = Callable[[Event], None]
 
 
 class ClassifierModel(Protocol):
-    """What the engine needs from a model (``streamer.models.load_model`` returns one)."""
+    """What the engine needs from a model (``streamer.models.loading.load_model`` returns one)."""
 
     @property
     def name(self) -> str: ...

@@ -1,8 +1,8 @@
 """Events the engine emits (plain frozen dataclasses; created on the inference or source thread).
 
 These are the engine's output, independent of the wire format: ``server`` turns them into wire
-messages (``client.messages``) and timeline rows. Times are stream seconds (samples at the model
-rate since the stream opened) unless named ``wall_time`` (Unix seconds).
+messages (``streamer.protocol.messages``) and timeline rows. Times are stream seconds (samples at
+the model rate since the stream opened) unless named ``wall_time`` (Unix seconds).
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ import numpy as np
 import soundfile as sf
 from numpy.typing import NDArray
 
-from .audio import downmix
-from .errors import AudioError
+from streamer.audio import downmix
+from streamer.errors import AudioError
 
 __all__ = ["FileSource"]
 

@@ -20,8 +20,8 @@ import numpy as np
 import soxr
 from numpy.typing import NDArray
 
-from .audio import MODEL_RATE_HZ, float32_to_int16, int16_to_float32
-from .errors import AudioError
+from streamer.audio import MODEL_RATE_HZ, float32_to_int16, int16_to_float32
+from streamer.errors import AudioError
 
 __all__ = [
     "G711_LAWS",

@@ -29,8 +29,8 @@ import numpy as np
 import webrtcvad
 from numpy.typing import NDArray
 
-from .audio import MODEL_RATE_HZ, float32_to_int16
-from .errors import AudioError
+from streamer.audio import MODEL_RATE_HZ, float32_to_int16
+from streamer.errors import AudioError
 
 __all__ = ["GateClosed", "GatedAudio", "GateItem", "GateOpened", "VadConfig", "VadGate"]
 

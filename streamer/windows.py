@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from .audio import MODEL_RATE_HZ
-from .errors import AudioError
-from .ring import SampleRing
+from streamer.audio import MODEL_RATE_HZ
+from streamer.errors import AudioError
+from streamer.ring import SampleRing
 
 __all__ = ["SpeechWindow", "Windower"]
 

@@ -65,8 +65,8 @@ def save_tiny_compact(folder: Path, *, seed: int = 0, **fields: object) -> Path:
     """A tiny random compact model saved as a checkpoint (extra config.json fields as given)."""
     import torch
 
-    from streamer.compact import CompactEmotionConfig, CompactEmotionForAudioClassification
-    from streamer.training import compact_feature_extractor
+    from streamer.models.compact import CompactEmotionConfig, CompactEmotionForAudioClassification
+    from streamer.offline.training import compact_feature_extractor
 
     torch.manual_seed(seed)
     config = CompactEmotionConfig(

@@ -16,7 +16,6 @@ import pytest
 import soundfile as sf
 from websockets.asyncio.client import connect
 
-from client.messages import AlertMessage, Hello, Message, StreamCloseMessage, decode, encode
 from client.push import push_file
 from server.alerts import AlertEvaluator, AlertMonitor, AlertRule, bind_rules, parse_rule
 from server.config import ServerConfig
@@ -26,7 +25,15 @@ from server.store import read_events
 from server.webhook import WebhookConfig, WebhookSender
 from streamer.engine import EngineConfig
 from streamer.events import StreamClosed, WindowLabel
-from streamer.models import load_model
+from streamer.models.loading import load_model
+from streamer.protocol.messages import (
+    AlertMessage,
+    Hello,
+    Message,
+    StreamCloseMessage,
+    decode,
+    encode,
+)
 from tests.conftest import REPO, TIMEOUT_S, speech_like
 
 LABELS = ("Angry", "Happy")

@@ -19,7 +19,6 @@ from websockets.exceptions import InvalidStatus
 from client.api import EventClient
 from client.auth import read_token
 from client.errors import ClientError
-from client.messages import ErrorMessage, Hello, decode
 from client.push import push_file
 from server.auth import (
     Credentials,
@@ -38,7 +37,8 @@ from server.config import ServerConfig
 from server.errors import ServerError
 from server.monitor import Monitor
 from streamer.engine import EngineConfig
-from streamer.models import load_model
+from streamer.models.loading import load_model
+from streamer.protocol.messages import ErrorMessage, Hello, decode
 from tests.conftest import TIMEOUT_S, speech_like
 
 VIEW = "view-token-0123456789abcdef"

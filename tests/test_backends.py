@@ -14,7 +14,10 @@ from conftest import TIMEOUT_S, TINY_LABELS, speech_like
 from numpy.typing import NDArray
 
 from server.cli import main
-from streamer.backends import (
+from streamer.engine import Engine, EngineConfig
+from streamer.errors import ModelError
+from streamer.events import Event, WindowLabel
+from streamer.models.backends import (
     MANIFEST_NAME,
     BackendModel,
     check_choice,
@@ -22,13 +25,10 @@ from streamer.backends import (
     load_backend,
     preferred_batch,
 )
-from streamer.encoder_cache import FrameCache, encoder_geometry
-from streamer.engine import Engine, EngineConfig
-from streamer.errors import ModelError
-from streamer.events import Event, WindowLabel
-from streamer.models import load_model
-from streamer.onnx_rewrite import quantize_grouped_convs
-from streamer.optimize import (
+from streamer.models.encoder_cache import FrameCache, encoder_geometry
+from streamer.models.loading import load_model
+from streamer.offline.onnx_rewrite import quantize_grouped_convs
+from streamer.offline.optimize import (
     MatmulConv1d,
     agreement,
     matmul_convs,
@@ -132,7 +132,7 @@ def test_onnx_on_a_plain_checkpoint_says_to_optimize(tmp_path: Path,
 
 def test_auto_on_a_plain_checkpoint_is_torch_fp32(caplog: pytest.LogCaptureFixture) -> None:
     """Without optimize numbers, auto keeps fp32 torch on CPU and says so."""
-    with caplog.at_level(logging.INFO, logger="streamer.backends"):
+    with caplog.at_level(logging.INFO, logger="streamer.models.backends"):
         model = load_model(None, device="cpu", backend="auto", precision="auto")
     assert isinstance(model, BackendModel)
     assert (model.backend, model.precision, model.encoder_cache) == ("torch", "fp32", None)
@@ -328,7 +328,7 @@ def test_encoder_taps_are_sliced_after_quantisation(optimized_tiny: Path,
     import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from streamer.onnx_rewrite import quantize_before_taps
+    from streamer.offline.onnx_rewrite import quantize_before_taps
 
     plain = tmp_path / "plain.int8.onnx"
     quantize_dynamic(str(optimized_tiny / "feature_encoder.onnx"), str(plain),

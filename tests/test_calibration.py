@@ -10,7 +10,8 @@ import pytest
 from conftest import save_tiny_compact, speech_like
 from numpy.typing import NDArray
 
-from streamer.calibration import (
+from streamer.errors import ModelError
+from streamer.models.calibration import (
     TEMPERATURE_KEY,
     config_temperature,
     expected_calibration_error,
@@ -20,7 +21,6 @@ from streamer.calibration import (
     set_temperature,
     softmax,
 )
-from streamer.errors import ModelError
 
 # -- expected calibration error ---------------------------------------------------------------
 
@@ -176,7 +176,7 @@ def test_temperature_in_config_scales_torch_logits(tiny_compact: Path, tmp_path:
     """With T = 2.5 in config.json, torch predict_proba = softmax(log p(T=1) / 2.5)."""
     import shutil
 
-    from streamer.models import load_model
+    from streamer.models.loading import load_model
 
     plain = load_model(tiny_compact, device="cpu")
     assert plain.temperature == 1.0
@@ -193,7 +193,7 @@ def test_temperature_in_config_scales_torch_logits(tiny_compact: Path, tmp_path:
 
 def test_plain_wav2vec2_checkpoint_has_temperature_one(tiny_wav2vec2: Path) -> None:
     """A plain HF checkpoint (no field) loads with T = 1 and is not marked narrowband."""
-    from streamer.models import load_model
+    from streamer.models.loading import load_model
 
     model = load_model(tiny_wav2vec2, device="cpu")
     assert model.temperature == 1.0 and model.narrowband_ok is False
@@ -203,9 +203,9 @@ def test_temperature_reaches_the_onnx_backend(tiny_compact: Path, tmp_path: Path
     """optimize keeps the field; ONNX predict_proba applies it like torch does."""
     import shutil
 
-    from streamer.backends import BackendModel
-    from streamer.models import load_model
-    from streamer.optimize import optimize_model
+    from streamer.models.backends import BackendModel
+    from streamer.models.loading import load_model
+    from streamer.offline.optimize import optimize_model
 
     hot = shutil.copytree(tiny_compact, tmp_path / "hot")
     set_temperature(hot, 0.5)

@@ -3,7 +3,7 @@
 ``real_server`` is the project's own event server (``server.app.EventServer`` with an
 ``EventHub``), fed wire messages directly. Where the real server cannot produce a case on
 demand (a connection closed mid-run, a bad frame), a small stand-in server is the outer edge: real
-websockets, speaking the protocol through ``client.messages.encode``. It is shared with
+websockets, speaking the protocol through ``streamer.protocol.messages.encode``. It is shared with
 ``test_log.py`` and ``test_watch.py``.
 """
 
@@ -22,7 +22,10 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 
 from client.api import Disconnected, EventClient, backoff_delays, events, normalize_url
 from client.errors import ClientError
-from client.messages import (
+from server.app import EventServer
+from server.config import ServerConfig
+from server.hub import EventHub, ModelInfo
+from streamer.protocol.messages import (
     Hello,
     Message,
     StatsMessage,
@@ -33,9 +36,6 @@ from client.messages import (
     decode,
     encode,
 )
-from server.app import EventServer
-from server.config import ServerConfig
-from server.hub import EventHub, ModelInfo
 
 Frame = Message | str  # a str is sent verbatim (to send bad frames)
 

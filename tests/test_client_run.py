@@ -15,8 +15,8 @@ from conftest import TIMEOUT_S, speech_like
 from test_log import start_command, wait_for_line
 
 from client.api import EventClient
-from client.messages import Hello, StreamCloseMessage, WindowMessage
-from client.timeline import read_timeline, row_key
+from streamer.protocol.messages import Hello, StreamCloseMessage, WindowMessage
+from streamer.protocol.timeline import read_timeline, row_key
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ from conftest import REPO, TIMEOUT_S, speech_like
 from numpy.typing import NDArray
 
 from server.cli import main
-from streamer.dataset import load_corpora, resolve_corpora
 from streamer.errors import DataError
+from streamer.offline.dataset import load_corpora, resolve_corpora
 
 CORPORA_DIR = Path(
     os.environ.get("EMOTION_MONITOR_CORPORA", REPO.parent / "shared" / "data" / "corpora")
@@ -305,7 +305,7 @@ def test_unreadable_opus_file_is_skipped_and_named(
 
 def test_corpus_folds_need_two_corpora(gen_corpora: Path) -> None:
     """Leave-one-corpus-out on one corpus is a clear DataError."""
-    from streamer.crossval import corpus_folds
+    from streamer.offline.crossval import corpus_folds
 
     with pytest.raises(DataError, match="at least 2 corpora"):
         corpus_folds(load_corpora(resolve_corpora([gen_corpora / "alpha"])))

@@ -368,7 +368,7 @@ def test_capture_counters_reach_stats() -> None:
 
 def test_real_tiny_wav2vec2_end_to_end(tiny_wav2vec2: Path) -> None:
     """The real model layer with a tiny random checkpoint labels every window in order."""
-    from streamer.models import load_model
+    from streamer.models.loading import load_model
 
     model = load_model(tiny_wav2vec2, device="cpu")
     sink = Collector()
@@ -393,7 +393,7 @@ def test_real_tiny_wav2vec2_end_to_end(tiny_wav2vec2: Path) -> None:
 def test_urdu_call_with_the_bundled_model(urdu_dir: Path) -> None:
     """A call assembled from four URDU clips with pauses: speech found in each, labels in order."""
     from streamer.audio import read_audio
-    from streamer.models import load_model
+    from streamer.models.loading import load_model
 
     clips = [sorted((urdu_dir / emotion).glob("*.wav"))[0] for emotion in TINY_LABELS]
     parts: list[np.ndarray] = []
@@ -442,7 +442,7 @@ def test_round_robin_across_streams() -> None:
 
 def test_two_workers_give_the_same_labels_as_one(tiny_wav2vec2: Path) -> None:
     """The real tiny checkpoint on two workers labels every window exactly as one worker does."""
-    from streamer.models import load_model
+    from streamer.models.loading import load_model
 
     model = load_model(tiny_wav2vec2, device="cpu")
     audio = call_audio()

@@ -10,10 +10,15 @@ import soundfile as sf
 from conftest import speech_like, tone
 
 from server.cli import main
-from streamer.crossval import group_folds, reference_split, speaker_majority, stratified_folds
-from streamer.dataset import Clip, group_ids
 from streamer.errors import DataError
-from streamer.evaluation import clip_windows, plot_confusion, render_scores, score
+from streamer.offline.crossval import (
+    group_folds,
+    reference_split,
+    speaker_majority,
+    stratified_folds,
+)
+from streamer.offline.dataset import Clip, group_ids
+from streamer.offline.evaluation import clip_windows, plot_confusion, render_scores, score
 
 URDU_LABELS = ("Angry", "Happy", "Neutral", "Sad")
 

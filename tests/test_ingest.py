@@ -15,7 +15,15 @@ import soundfile as sf
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from client.messages import (
+from client.push import push_file
+from server.config import ServerConfig
+from server.ingest import IngestRejected, IngestSpec, check_start, decode_audio
+from server.monitor import Monitor
+from server.store import read_events
+from streamer.audio import float32_to_int16
+from streamer.engine import EngineConfig
+from streamer.models.loading import load_model
+from streamer.protocol.messages import (
     ErrorMessage,
     Hello,
     IngestAck,
@@ -30,14 +38,6 @@ from client.messages import (
     decode,
     encode,
 )
-from client.push import push_file
-from server.config import ServerConfig
-from server.ingest import IngestRejected, IngestSpec, check_start, decode_audio
-from server.monitor import Monitor
-from server.store import read_events
-from streamer.audio import float32_to_int16
-from streamer.engine import EngineConfig
-from streamer.models import load_model
 from tests.conftest import TIMEOUT_S, speech_like
 
 

@@ -14,7 +14,12 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from client.messages import (
+from server.config import ServerConfig
+from server.errors import ServerError
+from server.fanout import Backlog, FanOut, Frame
+from server.limits import ClientLog, ServerCounters, TokenBucket
+from streamer.events import StreamClosed, StreamOpened
+from streamer.protocol.messages import (
     ErrorMessage,
     Hello,
     IngestAck,
@@ -25,11 +30,6 @@ from client.messages import (
     decode,
     stream_wanted,
 )
-from server.config import ServerConfig
-from server.errors import ServerError
-from server.fanout import Backlog, FanOut, Frame
-from server.limits import ClientLog, ServerCounters, TokenBucket
-from streamer.events import StreamClosed, StreamOpened
 from tests.conftest import TIMEOUT_S, speech_like
 from tests.test_ingest import monitor, open_call, pcm, rejection
 from tests.test_server import label, receive, running, stats
@@ -41,7 +41,7 @@ def run(coro: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def tiny_model(tiny_wav2vec2: Path) -> Any:
-    from streamer.models import load_model
+    from streamer.models.loading import load_model
 
     return load_model(str(tiny_wav2vec2), device="cpu")
 

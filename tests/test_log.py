@@ -19,8 +19,8 @@ from test_client_api import hello, real_server, window
 from client.api import Event, EventClient
 from client.errors import ClientError
 from client.log import TimelineLogger
-from client.messages import Hello, WindowMessage
-from client.timeline import read_timeline, row_key
+from streamer.protocol.messages import Hello, WindowMessage
+from streamer.protocol.timeline import read_timeline, row_key
 
 
 def keys(path: Path) -> list[tuple[str, str, int]]:

@@ -7,7 +7,7 @@ import json
 import pytest
 from conftest import REPO
 
-from client.messages import (
+from streamer.protocol.messages import (
     _TYPES,
     AlertMessage,
     ErrorMessage,

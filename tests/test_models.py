@@ -17,7 +17,7 @@ from streamer.errors import AudioError, ModelError
 @pytest.fixture(scope="module")
 def bundled():
     """The bundled model, loaded once for this module."""
-    from streamer.models import load_model
+    from streamer.models.loading import load_model
 
     return load_model(device="cpu")
 
@@ -42,7 +42,7 @@ def test_bundled_predict_proba_shape_and_sum(bundled) -> None:
 
 def test_bundled_is_small_safetensors() -> None:
     """The shipped weights are safetensors and a few MB at most."""
-    from streamer.models import BUNDLED_MODEL_DIR
+    from streamer.models.loading import BUNDLED_MODEL_DIR
 
     weights = BUNDLED_MODEL_DIR / "model.safetensors"
     assert weights.is_file()
@@ -59,7 +59,7 @@ def test_silence_and_short_windows_are_finite(bundled) -> None:
 
 def test_save_load_round_trip(bundled, tmp_path: Path) -> None:
     """Saving the bundled model and loading the copy gives the same labels and outputs."""
-    from streamer.models import load_model
+    from streamer.models.loading import load_model
 
     bundled.model.save_pretrained(tmp_path)
     bundled.feature_extractor.save_pretrained(tmp_path)
@@ -76,7 +76,7 @@ def test_loads_offline_in_a_fresh_process() -> None:
     """With HF_HUB_OFFLINE=1 and no cache, a fresh interpreter loads the bundled model."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
     code = (
-        "import numpy as np; from streamer.models import load_model; m = load_model(); "
+        "import numpy as np; from streamer.models.loading import load_model; m = load_model(); "
         "p = m.predict_proba(np.zeros((1, 32000), np.float32)); print(m.labels, p.shape)"
     )
     done = subprocess.run(
@@ -93,7 +93,7 @@ def test_loads_offline_in_a_fresh_process() -> None:
 
 def test_tiny_wav2vec2_loads_through_the_same_path(tiny_wav2vec2: Path) -> None:
     """A random tiny wav2vec2 classifier folder loads and predicts like the bundled model."""
-    from streamer.models import load_model
+    from streamer.models.loading import load_model
 
     model = load_model(tiny_wav2vec2, device="auto")
     assert model.labels == TINY_LABELS
@@ -125,7 +125,7 @@ def test_not_an_audio_classifier(tmp_path: Path) -> None:
     """A text model checkpoint is refused with a ModelError naming the model type."""
     from transformers import BertConfig, BertModel
 
-    from streamer.models import load_model
+    from streamer.models.loading import load_model
 
     config = BertConfig(
         vocab_size=50,
@@ -141,7 +141,7 @@ def test_not_an_audio_classifier(tmp_path: Path) -> None:
 
 def test_missing_folder_and_folder_without_config(tmp_path: Path) -> None:
     """A missing path or a folder without config.json is a ModelError, not a hub lookup."""
-    from streamer.models import load_model
+    from streamer.models.loading import load_model
 
     with pytest.raises(ModelError, match="no such model folder"):
         load_model(tmp_path / "nope")
@@ -153,7 +153,7 @@ def test_uncached_hub_id_fails_fast_offline(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """Offline, a hub id that is not cached fails with a message naming it and a local folder."""
-    from streamer.models import load_model
+    from streamer.models.loading import load_model
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
@@ -163,7 +163,7 @@ def test_uncached_hub_id_fails_fast_offline(
 
 def test_unknown_device_is_refused() -> None:
     """An unknown device string is a ModelError listing the allowed ones."""
-    from streamer.models import load_model
+    from streamer.models.loading import load_model
 
     with pytest.raises(ModelError, match="unknown device"):
         load_model(device="tpu")

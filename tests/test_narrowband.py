@@ -14,7 +14,13 @@ import pytest
 from conftest import TIMEOUT_S, save_tiny_compact, speech_like
 from websockets.asyncio.client import connect
 
-from client.messages import (
+from server.config import ServerConfig
+from server.monitor import Monitor
+from streamer.audio import float32_to_int16
+from streamer.engine import Engine, EngineConfig
+from streamer.events import Event, StreamOpened
+from streamer.models.loading import load_model
+from streamer.protocol.messages import (
     WIDEBAND_MODEL_ON_NARROWBAND_AUDIO,
     Hello,
     IngestAck,
@@ -25,12 +31,6 @@ from client.messages import (
     decode,
     encode,
 )
-from server.config import ServerConfig
-from server.monitor import Monitor
-from streamer.audio import float32_to_int16
-from streamer.engine import Engine, EngineConfig
-from streamer.events import Event, StreamOpened
-from streamer.models import load_model
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +137,7 @@ def test_16khz_streams_have_no_warning_and_the_onnx_model_carries_the_flag(
     opened = {e.stream: e.warnings for e in events if isinstance(e, StreamOpened)}
     assert opened == {"wide": (), "low": (WIDEBAND_MODEL_ON_NARROWBAND_AUDIO,)}
 
-    from streamer.optimize import optimize_model
+    from streamer.offline.optimize import optimize_model
 
     folder = save_tiny_compact(tmp_path / "nb", narrowband=True)
     optimize_model(folder, tmp_path / "onnx", max_windows=8, repeats=1)

@@ -14,8 +14,8 @@ from test_log import start_command, wait_for_line
 from websockets.asyncio.client import connect
 
 from client.errors import ClientError
-from client.messages import Hello, Message, StreamCloseMessage, WindowMessage, decode
 from client.push import ingest_url, pcm_frames
+from streamer.protocol.messages import Hello, Message, StreamCloseMessage, WindowMessage, decode
 
 
 def test_ingest_url_defaults_the_path_and_refuses_other_schemes() -> None:

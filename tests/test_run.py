@@ -20,7 +20,12 @@ import soundfile as sf
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from client.messages import (
+from server.config import ServerConfig
+from server.monitor import Monitor, analyze_files
+from server.store import read_events
+from streamer.engine import EngineConfig
+from streamer.models.loading import load_model
+from streamer.protocol.messages import (
     Hello,
     Message,
     SpeechEndMessage,
@@ -32,12 +37,7 @@ from client.messages import (
     decode,
     encode,
 )
-from client.timeline import read_timeline, window_row
-from server.config import ServerConfig
-from server.monitor import Monitor, analyze_files
-from server.store import read_events
-from streamer.engine import EngineConfig
-from streamer.models import load_model
+from streamer.protocol.timeline import read_timeline, window_row
 from streamer.sources import FileSource
 from tests.conftest import REPO, TIMEOUT_S, speech_like
 

@@ -16,7 +16,14 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from client.messages import (
+from server.app import EventServer
+from server.config import ServerConfig
+from server.errors import ServerError
+from server.fanout import Backlog, FanOut
+from server.hub import EventHub, ModelInfo
+from server.store import TimelineStore, read_events
+from streamer.events import EngineStats, SpeechStart, StreamClosed, StreamOpened, WindowLabel
+from streamer.protocol.messages import (
     ErrorMessage,
     Hello,
     Message,
@@ -27,13 +34,6 @@ from client.messages import (
     decode,
     encode,
 )
-from server.app import EventServer
-from server.config import ServerConfig
-from server.errors import ServerError
-from server.fanout import Backlog, FanOut
-from server.hub import EventHub, ModelInfo
-from server.store import TimelineStore, read_events
-from streamer.events import EngineStats, SpeechStart, StreamClosed, StreamOpened, WindowLabel
 from tests.conftest import TIMEOUT_S
 
 LABELS = ("Angry", "Happy", "Neutral", "Sad")

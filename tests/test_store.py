@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from client.messages import Hello, StreamOpenMessage, WindowMessage, encode
 from server.errors import ServerError
 from server.store import (
     SCHEMA_VERSION,
@@ -16,6 +15,7 @@ from server.store import (
     read_events,
     read_sessions,
 )
+from streamer.protocol.messages import Hello, StreamOpenMessage, WindowMessage, encode
 
 
 def hello(session: str, labels: tuple[str, ...] = ("a", "b")) -> Hello:

@@ -10,9 +10,9 @@ from typing import Any
 
 from websockets.asyncio.client import connect
 
-from client.messages import Hello, StatsMessage, WindowMessage
 from server.store import TimelineStore, read_events
 from streamer.events import StreamOpened
+from streamer.protocol.messages import Hello, StatsMessage, WindowMessage
 from tests.conftest import TIMEOUT_S
 from tests.test_server import http_get, label, receive, running, stats
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from client.errors import ClientError
-from client.messages import WindowMessage
-from client.timeline import (
+from streamer.protocol.errors import TimelineError
+from streamer.protocol.messages import WindowMessage
+from streamer.protocol.timeline import (
     TimelineWriter,
     columns,
     read_timeline,
@@ -41,7 +41,7 @@ def test_columns_and_row_are_in_file_order() -> None:
 
 def test_window_without_a_label_is_refused() -> None:
     """A window whose probabilities miss a model label names the missing label."""
-    with pytest.raises(ClientError, match="Sad"):
+    with pytest.raises(TimelineError, match="Sad"):
         window_row(window(0), ("Angry", "Sad", "Other"))
 
 
@@ -81,19 +81,19 @@ def test_torn_last_line_is_skipped(tmp_path: Path) -> None:
 
 
 def test_bad_suffix_and_mismatched_header(tmp_path: Path) -> None:
-    """An unknown suffix and a CSV written for other labels are one-line ClientErrors."""
-    with pytest.raises(ClientError, match=r"\.txt"):
+    """An unknown suffix and a CSV written for other labels are one-line TimelineErrors."""
+    with pytest.raises(TimelineError, match=r"\.txt"):
         timeline_format(tmp_path / "out.txt")
     path = tmp_path / "t.csv"
     with TimelineWriter(path, ("a", "b")):
         pass
-    with pytest.raises(ClientError, match="existing timeline"), TimelineWriter(path, LABELS):
+    with pytest.raises(TimelineError, match="existing timeline"), TimelineWriter(path, LABELS):
         pass
 
 
 def test_missing_folder_is_a_client_error(tmp_path: Path) -> None:
-    """Writing into a folder that does not exist fails with a ClientError naming it."""
-    with pytest.raises(ClientError, match="does not exist"), TimelineWriter(
+    """Writing into a folder that does not exist fails with a TimelineError naming it."""
+    with pytest.raises(TimelineError, match="does not exist"), TimelineWriter(
         tmp_path / "nope" / "t.csv", LABELS
     ):
         pass

@@ -20,7 +20,6 @@ import soundfile as sf
 
 from client.api import EventClient
 from client.errors import ClientError
-from client.messages import Hello
 from client.push import push_file
 from server.auth import Credentials
 from server.config import ServerConfig
@@ -28,7 +27,8 @@ from server.errors import ServerError
 from server.monitor import Monitor
 from server.tls import server_context
 from streamer.engine import EngineConfig
-from streamer.models import load_model
+from streamer.models.loading import load_model
+from streamer.protocol.messages import Hello
 from tests.conftest import REPO, TIMEOUT_S, speech_like
 
 VIEW = "view-token-0123456789abcdef"

@@ -67,10 +67,14 @@ def gen_test(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_compact_recipe_learns_generated_classes(gen_train: Path, gen_test: Path) -> None:
     """A few epochs of the compact recipe score far above chance (1/3) on held-out clips."""
-    from streamer.dataset import load_dataset
-    from streamer.evaluation import evaluate_model
-    from streamer.models import EmotionModel
-    from streamer.training import CompactTrainConfig, compact_feature_extractor, train_compact
+    from streamer.models.loading import EmotionModel
+    from streamer.offline.dataset import load_dataset
+    from streamer.offline.evaluation import evaluate_model
+    from streamer.offline.training import (
+        CompactTrainConfig,
+        compact_feature_extractor,
+        train_compact,
+    )
 
     train = load_dataset(gen_train)
     assert train.labels == GEN_LABELS and len(train) == 36
@@ -92,7 +96,7 @@ def test_compact_recipe_learns_generated_classes(gen_train: Path, gen_test: Path
 
 def test_train_cli_compact_output_loads(gen_train: Path, tmp_path: Path) -> None:
     """`train --base compact` writes a folder that load_model reads, with the folder labels."""
-    from streamer.models import load_model
+    from streamer.models.loading import load_model
 
     out = tmp_path / "model"
     code = main(
@@ -124,7 +128,7 @@ def test_train_cli_compact_output_loads(gen_train: Path, tmp_path: Path) -> None
 
 def test_fine_tune_tiny_wav2vec2(gen_train: Path, tiny_wav2vec2: Path, tmp_path: Path) -> None:
     """`train --base <tiny wav2vec2 folder>` fine-tunes a few steps via Trainer; output loads."""
-    from streamer.models import load_model
+    from streamer.models.loading import load_model
 
     out = tmp_path / "ft"
     code = main(
@@ -173,7 +177,7 @@ def test_empty_data_folder_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture
 
 def test_label_folders_without_audio(tmp_path: Path) -> None:
     """Label folders that hold no audio files are a DataError."""
-    from streamer.dataset import load_dataset
+    from streamer.offline.dataset import load_dataset
 
     (tmp_path / "Angry").mkdir()
     (tmp_path / "Sad").mkdir()
@@ -184,7 +188,7 @@ def test_label_folders_without_audio(tmp_path: Path) -> None:
 
 def test_single_class_is_refused(tmp_path: Path) -> None:
     """Training needs at least two classes."""
-    from streamer.dataset import load_dataset
+    from streamer.offline.dataset import load_dataset
 
     (tmp_path / "Angry").mkdir()
     sf.write(tmp_path / "Angry" / "a.wav", speech_like(1.0), 16000)
@@ -196,7 +200,7 @@ def test_bad_files_are_skipped_with_a_warning(
     gen_train: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Unreadable and zero-length files are named in a warning and training goes on."""
-    from streamer.dataset import load_dataset
+    from streamer.offline.dataset import load_dataset
 
     data_dir = tmp_path / "data"
     for label in GEN_LABELS:
@@ -205,7 +209,7 @@ def test_bad_files_are_skipped_with_a_warning(
             (data_dir / label / src.name).write_bytes(src.read_bytes())
     (data_dir / "hum" / "garbage.wav").write_bytes(b"RIFF not really a wave file")
     sf.write(data_dir / "hiss" / "empty.wav", np.zeros(0, np.float32), 16000)
-    with caplog.at_level(logging.WARNING, logger="streamer.dataset"):
+    with caplog.at_level(logging.WARNING, logger="streamer.offline.dataset"):
         data = load_dataset(data_dir)
     assert len(data) == 6
     assert {p.name for p in data.skipped} == {"garbage.wav", "empty.wav"}
@@ -271,7 +275,7 @@ def test_bad_augmentation_option_exits_2(
 def test_speaker_balanced_draws_give_each_speaker_of_a_class_equal_weight() -> None:
     """With speaker ids, a class's draws split evenly across its speakers, whatever their
     clip counts, and the classes stay balanced."""
-    from streamer.training import _epoch_order, draw_weights
+    from streamer.offline.training import _epoch_order, draw_weights
 
     targets = np.array([0] * 9 + [0] + [1] * 5)
     groups = ["A"] * 9 + ["B"] + ["C"] * 5  # class 0: A has 9 clips, B has 1
@@ -286,7 +290,7 @@ def test_speaker_balanced_draws_give_each_speaker_of_a_class_equal_weight() -> N
 
 def test_speed_versions_play_clips_faster_and_slower() -> None:
     """Speed perturbation adds a shorter (faster) and a longer (slower) copy of each clip."""
-    from streamer.training import _speed_versions
+    from streamer.offline.training import _speed_versions
 
     clip = speech_like(1.0, seed=1)
     assert len(_speed_versions([clip], 0.0)) == 1
@@ -300,7 +304,7 @@ def test_speed_versions_play_clips_faster_and_slower() -> None:
 def test_corpus_balanced_weights_keep_classes_equal_when_a_corpus_lacks_one() -> None:
     """Each class weighs 1/n_classes overall, each corpus that has a class splits it evenly,
     and within a (corpus, class) each speaker weighs the same."""
-    from streamer.training import draw_weights
+    from streamer.offline.training import draw_weights
 
     # corpus 0: classes 0, 1, 2 (class 0: speakers a (3 clips) and b (1 clip)); corpus 1 lacks 2
     targets = np.array([0, 0, 0, 0, 1, 2, 0, 0, 1, 1, 1])

@@ -12,14 +12,14 @@ from test_client_api import StandInServer, hello, real_server, window
 from test_log import start_command, wait_for_line
 
 from client.api import Disconnected, EventClient
-from client.messages import (
+from client.watch import WatchState, format_event, label_style, render, watch_live
+from streamer.protocol.messages import (
     SpeechEndMessage,
     SpeechStartMessage,
     StatsMessage,
     StreamCloseMessage,
     StreamOpenMessage,
 )
-from client.watch import WatchState, format_event, label_style, render, watch_live
 
 STATS = StatsMessage(
     wall_time=1.7e9,

@@ -254,8 +254,8 @@ def _add_data_flags(parser: argparse.ArgumentParser, *, speakers: bool = True) -
 
 def _load_data(args: argparse.Namespace, *, labels: tuple[str, ...] | None = None) -> Any:
     """The --data folders as one dataset (corpora and speakers known)."""
-    from .dataset import load_corpora, resolve_corpora
-    from .errors import DataError
+    from streamer.errors import DataError
+    from streamer.offline.dataset import load_corpora, resolve_corpora
 
     regexes: dict[str, str] = {}
     for item in getattr(args, "speaker_regex", None) or []:
@@ -280,8 +280,8 @@ def _add_compact_flags(parser: argparse.ArgumentParser) -> None:
 
 def _compact_config(args: argparse.Namespace, **fixed: Any) -> Any:
     """CompactTrainConfig from the CLI flags; bad values become a one-line DataError."""
-    from .errors import DataError
-    from .training import CompactTrainConfig
+    from streamer.errors import DataError
+    from streamer.offline.training import CompactTrainConfig
 
     kwargs = {name: getattr(args, name) for name, _, _ in _COMPACT_FLAGS}
     kwargs.update(fixed)
@@ -302,8 +302,8 @@ def _compact_config(args: argparse.Namespace, **fixed: Any) -> Any:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .errors import DataError
-    from .training import FineTuneConfig, fine_tune, save_compact, train_compact
+    from streamer.errors import DataError
+    from streamer.offline.training import FineTuneConfig, fine_tune, save_compact, train_compact
 
     started = time.monotonic()
     if args.base == "compact":
@@ -338,14 +338,14 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .evaluation import evaluate_model, plot_confusion, render_scores
-    from .models import load_model
+    from streamer.models.loading import load_model
+    from streamer.offline.evaluation import evaluate_model, plot_confusion, render_scores
 
     model = load_model(args.model, device=args.device)
     data = _load_data(args, labels=tuple(model.labels))
     where = ", ".join(str(d) for d in args.data)
     if args.phone is not None:
-        from .telephony import phone_line
+        from streamer.telephony import phone_line
 
         data = data.with_audio([phone_line(a, law=args.phone) for a in data.audio])
         where += f" through a phone line (8 kHz G.711 {args.phone})"
@@ -396,14 +396,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _crossval(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .crossval import (
+    from streamer.errors import DataError
+    from streamer.offline.crossval import (
         corpus_folds,
         group_folds,
         reference_split,
         run_crossval,
         stratified_folds,
     )
-    from .errors import DataError
 
     started = time.monotonic()
     config = _compact_config(args)
@@ -492,7 +492,7 @@ def _crossval(args: argparse.Namespace) -> int:
         f"speaker's-majority-label lookup (no audio): pooled accuracy "
         f"{result.pooled_baseline.accuracy:.3f}  UAR {result.pooled_baseline.uar:.3f}"
     )
-    from .evaluation import render_scores
+    from streamer.offline.evaluation import render_scores
 
     print(render_scores(result.pooled, "pooled held-out clips"))
     print(f"time {elapsed:.0f} s")
@@ -592,7 +592,8 @@ def _write_crossval_json(
 def _calibrate(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .calibration import (
+    from streamer.errors import DataError
+    from streamer.models.calibration import (
         expected_calibration_error,
         fit_temperature,
         nll,
@@ -600,7 +601,6 @@ def _calibrate(args: argparse.Namespace) -> int:
         set_temperature,
         softmax,
     )
-    from .errors import DataError
 
     try:
         doc = json.loads(args.crossval_json.read_text())

@@ -15,10 +15,11 @@ from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
+from streamer.protocol.errors import ProtocolError
+
 __all__ = [
     "ALERT_STATES",
     "WIDEBAND_MODEL_ON_NARROWBAND_AUDIO",
-    "INGEST_FORMATS",
     "PROTOCOL_VERSION",
     "AlertMessage",
     "ErrorMessage",
@@ -44,7 +45,6 @@ __all__ = [
 
 PROTOCOL_VERSION = 1
 #: sample formats a sender may push to ``/ingest`` (little-endian, interleaved channels)
-INGEST_FORMATS = ("s16le", "f32le")
 #: ``AlertMessage.state`` values
 ALERT_STATES = ("start", "end")
 #: a ``stream_open`` warning: the stream's input rate is below 16 kHz (e.g. an 8 kHz call) and
@@ -52,7 +52,7 @@ ALERT_STATES = ("start", "end")
 WIDEBAND_MODEL_ON_NARROWBAND_AUDIO = "wideband_model_on_narrowband_audio"
 
 
-class MessageError(ValueError):
+class MessageError(ProtocolError, ValueError):
     """A frame that is not a valid message of this protocol.
 
     ``code`` is the short reason a server puts in its ``error`` reply: ``binary_frame``,

@@ -145,7 +145,7 @@ def _int8_im2col(node: Any, weights: dict[str, Any], graph: Any) -> list[Any]:
 
 def quantize_before_taps(model: Any) -> int:
     """Move, in place, each ``DynamicQuantizeLinear`` that reads a ``Concat`` of ``Slice``\\ s of
-    one tensor (the tap slicing of :class:`~streamer.optimize.MatmulConv1d`) in front of the
+    one tensor (the tap slicing of :class:`~streamer.offline.optimize.MatmulConv1d`) in front of the
     slices, so the taps are sliced and concatenated in uint8 instead of float32 (a quarter of
     the bytes; the encoder's tap copies were 12 ms of a wav2vec2-base window). Returns how many
     were moved. The scale then comes from the whole input instead of the taps, which cover

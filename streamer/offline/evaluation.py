@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
-from .audio import MODEL_RATE_HZ
-from .dataset import Dataset
-from .errors import DataError
+from streamer.audio import MODEL_RATE_HZ
+from streamer.errors import DataError
+from streamer.offline.dataset import Dataset
 
 if TYPE_CHECKING:
-    from .models import EmotionModel
+    from streamer.models.loading import EmotionModel
 
 __all__ = [
     "Evaluation",

@@ -7,7 +7,8 @@ Temperature scaling divides a model's logits by one number ``T`` before the soft
 softens over-confident probabilities, ``T < 1`` sharpens them, and the arg-max (the label) never
 changes. The fitted ``T`` lives in the checkpoint's ``config.json`` under
 :data:`TEMPERATURE_KEY` and every loaded model applies it in ``predict_proba``
-(:mod:`streamer.models`, :mod:`streamer.backends`); a checkpoint without the field has ``T = 1``.
+(:mod:`streamer.models.loading`, :mod:`streamer.models.backends`); a checkpoint without the field
+has ``T = 1``.
 
 The field is not called ``temperature``: transformers 5 treats that name as a text-generation
 parameter and silently drops it from every model config on load and on ``save_pretrained``, and
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from .errors import ModelError
+from streamer.errors import ModelError
 
 __all__ = [
     "ECE_BINS",

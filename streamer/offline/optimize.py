@@ -8,12 +8,12 @@ checks (main thread; one process, CPU).
   per-channel weights and per-batch int8 activations for MatMul). For a wav2vec2 classifier
   ``model.onnx`` starts at the conv features (input ``extract_features``) and
   ``feature_encoder.onnx`` / ``feature_encoder.int8.onnx`` hold the conv encoder, so its frames
-  can be cached (:mod:`streamer.encoder_cache`); other models are one graph from
+  can be cached (:mod:`streamer.models.encoder_cache`); other models are one graph from
   ``input_values``;
 - ``optimize.json``: the files, the source checkpoint, and for each backend/precision its
   top-1 agreement and relative logit difference against fp32 torch on the checked windows and
   its median time per window with one thread on this machine. ``auto`` reads it
-  (:mod:`streamer.backends`).
+  (:mod:`streamer.models.backends`).
 
 Export uses ``torch.onnx.export(dynamo=True)`` (needs onnxscript) at opset 20 (which has a
 native ``Gelu`` that ONNX Runtime runs fused), with a dynamic batch and sample axis; the
@@ -31,7 +31,7 @@ default spelling slowly (:func:`prepare_for_export`; figures in docs/performance
 - attention is transformers' "eager" path (no mask or NaN guard nodes).
 
 The int8 graphs quantise every weight MatMul, the encoder's included, then
-:mod:`streamer.onnx_rewrite` rewrites the grouped positional convolution as int8 im2col plus
+:mod:`streamer.offline.onnx_rewrite` rewrites the grouped positional convolution as int8 im2col plus
 ``MatMulInteger`` and moves the encoder's activation quantisation in front of its tap slicing.
 """
 
@@ -52,8 +52,9 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from .audio import MODEL_RATE_HZ
-from .backends import (
+from streamer.audio import MODEL_RATE_HZ
+from streamer.errors import ModelError
+from streamer.models.backends import (
     MANIFEST_NAME,
     MAX_REL_LOGIT_DIFF,
     MIN_TOP1_AGREEMENT,
@@ -63,8 +64,7 @@ from .backends import (
     wav2vec2_head,
     within_bounds,
 )
-from .errors import ModelError
-from .onnx_rewrite import quantize_before_taps, quantize_grouped_convs
+from streamer.offline.onnx_rewrite import quantize_before_taps, quantize_grouped_convs
 
 __all__ = ["Agreement", "InstanceNormAffine", "MatmulConv1d", "agreement", "check_windows",
            "fold_weight_norm", "matmul_convs", "optimize_model", "prepare_for_export"]
@@ -105,8 +105,8 @@ def check_windows(
     cut with a 1 s hop, then evenly thinned to ``max_windows``), else seeded synthetic voiced
     audio. Returns (windows, description)."""
     if data is not None:
-        from .audio import read_audio
-        from .dataset import scan_dataset
+        from streamer.audio import read_audio
+        from streamer.offline.dataset import scan_dataset
 
         clips = scan_dataset(data)
         windows: list[NDArray[np.float32]] = []
@@ -214,7 +214,7 @@ def fold_weight_norm(model: Any) -> int:
     """Bake weight-norm (and other) weight parametrizations into plain weights, in place;
     returns how many modules changed. wav2vec2's positional convolution is weight-normed:
     baked, its weight is one constant in the exported graph (the same values), which ONNX
-    Runtime does not recompute per call and :mod:`streamer.onnx_rewrite` can quantise."""
+    Runtime does not recompute per call and :mod:`streamer.offline.onnx_rewrite` can quantise."""
     from torch.nn.utils import parametrize
 
     folded = 0
@@ -329,8 +329,8 @@ def optimize_model(
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Export, quantise, check and time; returns the manifest written to ``out``."""
-    from .backends import load_backend
-    from .models import BUNDLED_MODEL_DIR, load_model
+    from streamer.models.backends import load_backend
+    from streamer.models.loading import BUNDLED_MODEL_DIR, load_model
 
     source = BUNDLED_MODEL_DIR if model is None else Path(model).expanduser()
     if not (source / "config.json").is_file():

@@ -3,8 +3,8 @@
 Loaded on the main thread, then used by the engine's inference worker(s). Every model here has
 the interface the engine needs (``name``, ``labels``, ``sample_rate_hz``, ``device``,
 ``predict_proba``) plus ``backend``, ``precision`` and ``encoder_cache`` (a
-:class:`~streamer.encoder_cache.FrameCache` or None), and ``set_worker_threads(n)``, which each
-engine worker calls once at start (ONNX Runtime sessions are built with
+:class:`~streamer.models.encoder_cache.FrameCache` or None), and ``set_worker_threads(n)``, which
+each engine worker calls once at start (ONNX Runtime sessions are built with
 ``intra_op_num_threads = n``; torch threads are set by the engine itself).
 
 Choosing (``auto``): on CUDA, torch in half precision (bfloat16 where supported), with the
@@ -35,11 +35,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .audio import MODEL_RATE_HZ
-from .calibration import config_temperature
-from .encoder_cache import FrameCache, cache_exact_reason, encoder_geometry
-from .errors import ModelError
-from .models import EmotionModel, check_windows, narrowband_ok
+from streamer.audio import MODEL_RATE_HZ
+from streamer.errors import ModelError
+from streamer.models.calibration import config_temperature
+from streamer.models.encoder_cache import FrameCache, cache_exact_reason, encoder_geometry
+from streamer.models.loading import EmotionModel, check_windows, narrowband_ok
 
 __all__ = [
     "BACKENDS",
@@ -390,7 +390,7 @@ def load_backend(
     encoder_cache: bool | None = None,
 ) -> BackendModel:
     """Load a model on a backend/precision; ``encoder_cache`` None = on exactly where exact."""
-    from .models import BUNDLED_MODEL_DIR, load_model, resolve_device
+    from streamer.models.loading import BUNDLED_MODEL_DIR, load_model, resolve_device
 
     check_choice(backend, precision)
     resolved = resolve_device(device)
@@ -449,7 +449,7 @@ def _load_onnx(
         raise ModelError(f"{folder}: no ONNX {choice.precision} model in {MANIFEST_NAME}")
     from transformers import AutoConfig, AutoFeatureExtractor
 
-    from .compact import register_compact
+    from streamer.models.compact import register_compact
 
     register_compact()
     try:

@@ -1,12 +1,13 @@
 """Training: the compact recipe and wav2vec2-family fine-tuning (main thread, CPU or one GPU).
 
-:func:`train_compact` trains :class:`~streamer.compact.CompactEmotionForAudioClassification` on
-an in-memory :class:`~streamer.dataset.Dataset` with class- and speaker-balanced draws, random
+:func:`train_compact` trains :class:`~streamer.models.compact.CompactEmotionForAudioClassification`
+on an in-memory :class:`~streamer.offline.dataset.Dataset` with class- and speaker-balanced draws,
+random
 2 s crops, mixup and label smoothing, AdamW and a one-cycle schedule, with a tqdm progress bar.
 SpecAugment (inside the model), speed perturbation and random gain are options, off by default:
 each lowered the speaker-independent URDU score (``docs/model-card.md``).
 :func:`fine_tune` fine-tunes any transformers audio classifier with ``Trainer`` and the reference
-recipe. Both save a folder that :func:`streamer.models.load_model` reads.
+recipe. Both save a folder that :func:`streamer.models.loading.load_model` reads.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .audio import MODEL_RATE_HZ
-from .dataset import DEFAULT_GROUP_REGEX, Dataset
-from .errors import DataError, ModelError
+from streamer.audio import MODEL_RATE_HZ
+from streamer.errors import DataError, ModelError
+from streamer.offline.dataset import DEFAULT_GROUP_REGEX, Dataset
 
 __all__ = [
     "CompactTrainConfig",
@@ -204,7 +205,7 @@ def train_compact(
 
 
 def _new_model(labels: tuple[str, ...], config: CompactTrainConfig) -> Any:
-    from .compact import CompactEmotionConfig, CompactEmotionForAudioClassification
+    from streamer.models.compact import CompactEmotionConfig, CompactEmotionForAudioClassification
 
     model_config = CompactEmotionConfig(
         hidden_size=config.hidden_size,
@@ -341,7 +342,7 @@ def _phone_versions(
     """Every clip through the phone line (mu-law and A-law alternating), or None when off."""
     if prob <= 0:
         return None
-    from .telephony import phone_line
+    from streamer.telephony import phone_line
 
     return [phone_line(c, law="mulaw" if i % 2 == 0 else "alaw") for i, c in enumerate(audio)]
 
@@ -364,7 +365,7 @@ def _speed_versions(
 def _speaker_groups(data: Dataset, pattern: str) -> list[str] | None:
     """Speaker ids (the dataset's own when it has them, else from the file names), or None (no
     speaker balance) when they carry none."""
-    from .dataset import group_ids
+    from streamer.offline.dataset import group_ids
 
     if data.speakers is not None:
         # A clip without a speaker id is its own speaker (class balance only for its corpus).
@@ -435,7 +436,7 @@ def _epoch_order(
 
 def save_compact(model: Any, out: str | Path) -> Path:
     """Save a compact model plus its pass-through feature extractor as a checkpoint folder."""
-    from .models import quiet_progress
+    from streamer.models.loading import quiet_progress
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -475,7 +476,7 @@ def fine_tune(
     import torch
     from transformers import Trainer, TrainingArguments
 
-    from .models import load_model, quiet_progress
+    from streamer.models.loading import load_model, quiet_progress
 
     config = config or FineTuneConfig()
     loaded = load_model(base, device="cpu")

@@ -27,8 +27,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
-from .errors import ClientError
-from .messages import WindowMessage
+from streamer.protocol.errors import TimelineError
+from streamer.protocol.messages import WindowMessage
 
 __all__ = [
     "BASE_COLUMNS",
@@ -71,9 +71,9 @@ def probability_column(label: str) -> str:
 def columns(labels: Sequence[str]) -> tuple[str, ...]:
     """All columns of a timeline for a model with these labels, in file order."""
     if not labels:
-        raise ClientError("a timeline needs at least one label")
+        raise TimelineError("a timeline needs at least one label")
     if len(set(labels)) != len(labels):
-        raise ClientError(f"duplicate labels: {list(labels)}")
+        raise TimelineError(f"duplicate labels: {list(labels)}")
     return (*BASE_COLUMNS, *(probability_column(label) for label in labels), "wall_time")
 
 
@@ -83,7 +83,7 @@ def window_row(
     """A window message -> a timeline row (columns in file order)."""
     missing = [label for label in labels if label not in message.probabilities]
     if missing:
-        raise ClientError(
+        raise TimelineError(
             f"window {message.stream}#{message.seq} has no probability for {missing}; "
             f"it has {sorted(message.probabilities)}"
         )
@@ -110,11 +110,11 @@ def row_key(row: Mapping[str, Any]) -> tuple[str, str, int]:
 
 
 def timeline_format(path: str | Path) -> TimelineFormat:
-    """CSV or JSONL from the file suffix; any other suffix is a ClientError."""
+    """CSV or JSONL from the file suffix; any other suffix is a TimelineError."""
     suffix = Path(path).suffix.lower()
     fmt = FORMATS.get(suffix)
     if fmt is None:
-        raise ClientError(
+        raise TimelineError(
             f"{path}: unsupported timeline file suffix {suffix or '(none)'!r}; "
             f"use one of {', '.join(FORMATS)}"
         )
@@ -139,7 +139,7 @@ def iter_timeline(path: str | Path) -> Iterator[dict[str, Any]]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ClientError(f"{path}: cannot read timeline ({exc.strerror or exc})") from exc
+        raise TimelineError(f"{path}: cannot read timeline ({exc.strerror or exc})") from exc
     if fmt == "jsonl":
         lines = text.splitlines()
         for number, line in enumerate(lines, start=1):
@@ -150,9 +150,9 @@ def iter_timeline(path: str | Path) -> Iterator[dict[str, Any]]:
             except json.JSONDecodeError as exc:
                 if number == len(lines) and not text.endswith("\n"):
                     return  # a torn last line
-                raise ClientError(f"{path}:{number}: not a JSON row ({exc.msg})") from exc
+                raise TimelineError(f"{path}:{number}: not a JSON row ({exc.msg})") from exc
             if not isinstance(body, dict):
-                raise ClientError(f"{path}:{number}: a row must be a JSON object")
+                raise TimelineError(f"{path}:{number}: a row must be a JSON object")
             yield {name: _typed(name, value) for name, value in body.items()}
         return
     complete = text if text.endswith("\n") or not text else text[: text.rfind("\n") + 1]
@@ -185,7 +185,7 @@ class TimelineWriter:
         with TimelineWriter("out.csv", labels) as writer:
             writer.write_window(message, session=hello.session)
 
-    An existing CSV must have the same columns (same labels) or opening fails with a ClientError,
+    An existing CSV must have the same columns (same labels) or opening fails with a TimelineError,
     so rows of different models never mix in one file. ``close()`` is idempotent.
     """
 
@@ -204,24 +204,24 @@ class TimelineWriter:
         if self._handle is not None:
             return self
         if self._closed:
-            raise ClientError(f"{self.path}: timeline writer already closed")
+            raise TimelineError(f"{self.path}: timeline writer already closed")
         new_file = True
         if self.format == "csv":
             header = _read_csv_header(self.path)
             if header is not None:
                 if header != self.columns:
-                    raise ClientError(
+                    raise TimelineError(
                         f"{self.path}: existing timeline has columns {list(header)}, "
                         f"expected {list(self.columns)}; write to a new file"
                     )
                 new_file = False
         try:
             if self.path.parent and not self.path.parent.exists():
-                raise ClientError(f"{self.path}: folder {self.path.parent} does not exist")
+                raise TimelineError(f"{self.path}: folder {self.path.parent} does not exist")
             handle = self.path.open("a", encoding="utf-8", newline="")
         except OSError as exc:
             reason = exc.strerror or exc
-            raise ClientError(f"{self.path}: cannot write timeline ({reason})") from exc
+            raise TimelineError(f"{self.path}: cannot write timeline ({reason})") from exc
         self._handle = handle
         if self.format == "csv":
             self._csv = csv.writer(handle, lineterminator="\n")
@@ -234,15 +234,15 @@ class TimelineWriter:
         """Append one row (a mapping with exactly :attr:`columns`) and flush it."""
         handle = self._handle
         if handle is None:
-            raise ClientError(f"{self.path}: timeline writer is not open")
+            raise TimelineError(f"{self.path}: timeline writer is not open")
         if set(row) != set(self.columns):
             extra = sorted(set(row) - set(self.columns))
             missing = sorted(set(self.columns) - set(row))
-            raise ClientError(f"timeline row does not fit: missing {missing}, extra {extra}")
+            raise TimelineError(f"timeline row does not fit: missing {missing}, extra {extra}")
         for name in self.columns:
             value = row[name]
             if isinstance(value, float) and not math.isfinite(value):
-                raise ClientError(f"timeline column {name!r} is not finite: {value!r}")
+                raise TimelineError(f"timeline column {name!r} is not finite: {value!r}")
         if self.format == "csv":
             self._csv.writerow([row[name] for name in self.columns])
         else:

@@ -11,7 +11,7 @@ Fold builders are pure numpy functions:
 
 Each held-out clip is scored three ways: the whole clip in one pass (``model``), the mean of the
 class probabilities of its 2 s windows (``windows_avg``; the windows of
-:func:`~streamer.evaluation.clip_windows`, 1 s hop, as the live monitor sees them) and each
+:func:`~streamer.offline.evaluation.clip_windows`, 1 s hop, as the live monitor sees them) and each
 window on its own (``windows``, one prediction per window).
 
 The baseline predicts each test clip with its speaker's majority label on the training side,
@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
-from .dataset import Dataset
-from .errors import DataError
-from .evaluation import Scores, clip_windows, predict_clips, score
+from streamer.errors import DataError
+from streamer.offline.dataset import Dataset
+from streamer.offline.evaluation import Scores, clip_windows, predict_clips, score
 
 if TYPE_CHECKING:
-    from .models import EmotionModel
+    from streamer.models.loading import EmotionModel
 
 __all__ = [
     "CrossvalResult",
@@ -238,8 +238,12 @@ def run_crossval(
     ``phone_law`` is ``"mulaw"`` or ``"alaw"``. ``on_fold`` sees each fold as it finishes."""
     import torch
 
-    from .models import EmotionModel
-    from .training import CompactTrainConfig, compact_feature_extractor, train_compact
+    from streamer.models.loading import EmotionModel
+    from streamer.offline.training import (
+        CompactTrainConfig,
+        compact_feature_extractor,
+        train_compact,
+    )
 
     train_config = config if isinstance(config, CompactTrainConfig) else CompactTrainConfig()
     pools: dict[str, dict[str, list[int]]] = {}
@@ -271,7 +275,7 @@ def run_crossval(
             pools.setdefault("wide", {}).setdefault(key, []).extend(values)
         phone_side = phone_probs = None
         if phone_law is not None:
-            from .telephony import phone_line
+            from streamer.telephony import phone_line
 
             narrow = tuple(phone_line(a, law=phone_law) for a in test.audio)
             phone_side, phone_probs, raw = _score_side(model, narrow, test.targets, data.labels)

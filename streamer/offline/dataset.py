@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from .audio import MODEL_RATE_HZ, read_audio
-from .errors import AudioError, DataError
+from streamer.audio import MODEL_RATE_HZ, read_audio
+from streamer.errors import AudioError, DataError
 
 __all__ = [
     "AUDIO_SUFFIXES",

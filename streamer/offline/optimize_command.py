@@ -49,9 +49,9 @@ def register(subparsers: Any) -> None:
 
 
 def _optimize(args: argparse.Namespace) -> int:
-    from .backends import within_bounds
-    from .errors import ModelError
-    from .optimize import optimize_model
+    from streamer.errors import ModelError
+    from streamer.models.backends import within_bounds
+    from streamer.offline.optimize import optimize_model
 
     if not 1 <= args.max_windows <= 10_000:
         raise ModelError(f"--max-windows must be 1..10000, got {args.max_windows}")

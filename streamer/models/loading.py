@@ -26,15 +26,15 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .audio import MODEL_RATE_HZ
-from .calibration import config_temperature
-from .errors import AudioError, ModelError
+from streamer.audio import MODEL_RATE_HZ
+from streamer.errors import AudioError, ModelError
+from streamer.models.calibration import config_temperature
 
 __all__ = ["BUNDLED_MODEL_DIR", "EmotionModel", "load_model", "narrowband_ok", "resolve_device"]
 
 logger = logging.getLogger(__name__)
 
-BUNDLED_MODEL_DIR = Path(__file__).resolve().parent / "bundled"
+BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "bundled"
 _HUB_HOST = ("huggingface.co", 443)
 _HUB_PROBE_TIMEOUT_S = 3.0
 
@@ -76,7 +76,7 @@ class EmotionModel:
     device: str
     model: Any = field(repr=False)
     feature_extractor: Any = field(repr=False)
-    # calibration: logits are divided by this before the softmax (streamer.calibration)
+    # calibration: logits are divided by this before the softmax (streamer.models.calibration)
     temperature: float = 1.0
     # config.json "narrowband": true = trained/measured on phone-line (8 kHz) audio too
     narrowband_ok: bool = False
@@ -211,18 +211,18 @@ def load_model(
     not supported); on CPU in float32.
 
     ``backend`` (auto, torch, onnx) and ``precision`` (auto, fp32, bf16, int8) pick another
-    backend (:mod:`streamer.backends`); a folder written by ``emotion-monitor optimize`` loads
-    with ``auto`` unless told otherwise.
+    backend (:mod:`streamer.models.backends`); a folder written by ``emotion-monitor optimize``
+    loads with ``auto`` unless told otherwise.
     """
     import torch
 
     if _wants_backend(name_or_path, backend, precision):
-        from .backends import load_backend
+        from streamer.models.backends import load_backend
 
         return load_backend(name_or_path, backend=backend or "auto",
                             precision=precision or "auto", device=device)
 
-    from .compact import register_compact
+    from streamer.models.compact import register_compact
 
     register_compact()
     is_hub = False
