@@ -53,7 +53,7 @@ from streamer.protocol.messages import (  # noqa: E402
     decode,
     encode,
 )
-from tests.conftest import speech_like  # noqa: E402
+from streamer.testing import speech_like  # noqa: E402
 
 RATE = 16000
 

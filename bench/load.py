@@ -56,7 +56,7 @@ from streamer.protocol.messages import (  # noqa: E402
     decode,
     encode,
 )
-from tests.conftest import speech_like  # noqa: E402
+from streamer.testing import speech_like  # noqa: E402
 
 RATE = 16000
 FRAME_MS = 20

@@ -5,9 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
-from numpy.typing import NDArray
 
 # One scalable timeout for every wait in the tests (seconds); raise it on a slow machine.
 TIMEOUT_S = float(os.environ.get("EMOTION_MONITOR_TEST_TIMEOUT_S", "30"))
@@ -80,25 +78,3 @@ def save_tiny_compact(folder: Path, *, seed: int = 0, **fields: object) -> Path:
     return folder
 
 
-def tone(
-    freq_hz: float, seconds: float, *, rate_hz: int = 16000, amplitude: float = 0.3
-) -> NDArray[np.float32]:
-    """A sine tone as float32 mono."""
-    t = np.arange(int(seconds * rate_hz), dtype=np.float64) / rate_hz
-    return (amplitude * np.sin(2 * np.pi * freq_hz * t)).astype(np.float32)
-
-
-def speech_like(
-    seconds: float, *, rate_hz: int = 16000, seed: int = 0, pitch_hz: float = 140.0
-) -> NDArray[np.float32]:
-    """Voiced, syllable-modulated harmonic audio that webrtcvad reliably calls speech."""
-    rng = np.random.default_rng(seed)
-    n = int(seconds * rate_hz)
-    t = np.arange(n, dtype=np.float64) / rate_hz
-    f0 = pitch_hz * (1 + 0.08 * np.sin(2 * np.pi * 3.0 * t))
-    phase = 2 * np.pi * np.cumsum(f0) / rate_hz
-    voiced = sum(np.sin(k * phase) / k for k in range(1, 12))
-    syllables = 0.55 + 0.45 * np.sin(2 * np.pi * 4.0 * t) ** 2
-    noise = 0.02 * rng.standard_normal(n)
-    signal = 0.25 * voiced * syllables + noise
-    return (signal / np.max(np.abs(signal)) * 0.5).astype(np.float32)

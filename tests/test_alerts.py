@@ -34,7 +34,8 @@ from streamer.protocol.messages import (
     decode,
     encode,
 )
-from tests.conftest import REPO, TIMEOUT_S, speech_like
+from streamer.testing import speech_like
+from tests.conftest import REPO, TIMEOUT_S
 
 LABELS = ("Angry", "Happy")
 

@@ -16,7 +16,8 @@ from server.hub import EventHub, ModelInfo
 from server.store import TimelineStore
 from streamer.events import StreamClosed, StreamOpened, WindowLabel
 from streamer.protocol.timeline import columns, read_timeline
-from tests.conftest import TINY_LABELS, speech_like
+from streamer.testing import speech_like
+from tests.conftest import TINY_LABELS
 
 INFO = ModelInfo(name="m", labels=TINY_LABELS, window_s=2.0, hop_s=0.5, sample_rate_hz=16000)
 

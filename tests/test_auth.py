@@ -39,7 +39,8 @@ from server.monitor import Monitor
 from streamer.engine import EngineConfig
 from streamer.models.loading import load_model
 from streamer.protocol.messages import ErrorMessage, Hello, decode
-from tests.conftest import TIMEOUT_S, speech_like
+from streamer.testing import speech_like
+from tests.conftest import TIMEOUT_S
 
 VIEW = "view-token-0123456789abcdef"
 INGEST = "ingest-token-0123456789abcdef"

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import TIMEOUT_S, TINY_LABELS, speech_like
+from conftest import TIMEOUT_S, TINY_LABELS
 from numpy.typing import NDArray
 
 from server.cli import main
@@ -35,6 +35,7 @@ from streamer.offline.optimize import (
     optimize_model,
     prepare_for_export,
 )
+from streamer.testing import speech_like
 
 HOP = 8000
 WINDOW = 32000

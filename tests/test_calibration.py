@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import save_tiny_compact, speech_like
+from conftest import save_tiny_compact
 from numpy.typing import NDArray
 
 from streamer.errors import ModelError
@@ -21,6 +21,7 @@ from streamer.models.calibration import (
     set_temperature,
     softmax,
 )
+from streamer.testing import speech_like
 
 # -- expected calibration error ---------------------------------------------------------------
 

@@ -11,12 +11,13 @@ from urllib.request import urlopen
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import TIMEOUT_S, speech_like
+from conftest import TIMEOUT_S
 from test_log import start_command, wait_for_line
 
 from client.api import EventClient
 from streamer.protocol.messages import Hello, StreamCloseMessage, WindowMessage
 from streamer.protocol.timeline import read_timeline, row_key
+from streamer.testing import speech_like
 
 
 @pytest.fixture

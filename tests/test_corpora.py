@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import REPO, TIMEOUT_S, speech_like
+from conftest import REPO, TIMEOUT_S
 from numpy.typing import NDArray
 
 from server.cli import main
 from streamer.errors import DataError
 from streamer.offline.dataset import load_corpora, resolve_corpora
+from streamer.testing import speech_like
 
 CORPORA_DIR = Path(
     os.environ.get("EMOTION_MONITOR_CORPORA", REPO.parent / "shared" / "data" / "corpora")

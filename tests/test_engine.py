@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import TIMEOUT_S, TINY_LABELS, speech_like
+from conftest import TIMEOUT_S, TINY_LABELS
 
 from streamer.engine import Engine, EngineConfig
 from streamer.errors import AudioError, ModelError, StreamerError
@@ -21,6 +21,7 @@ from streamer.events import (
     WindowLabel,
 )
 from streamer.smoothing import UNCERTAIN
+from streamer.testing import speech_like
 
 RATE = 16000
 

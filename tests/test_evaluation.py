@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import speech_like, tone
 
 from server.cli import main
 from streamer.errors import DataError
@@ -19,6 +18,7 @@ from streamer.offline.crossval import (
 )
 from streamer.offline.dataset import Clip, group_ids
 from streamer.offline.evaluation import clip_windows, plot_confusion, render_scores, score
+from streamer.testing import speech_like, tone
 
 URDU_LABELS = ("Angry", "Happy", "Neutral", "Sad")
 

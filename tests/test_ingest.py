@@ -38,7 +38,8 @@ from streamer.protocol.messages import (
     decode,
     encode,
 )
-from tests.conftest import TIMEOUT_S, speech_like
+from streamer.testing import speech_like
+from tests.conftest import TIMEOUT_S
 
 
 def run(coro: Awaitable[Any]) -> Any:

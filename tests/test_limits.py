@@ -30,7 +30,8 @@ from streamer.protocol.messages import (
     decode,
     stream_wanted,
 )
-from tests.conftest import TIMEOUT_S, speech_like
+from streamer.testing import speech_like
+from tests.conftest import TIMEOUT_S
 from tests.test_ingest import monitor, open_call, pcm, rejection
 from tests.test_server import label, receive, running, stats
 

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, TINY_LABELS, speech_like, tone
+from conftest import REPO, TINY_LABELS
 
 from streamer.errors import AudioError, ModelError
+from streamer.testing import speech_like, tone
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import TIMEOUT_S, save_tiny_compact, speech_like
+from conftest import TIMEOUT_S, save_tiny_compact
 from websockets.asyncio.client import connect
 
 from server.config import ServerConfig
@@ -31,6 +31,7 @@ from streamer.protocol.messages import (
     decode,
     encode,
 )
+from streamer.testing import speech_like
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import TIMEOUT_S, speech_like
+from conftest import TIMEOUT_S
 from test_log import start_command, wait_for_line
 from websockets.asyncio.client import connect
 
 from client.errors import ClientError
 from client.push import ingest_url, pcm_frames
 from streamer.protocol.messages import Hello, Message, StreamCloseMessage, WindowMessage, decode
+from streamer.testing import speech_like
 
 
 def test_ingest_url_defaults_the_path_and_refuses_other_schemes() -> None:

@@ -39,7 +39,8 @@ from streamer.protocol.messages import (
 )
 from streamer.protocol.timeline import read_timeline, window_row
 from streamer.sources import FileSource
-from tests.conftest import REPO, TIMEOUT_S, speech_like
+from streamer.testing import speech_like
+from tests.conftest import REPO, TIMEOUT_S
 
 TIMING = ("session", "wall_time")
 

@@ -6,12 +6,13 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import TIMEOUT_S, speech_like
+from conftest import TIMEOUT_S
 from numpy.typing import NDArray
 
 from streamer.engine import Engine, EngineConfig
 from streamer.events import Event, SpeechStart, StreamClosed, WindowLabel
 from streamer.smoothing import UNCERTAIN, Smoother, SmoothingConfig
+from streamer.testing import speech_like
 
 LABELS = ("Angry", "Happy", "Neutral", "Sad")
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import tone
 
 from streamer.errors import AudioError
 from streamer.sources import FileSource
+from streamer.testing import tone
 
 
 def write_stereo(path: Path, rate: int = 44100, seconds: float = 1.0) -> np.ndarray:

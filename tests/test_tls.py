@@ -29,7 +29,8 @@ from server.tls import server_context
 from streamer.engine import EngineConfig
 from streamer.models.loading import load_model
 from streamer.protocol.messages import Hello
-from tests.conftest import REPO, TIMEOUT_S, speech_like
+from streamer.testing import speech_like
+from tests.conftest import REPO, TIMEOUT_S
 
 VIEW = "view-token-0123456789abcdef"
 INGEST = "ingest-token-0123456789abcdef"

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import speech_like
 from numpy.typing import NDArray
 
 from server.cli import main
 from streamer.errors import DataError
+from streamer.testing import speech_like
 
 GEN_LABELS = ("hiss", "hum", "whistle")
 

@@ -11,7 +11,8 @@ from server.convert import event_message
 from streamer.engine import Engine, EngineConfig
 from streamer.events import SpeechEnd, SpeechStart, StreamClosed, Utterance, WindowLabel
 from streamer.protocol.messages import UtteranceMessage, decode, encode
-from tests.conftest import TIMEOUT_S, TINY_LABELS, speech_like
+from streamer.testing import speech_like
+from tests.conftest import TIMEOUT_S, TINY_LABELS
 from tests.test_engine import Collector, ScriptedModel, call_audio, feed_blocks, silence
 
 

@@ -6,9 +6,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import speech_like, tone
 
 from streamer.errors import AudioError
+from streamer.testing import speech_like, tone
 from streamer.vad import GateClosed, GatedAudio, GateOpened, VadConfig, VadGate
 
 RATE = 16000

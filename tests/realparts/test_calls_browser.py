@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import REPO, TIMEOUT_S, speech_like
+from conftest import REPO, TIMEOUT_S
+
+from streamer.testing import speech_like
 
 from .browser import chromium_page
 from .monitor import Monitor, Recorder, base_env

@@ -11,7 +11,9 @@ from typing import Any
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import REPO, TIMEOUT_S, tone
+from conftest import REPO, TIMEOUT_S
+
+from streamer.testing import tone
 
 from .audio import assemble, read_mono, silence_wav
 from .monitor import Monitor, Recorder, store_windows
