@@ -1,27 +1,31 @@
-"""The inference loop: per-stream feeds in, ordered emotion events out.
+"""The inference loop: per-stream feeds in, ordered emotion events out (threads and locks).
 
 Threads: ``StreamFeed.feed``/``close`` run on the caller's thread (one thread per stream; an
 asyncio loop may call them directly, they only block when ``realtime=False`` applies
 backpressure). Resampling, VAD gating and windowing happen there (cheap, pure cores). Ready
-windows go to a bounded per-stream queue; ``workers`` inference threads owned by the
-:class:`Engine` take them round-robin across streams (fair), run the model and emit
-:class:`~streamer.events.WindowLabel`. The sink is called from the feeding thread or a worker.
+windows go to the :class:`~streamer.scheduler.RoundRobinWindowScheduler` (bounded per-stream
+queues, the drop rules); ``workers`` inference threads owned by the :class:`Engine` take them
+round-robin across streams, run the model and settle each window in its stream's
+:class:`~streamer.outbox.StreamOutbox`, which turns results into
+:class:`~streamer.events.WindowLabel` and :class:`~streamer.events.Utterance` in stream order.
+This module is the shell around those two pure cores: the worker threads, the condition they
+wait on, one lock per stream, the stream registry, counters and logs. The sink is called from
+the feeding thread or a worker.
 
-Ordering: each stream has an ordered outbox. An event (SpeechStart, SpeechEnd, StreamClosed) is
-held until every window submitted before it is labelled or dropped, so one stream's events reach
-the sink in stream order, one at a time, and ``StreamClosed`` comes after the last WindowLabel.
-Right after a SpeechEnd comes the segment's :class:`~streamer.events.Utterance` (the mean of its
-labelled windows' probabilities), when at least one of its windows was labelled.
-``WindowLabel.seq`` counts emitted labels per stream from 0 (dropped windows take no number);
-smoothing is applied in that order, and SpeechStart/SpeechEnd tell the smoother where the
-silences are (it resets or decays over them, :mod:`streamer.smoothing`).
+Ordering: an event (SpeechStart, SpeechEnd, StreamClosed) is held until every window submitted
+before it is labelled or dropped, so one stream's events reach the sink in stream order, one at
+a time (under the stream's lock), and ``StreamClosed`` comes after the last WindowLabel.
 
-Queue rules (per stream, ``queue_windows`` deep):
+Queue rules (per stream, ``queue_windows`` deep; :mod:`streamer.scheduler`):
 
 - ``realtime=True`` (live): when full, the oldest waiting window is dropped; a worker drops a
   window older than ``max_lag_s`` instead of running it. Both count in ``windows_dropped``.
 - ``realtime=False`` (``analyze``): ``feed`` blocks until there is room; nothing is dropped
   (except windows still queued when ``close`` times out, which are counted).
+
+The model is driven only through :class:`~streamer.models.protocol.ClassifierModel`: its
+``device`` and ``preferred_batch`` size batches, ``worker_count`` sizes the pool, and each
+worker calls ``set_worker_threads`` once at start.
 
 Capture counters: pass the source (anything with ``blocks_dropped`` and ``input_overflows``
 attributes, e.g. :class:`~streamer.capture.MicrophoneSource`) as ``open_stream(..., capture=)``;
@@ -30,15 +34,11 @@ attributes, e.g. :class:`~streamer.capture.MicrophoneSource`) as ``open_stream(.
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import logging
 import math
 import os
-import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -57,49 +57,30 @@ from streamer.events import (
     SpeechStart,
     StreamClosed,
     StreamOpened,
-    Utterance,
     WindowLabel,
 )
-from streamer.smoothing import Smoother, SmoothingConfig
+from streamer.models.protocol import ClassifierModel
+from streamer.outbox import StreamOutbox
+from streamer.protocol.limits import MAX_INPUT_RATE_HZ, MIN_INPUT_RATE_HZ
+from streamer.scheduler import QueuedWindow, RoundRobinWindowScheduler, TakenWindows
+from streamer.smoothing import SmoothingConfig
 from streamer.vad import GateClosed, GatedAudio, GateItem, GateOpened, VadConfig, VadGate
 from streamer.windows import SpeechWindow, Windower
 
 __all__ = [
-    "MAX_INPUT_RATE_HZ",
-    "MIN_INPUT_RATE_HZ",
     "CaptureCounters",
-    "ClassifierModel",
     "Engine",
     "EngineConfig",
     "StreamFeed",
-    "auto_workers",
     "available_cpus",
 ]
 
 logger = logging.getLogger(__name__)
 
 _DROP_LOG_INTERVAL_S = 5.0
-MIN_INPUT_RATE_HZ = 8_000
-MAX_INPUT_RATE_HZ = 192_000
+_CUDA_MAX_BATCH = 8  # windows per call on a GPU when EngineConfig.max_batch is None
 
 Sink = Callable[[Event], None]
-
-
-class ClassifierModel(Protocol):
-    """What the engine needs from a model (``streamer.models.loading.load_model`` returns one)."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def labels(self) -> tuple[str, ...]: ...
-
-    @property
-    def sample_rate_hz(self) -> int: ...
-
-    def predict_proba(self, windows: NDArray[np.float32]) -> NDArray[np.float32]:
-        """(batch, samples) float32 at ``sample_rate_hz`` -> (batch, len(labels)) probabilities."""
-        ...
 
 
 class CaptureCounters(Protocol):
@@ -116,12 +97,12 @@ class CaptureCounters(Protocol):
 class EngineConfig:
     """Windowing, VAD, smoothing and inference-loop settings (times in seconds).
 
-    ``max_batch`` None means 8 when the model reports a CUDA ``device``, and on CPU the
-    model's ``preferred_batch`` (what ``emotion-monitor optimize`` measured to pay; 1 when the
-    model has none). A worker never waits to fill a batch: it takes what is queued, up to
-    ``max_batch`` windows of different streams. ``workers`` None means :func:`auto_workers`.
-    ``threads_per_worker`` is each worker's intra-op thread count on CPU (torch's, and the
-    model's ``set_worker_threads`` when it has one, e.g. ONNX Runtime).
+    ``max_batch`` None means 8 when the model's ``device`` is CUDA, and on CPU the model's
+    ``preferred_batch`` (what ``emotion-monitor optimize`` measured to pay). A worker never
+    waits to fill a batch: it takes what is queued, up to ``max_batch`` windows of different
+    streams. ``workers`` None means the model's ``worker_count(available_cpus())``.
+    ``threads_per_worker`` is passed to the model's ``set_worker_threads`` on each worker (its
+    intra-op thread count there: torch's, ONNX Runtime's).
     """
 
     window_s: float = 2.0
@@ -160,50 +141,19 @@ class EngineConfig:
             raise ValueError(f"close_timeout_s must be > 0 s, got {self.close_timeout_s!r}")
 
 
-class _State(enum.Enum):
-    READY = 1  # holds an event
-    PENDING = 2  # a window waiting for the model
-    DONE = 3  # a window with probabilities
-    DROPPED = 4  # a window that will not be labelled
 
+class _OpenStream:
+    """One stream as the engine holds it: its outbox behind its own lock (the scheduler's key)."""
 
-class _Slot:
-    """One entry of a stream's ordered outbox."""
+    __slots__ = ("stream_id", "lock", "outbox")
 
-    __slots__ = ("state", "event", "window", "probs")
-
-    def __init__(self, state: _State, event: Event | None = None) -> None:
-        self.state = state
-        self.event = event
-        self.window: SpeechWindow | None = None
-        self.probs: NDArray[np.float32] | None = None
-
-
-@dataclass(slots=True)
-class _Job:
-    stream: _StreamState
-    slot: _Slot
-    window: SpeechWindow
-    submitted: float  # time.monotonic()
-
-
-class _StreamState:
-    """Per-stream engine state: the outbox (own lock) and the job queue (engine's lock)."""
-
-    def __init__(self, stream_id: str, labels: tuple[str, ...], smoothing: SmoothingConfig):
+    def __init__(self, stream_id: str, outbox: StreamOutbox) -> None:
         self.stream_id = stream_id
-        self.lock = threading.Lock()
-        self.outbox: deque[_Slot] = deque()
-        self.smoother = Smoother(labels, smoothing)
-        self.labels = labels
-        self.seq = 0
-        # the open speech segment's labelled windows (sum of probabilities) and drops
-        self.segment_sum = np.zeros(len(labels), dtype=np.float64)
-        self.segment_windows = 0
-        self.segment_dropped = 0
-        self.dropped = 0  # windows of this stream dropped so far
-        self.jobs: deque[_Job] = deque()  # guarded by Engine._cond
-        self.scheduled = False  # in Engine._rotation; guarded by Engine._cond
+        self.lock = threading.Lock()  # guards outbox and serialises this stream's sink calls
+        self.outbox = outbox
+
+
+_Job = QueuedWindow[_OpenStream]
 
 
 def available_cpus() -> int:
@@ -212,26 +162,6 @@ def available_cpus() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # macOS, Windows
         return max(1, os.cpu_count() or 1)
-
-
-def auto_workers(model: ClassifierModel) -> int:
-    """Inference workers that pay off for ``model`` (``EngineConfig.workers`` None).
-
-    One per available CPU (at most 8) for transformer-size models on CPU: each worker runs one
-    intra-op thread, and two workers doubled wav2vec2 throughput on two idle cores
-    (``docs/performance.md``). One for the compact model, whose 2 ms windows leave the Python
-    side (VAD, windowing, one feeder thread) as the limit, and one on CUDA, where the engine
-    batches windows across streams instead.
-    """
-    if str(getattr(model, "device", "cpu")).startswith("cuda"):
-        return 1
-    config = getattr(model, "config", None)
-    if config is None:
-        config = getattr(getattr(model, "model", None), "config", None)
-    model_type = getattr(config, "model_type", None)
-    if model_type is None or model_type == "emotion-compact":
-        return 1
-    return min(8, available_cpus())
 
 
 class Engine:
@@ -254,13 +184,16 @@ class Engine:
         self.config = config
         self.labels = labels
         self._sink = sink
-        self._cuda = str(getattr(model, "device", "cpu")).startswith("cuda")
+        cuda = str(model.device).startswith("cuda")
         self.max_batch = config.max_batch or (
-            8 if self._cuda else max(1, int(getattr(model, "preferred_batch", 1) or 1)))
-        self.workers = config.workers or auto_workers(model)
-        self._cond = threading.Condition()
-        self._rotation: deque[_StreamState] = deque()  # streams with queued jobs, round-robin
-        self._in_flight = 0
+            _CUDA_MAX_BATCH if cuda else max(1, int(model.preferred_batch)))
+        self.workers = config.workers or max(1, int(model.worker_count(available_cpus())))
+        self._cond = threading.Condition()  # guards everything below but the streams' outboxes
+        self._scheduler: RoundRobinWindowScheduler[_OpenStream] = RoundRobinWindowScheduler(
+            queue_windows=config.queue_windows, max_batch=self.max_batch,
+            realtime=config.realtime, max_lag_s=config.max_lag_s,
+        )
+        self._in_flight = 0  # windows taken by a worker and not yet settled
         self._windows_done = 0
         self._windows_dropped = 0
         self._drops_logged_at = -math.inf  # monotonic time of the last drop warning
@@ -308,8 +241,9 @@ class Engine:
         if not isinstance(stream_id, str) or not stream_id:
             raise StreamerError(f"stream id must be a non-empty string, got {stream_id!r}")
         rate = _check_rate(sample_rate_hz)
-        state = _StreamState(stream_id, self.labels, self.config.smoothing)
-        feed = StreamFeed(self, state, rate, dict(metadata or {}))
+        stream = _OpenStream(stream_id, StreamOutbox(stream_id, self.labels,
+                                                     self.config.smoothing))
+        feed = StreamFeed(self, stream, rate, dict(metadata or {}))
         with self._cond:
             if self._closed:
                 raise StreamerError("the engine is closed")
@@ -320,6 +254,7 @@ class Engine:
                 self._captures[stream_id] = capture
         logger.info("stream %s opened at %s Hz", stream_id, rate)
         flagged: tuple[str, ...] = ()
+        # narrowband_ok is not (yet) a ClassifierModel member: models without it are wideband
         if rate < MODEL_RATE_HZ and not getattr(self.model, "narrowband_ok", False):
             # band-limited input (a phone line) on a model not trained or measured for it
             flagged = (WIDEBAND_MODEL_ON_NARROWBAND_AUDIO,)
@@ -328,22 +263,22 @@ class Engine:
                 "and measured on %s Hz audio only); its labels may be unreliable here",
                 stream_id, rate, self.model.name, MODEL_RATE_HZ,
             )
-        self._emit(state, StreamOpened(stream_id, rate, time.time(), dict(feed.metadata),
-                                       flagged))
+        self.emit_event(stream, StreamOpened(stream_id, rate, time.time(), dict(feed.metadata),
+                                             flagged))
         return feed
 
     def stats(self) -> EngineStats:
         """Counters since start; ``lag_s`` is the age of the oldest window waiting for the model."""
         now = time.monotonic()
         with self._cond:
-            oldest = min((s.jobs[0].submitted for s in self._rotation if s.jobs), default=now)
+            oldest = self._scheduler.oldest_submitted_s()
             dropped, overflows = self._capture_totals
             for capture in self._captures.values():
                 dropped += int(capture.blocks_dropped)
                 overflows += int(capture.input_overflows)
             return EngineStats(
                 wall_time=time.time(),
-                lag_s=max(0.0, now - oldest),
+                lag_s=0.0 if oldest is None else max(0.0, now - oldest),
                 windows_done=self._windows_done,
                 windows_dropped=self._windows_dropped,
                 blocks_dropped=dropped,
@@ -354,7 +289,7 @@ class Engine:
         """Wait until every submitted window is labelled or dropped; False on timeout."""
         with self._cond:
             return self._cond.wait_for(
-                lambda: not self._rotation and self._in_flight == 0, timeout
+                lambda: not self._scheduler.queued and self._in_flight == 0, timeout
             )
 
     def close(self) -> None:
@@ -376,15 +311,11 @@ class Engine:
                                self.config.close_timeout_s)
             with self._cond:
                 self._closing = True
-                leftovers = [job for s in self._rotation for job in s.jobs]
-                for s in self._rotation:
-                    s.jobs.clear()
-                    s.scheduled = False
-                self._rotation.clear()
+                leftovers = self._scheduler.clear()
                 self._count_drops_locked(len(leftovers))
                 self._cond.notify_all()
             for job in leftovers:
-                self._complete(job, None)
+                self._settle(job, None)
             for thread in self._threads:
                 thread.join(self.config.close_timeout_s)
                 if thread.is_alive():
@@ -395,58 +326,43 @@ class Engine:
                 stats.windows_done, stats.windows_dropped,
             )
 
-    # -- feeding side (called by StreamFeed on the feeding thread) ----------------------------
+    # -- what StreamFeed asks of the engine (on the feeding thread) ---------------------------
 
-    def _submit(self, state: _StreamState, window: SpeechWindow) -> None:
-        slot = _Slot(_State.PENDING)
-        slot.window = window
-        with state.lock:
-            state.outbox.append(slot)
-        job = _Job(state, slot, window, time.monotonic())
-        evicted: _Job | None = None
+    def submit_window(self, stream: _OpenStream, window: SpeechWindow) -> None:
+        """Queue ``window`` for the model behind the stream's earlier events and windows.
+
+        Not realtime: blocks while the stream's queue is full. A window evicted by it (realtime,
+        queue full) or refused because the engine is shutting down is dropped and counted.
+        """
+        with stream.lock:
+            ticket = stream.outbox.reserve(window)
+        job = QueuedWindow(stream, ticket, window, time.monotonic())
         with self._cond:
-            if self.config.realtime:
-                if len(state.jobs) >= self.config.queue_windows and not self._closing:
-                    evicted = state.jobs.popleft()
-                    self._count_drops_locked(1)
-            else:
-                while len(state.jobs) >= self.config.queue_windows and not self._closing:
-                    self._cond.wait()
+            if not self.config.realtime:
+                self._cond.wait_for(lambda: self._closing or self._scheduler.has_room(stream))
             if self._closing:
-                self._count_drops_locked(1)
-                evicted = job
+                dropped: _Job | None = job
             else:
-                state.jobs.append(job)
-                if not state.scheduled:
-                    state.scheduled = True
-                    self._rotation.append(state)
+                dropped = self._scheduler.push(job)
                 self._cond.notify_all()
-        if evicted is not None:
+            if dropped is not None:
+                self._count_drops_locked(1)
+        if dropped is not None:
             logger.debug("stream %s: dropped window %.2f-%.2f s (queue full)",
-                         state.stream_id, evicted.window.start_s, evicted.window.end_s)
-            self._complete(evicted, None)
+                         stream.stream_id, dropped.window.start_s, dropped.window.end_s)
+            self._settle(dropped, None)
 
-    def _count_drops_locked(self, n: int) -> None:
-        """Count dropped windows; warn at most every few seconds (caller holds ``_cond``)."""
-        self._windows_dropped += n
-        now = time.monotonic()
-        if n and now - self._drops_logged_at >= _DROP_LOG_INTERVAL_S:
-            logger.warning(
-                "inference is behind: %s window(s) dropped (%s since the last warning)",
-                self._windows_dropped, self._windows_dropped - self._drops_logged,
-            )
-            self._drops_logged_at = now
-            self._drops_logged = self._windows_dropped
+    def emit_event(self, stream: _OpenStream, event: Event) -> None:
+        """Send ``event`` to the sink once every window submitted before it is settled."""
+        with stream.lock:
+            stream.outbox.put(event)
+            self._release_locked(stream)
 
-    def _emit(self, state: _StreamState, event: Event) -> None:
-        with state.lock:
-            state.outbox.append(_Slot(_State.READY, event))
-            self._flush_locked(state)
-
-    def _stream_closed(self, state: _StreamState) -> None:
+    def end_stream(self, stream: _OpenStream) -> None:
+        """The feed closed: forget the stream (its outbox still drains) and keep its counters."""
         with self._cond:
-            self._feeds.pop(state.stream_id, None)
-            capture = self._captures.pop(state.stream_id, None)
+            self._feeds.pop(stream.stream_id, None)
+            capture = self._captures.pop(stream.stream_id, None)
             if capture is not None:
                 self._capture_totals[0] += int(capture.blocks_dropped)
                 self._capture_totals[1] += int(capture.input_overflows)
@@ -455,22 +371,16 @@ class Engine:
 
     def _work(self) -> None:
         try:
-            if not self._cuda:
-                torch = sys.modules.get("torch")
-                if torch is not None:
-                    torch.set_num_threads(self.config.threads_per_worker)
-                # backends with their own thread pools (ONNX Runtime) size it here
-                set_threads = getattr(self.model, "set_worker_threads", None)
-                if callable(set_threads):
-                    set_threads(self.config.threads_per_worker)
+            self.model.set_worker_threads(self.config.threads_per_worker)
             while True:
                 with self._cond:
-                    while not self._rotation and not self._closing:
-                        self._cond.wait()
+                    self._cond.wait_for(lambda: self._scheduler.queued or self._closing)
                     if self._closing:
                         return
-                    batch = self._take_locked()
+                    batch = self._scheduler.take(time.monotonic())
                     self._in_flight += len(batch)
+                    self._count_drops_locked(len(batch.stale))
+                    self._cond.notify_all()  # room in a queue: wake a blocked feed
                 try:
                     self._run(batch)
                 except Exception:  # a bug, not a bad window: keep the worker and the order
@@ -483,44 +393,12 @@ class Engine:
         except Exception:
             logger.exception("inference worker crashed")
 
-    def _abandon(self, batch: list[_Job]) -> None:
-        """Mark the batch's still-pending windows dropped (counted) so their streams move on."""
-        for job in batch:
-            if job.slot.state is _State.PENDING:
-                with self._cond:
-                    self._count_drops_locked(1)
-                self._complete(job, None)
-
-    def _take_locked(self) -> list[_Job]:
-        """Up to ``max_batch`` jobs, one per stream per turn (round-robin across streams)."""
-        batch: list[_Job] = []
-        while self._rotation and len(batch) < self.max_batch:
-            state = self._rotation.popleft()
-            batch.append(state.jobs.popleft())
-            if state.jobs:
-                self._rotation.append(state)
-            else:
-                state.scheduled = False
-        self._cond.notify_all()  # room in a queue: wake a blocked feed
-        return batch
-
-    def _run(self, batch: list[_Job]) -> None:
-        now = time.monotonic()
-        live: list[_Job] = []
-        for job in batch:
-            if self.config.realtime and now - job.submitted > self.config.max_lag_s:
-                with self._cond:
-                    self._count_drops_locked(1)
-                logger.debug("stream %s: dropped stale window %.2f-%.2f s",
-                             job.stream.stream_id, job.window.start_s, job.window.end_s)
-                self._complete(job, None)
-            else:
-                live.append(job)
-        # Batch only windows of equal length (full windows); flush windows may be shorter.
-        groups: dict[int, list[_Job]] = {}
-        for job in live:
-            groups.setdefault(job.window.samples.size, []).append(job)
-        for jobs in groups.values():
+    def _run(self, batch: TakenWindows[_OpenStream]) -> None:
+        for job in batch.stale:
+            logger.debug("stream %s: dropped stale window %.2f-%.2f s",
+                         job.stream.stream_id, job.window.start_s, job.window.end_s)
+            self._settle(job, None)
+        for jobs in batch.groups:  # windows of one length each
             probs = self._predict(jobs)
             with self._cond:
                 if probs is None:
@@ -528,9 +406,10 @@ class Engine:
                 else:
                     self._windows_done += len(jobs)
             for i, job in enumerate(jobs):
-                self._complete(job, None if probs is None else probs[i])
+                self._settle(job, None if probs is None else probs[i])
 
-    def _predict(self, jobs: list[_Job]) -> NDArray[np.float32] | None:
+    def _predict(self, jobs: tuple[_Job, ...]) -> NDArray[np.float32] | None:
+        """The model's probabilities for ``jobs``, or None (logged) when it fails or lies."""
         windows = np.stack([job.window.samples for job in jobs])
         try:
             probs = np.asarray(self.model.predict_proba(windows), dtype=np.float32)
@@ -543,91 +422,53 @@ class Engine:
             return None
         return probs
 
-    # -- outbox (any thread) ------------------------------------------------------------------
+    def _abandon(self, batch: TakenWindows[_OpenStream]) -> None:
+        """Mark the batch's still-pending windows dropped (counted) so their streams move on."""
+        for job in batch.windows:
+            with job.stream.lock:
+                if not job.stream.outbox.is_pending(job.ticket):
+                    continue
+            with self._cond:
+                self._count_drops_locked(1)
+            self._settle(job, None)
 
-    def _complete(self, job: _Job, probs: NDArray[np.float32] | None) -> None:
-        state = job.stream
-        with state.lock:
-            job.slot.probs = probs
-            job.slot.state = _State.DROPPED if probs is None else _State.DONE
-            self._flush_locked(state)
+    def _count_drops_locked(self, n: int) -> None:
+        """Count dropped windows; warn at most every few seconds (caller holds ``_cond``)."""
+        if not n:
+            return
+        self._windows_dropped += n
+        now = time.monotonic()
+        if now - self._drops_logged_at >= _DROP_LOG_INTERVAL_S:
+            logger.warning(
+                "inference is behind: %s window(s) dropped (%s since the last warning)",
+                self._windows_dropped, self._windows_dropped - self._drops_logged,
+            )
+            self._drops_logged_at = now
+            self._drops_logged = self._windows_dropped
 
-    def _flush_locked(self, state: _StreamState) -> None:
-        """Deliver the outbox's finished prefix, in order (caller holds ``state.lock``)."""
-        while state.outbox and state.outbox[0].state is not _State.PENDING:
-            slot = state.outbox.popleft()
-            if slot.state is _State.READY:
-                assert slot.event is not None
-                if isinstance(slot.event, StreamClosed):
-                    slot.event = dataclasses.replace(
-                        slot.event, windows=state.seq, windows_dropped=state.dropped
-                    )
-                self._deliver(slot.event)
-                if isinstance(slot.event, SpeechStart):
-                    state.smoother.speech_start(slot.event.start_s)  # reset/decay over the gap
-                if isinstance(slot.event, SpeechEnd):
-                    state.smoother.speech_end(slot.event.end_s)
-                    utterance = self._utterance(state, slot.event)
-                    if utterance is not None:
-                        self._deliver(utterance)
-            elif slot.state is _State.DONE:
-                assert slot.window is not None and slot.probs is not None
-                state.segment_sum += slot.probs
-                state.segment_windows += 1
-                self._deliver(self._label(state, slot.window, slot.probs))
+    # -- outbox side (any thread) -------------------------------------------------------------
+
+    def _settle(self, job: _Job, probs: NDArray[np.float32] | None) -> None:
+        """Fill (or drop) the job's outbox slot and deliver what that releases."""
+        stream = job.stream
+        with stream.lock:
+            if probs is None:
+                stream.outbox.drop(job.ticket)
             else:
-                state.segment_dropped += 1
-                state.dropped += 1
+                stream.outbox.fill(job.ticket, probs)
+            self._release_locked(stream)
 
-    def _utterance(self, state: _StreamState, end: SpeechEnd) -> Utterance | None:
-        """The closed segment's utterance (None when none of its windows was labelled)."""
-        n, dropped = state.segment_windows, state.segment_dropped
-        mean = state.segment_sum / max(n, 1)
-        state.segment_sum = np.zeros_like(state.segment_sum)
-        state.segment_windows = state.segment_dropped = 0
-        if n == 0:
-            return None
-        top = int(np.argmax(mean))
-        return Utterance(
-            stream=state.stream_id,
-            start_s=end.start_s,
-            end_s=end.end_s,
-            wall_time=time.time(),
-            probabilities=tuple(float(p) for p in mean),
-            label=state.labels[top],
-            confidence=float(mean[top]),
-            windows=n,
-            windows_dropped=dropped,
-        )
-
-    def _label(self, state: _StreamState, window: SpeechWindow, probs: NDArray[np.float32]
-               ) -> WindowLabel:
-        smoothed = state.smoother.update(probs)
-        top = int(np.argmax(probs))
-        label = WindowLabel(
-            stream=state.stream_id,
-            seq=state.seq,
-            start_s=window.start_s,
-            end_s=window.end_s,
-            wall_time=time.time(),
-            probabilities=tuple(float(p) for p in probs),
-            label=state.labels[top],
-            confidence=float(probs[top]),
-            smoothed_label=smoothed.label,
-            smoothed_confidence=smoothed.confidence,
-            smoothed_probabilities=smoothed.probabilities,
-        )
-        state.seq += 1
-        logger.debug("stream %s: window %s %.2f-%.2f s %s (%.2f) smoothed %s",
-                     state.stream_id, label.seq, label.start_s, label.end_s, label.label,
-                     label.confidence, label.smoothed_label)
-        return label
-
-    def _deliver(self, event: Event) -> None:
-        try:
-            self._sink(event)
-        except Exception:
-            logger.exception("event sink failed on %s", type(event).__name__)
+    def _release_locked(self, stream: _OpenStream) -> None:
+        """Deliver the outbox's settled prefix in order (caller holds ``stream.lock``)."""
+        for event in stream.outbox.release(wall_time=time.time()):
+            if isinstance(event, WindowLabel):
+                logger.debug("stream %s: window %s %.2f-%.2f s %s (%.2f) smoothed %s",
+                             event.stream, event.seq, event.start_s, event.end_s, event.label,
+                             event.confidence, event.smoothed_label)
+            try:
+                self._sink(event)
+            except Exception:
+                logger.exception("event sink failed on %s", type(event).__name__)
 
 
 class StreamFeed:
@@ -638,14 +479,14 @@ class StreamFeed:
     """
 
     def __init__(
-        self, engine: Engine, state: _StreamState, sample_rate_hz: int, metadata: dict[str, str]
+        self, engine: Engine, stream: _OpenStream, sample_rate_hz: int, metadata: dict[str, str]
     ) -> None:
         cfg = engine.config
-        self.stream_id = state.stream_id
+        self.stream_id = stream.stream_id
         self.sample_rate_hz = sample_rate_hz
         self.metadata = metadata
         self._engine = engine
-        self._state = state
+        self._stream = stream
         self._lock = threading.Lock()
         self._closed = False
         self._resampler = (
@@ -701,10 +542,9 @@ class StreamFeed:
                 tail = self._resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
                 self._process(np.ascontiguousarray(tail, dtype=np.float32))
             self._handle(self._gate.flush())
-            engine = self._engine
-            engine._stream_closed(self._state)
+            self._engine.end_stream(self._stream)
             closed = StreamClosed(self.stream_id, self.time_s, time.time(), reason)
-            engine._emit(self._state, closed)
+            self._engine.emit_event(self._stream, closed)
         logger.info("stream %s closed (%s) at %.2f s", self.stream_id, reason, self.time_s)
 
     def _process(self, samples: NDArray[np.float32]) -> None:
@@ -714,18 +554,18 @@ class StreamFeed:
         self._handle(self._gate.push(samples))
 
     def _handle(self, items: list[GateItem]) -> None:
-        engine, state = self._engine, self._state
+        engine, stream = self._engine, self._stream
         for item in items:
             if isinstance(item, GatedAudio):
                 for window in self._windower.push(item.start_s, item.samples):
-                    engine._submit(state, window)
+                    engine.submit_window(stream, window)
             elif isinstance(item, GateOpened):
-                engine._emit(state, SpeechStart(self.stream_id, item.start_s, time.time()))
+                engine.emit_event(stream, SpeechStart(self.stream_id, item.start_s, time.time()))
             elif isinstance(item, GateClosed):
                 for window in self._windower.end_segment():
-                    engine._submit(state, window)
-                engine._emit(
-                    state, SpeechEnd(self.stream_id, item.start_s, item.end_s, time.time())
+                    engine.submit_window(stream, window)
+                engine.emit_event(
+                    stream, SpeechEnd(self.stream_id, item.start_s, item.end_s, time.time())
                 )
 
 

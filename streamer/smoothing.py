@@ -23,9 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["UNCERTAIN", "Smoothed", "Smoother", "SmoothingConfig"]
+from streamer.protocol.limits import UNCERTAIN
 
-UNCERTAIN = "uncertain"
+# UNCERTAIN is re-exported: its home is streamer.protocol.limits (the wire shares it)
+__all__ = ["UNCERTAIN", "Smoothed", "Smoother", "SmoothingConfig"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -120,16 +120,6 @@ class VadGate:
         self._unvoiced_run = 0
         self._last_end_frame = 0  # end of the previous segment (frames)
 
-    @property
-    def is_open(self) -> bool:
-        """True while inside a speech segment."""
-        return self._open
-
-    @property
-    def time_s(self) -> float:
-        """Stream time of the end of the last classified frame."""
-        return self._frames_seen * self._frame / MODEL_RATE_HZ
-
     def push(self, samples: NDArray[np.float32]) -> list[GateItem]:
         """Classify the whole frames now available and return what the gate lets through."""
         if samples.dtype != np.float32 or samples.ndim != 1:

@@ -20,23 +20,23 @@ from streamer.events import (
     StreamOpened,
     WindowLabel,
 )
+from streamer.models.protocol import SingleWorkerCpuModel
 from streamer.smoothing import UNCERTAIN
-from streamer.testing import speech_like
+from streamer.testing import FixedProbabilitiesModel, speech_like
 
 RATE = 16000
 
 
-class ScriptedModel:
-    """Implements the model interface with deterministic outputs (the engine's outer edge).
+class ScriptedModel(SingleWorkerCpuModel):
+    """Implements the model protocol with fixed outputs (Neutral 0.7) and hooks for tests.
 
-    The probabilities favour class ``int(window mean * 1e3) % 4``-ish but are fixed per call
-    order; ``hold`` (if given) makes every call wait until it is set, to build an overload.
+    ``hold`` (if given) makes every call wait until it is set, to build an overload; ``fail``
+    makes every call raise; ``entered`` is set by the first call; ``batch_sizes`` records calls.
     """
 
     name = "scripted"
     labels: tuple[str, ...] = TINY_LABELS
     sample_rate_hz = RATE
-    device = "cpu"
 
     def __init__(self, hold: threading.Event | None = None, fail: bool = False) -> None:
         self.hold = hold
@@ -129,7 +129,7 @@ def check_stream_order(events: list[Event]) -> None:
 def test_events_in_order_with_expected_windows() -> None:
     """One stream: ordered events; windows at 2 s then every hop, plus each segment's flush."""
     sink = Collector()
-    with Engine(ScriptedModel(), EngineConfig(), sink) as engine:
+    with Engine(FixedProbabilitiesModel(TINY_LABELS), EngineConfig(), sink) as engine:
         with engine.open_stream("call", sample_rate_hz=RATE, metadata={"who": "x"}) as feed:
             feed_blocks(feed, call_audio())
         assert sink.wait_closed("call")
@@ -160,7 +160,7 @@ def test_resampled_stream_matches_model_rate_stream() -> None:
     audio = call_audio()
     audio44 = soxr.resample(audio, RATE, 44100).astype(np.float32)
     sink = Collector()
-    with Engine(ScriptedModel(), EngineConfig(realtime=False), sink) as engine:
+    with Engine(FixedProbabilitiesModel(TINY_LABELS), EngineConfig(realtime=False), sink) as engine:
         with engine.open_stream("a", sample_rate_hz=RATE) as feed:
             feed_blocks(feed, audio)
         with engine.open_stream("b", sample_rate_hz=44100) as feed:
@@ -199,7 +199,7 @@ def test_overload_drops_and_counts_in_realtime() -> None:
 
 def test_stale_windows_are_dropped_by_age() -> None:
     """Windows older than max_lag_s when a worker reaches them are dropped, not run."""
-    model = ScriptedModel()
+    model = FixedProbabilitiesModel(TINY_LABELS)
     sink = Collector()
     cfg = EngineConfig(realtime=True, queue_windows=64, max_lag_s=1e-6)
     with Engine(model, cfg, sink) as engine:
@@ -217,7 +217,7 @@ def test_backpressure_loses_nothing_when_not_realtime() -> None:
     """realtime=False with a one-window queue: feed blocks instead of dropping."""
     sink = Collector()
     cfg = EngineConfig(realtime=False, queue_windows=1, max_lag_s=1e-6)
-    with Engine(ScriptedModel(), cfg, sink) as engine:
+    with Engine(FixedProbabilitiesModel(TINY_LABELS), cfg, sink) as engine:
         with engine.open_stream("file", sample_rate_hz=RATE) as feed:
             feed.feed(np.concatenate([speech_like(10.0), silence(1.0)]))
         assert engine.drain(TIMEOUT_S)
@@ -231,7 +231,7 @@ def test_streams_are_independent_and_ordered_with_two_workers() -> None:
     sink = Collector()
     audio = call_audio()
     cfg = EngineConfig(realtime=False, workers=2)
-    with Engine(ScriptedModel(), cfg, sink) as engine:
+    with Engine(FixedProbabilitiesModel(TINY_LABELS), cfg, sink) as engine:
         feeds = [engine.open_stream(f"s{i}", sample_rate_hz=RATE) for i in range(3)]
         for i in range(0, audio.size, 800):
             for feed in feeds:
@@ -247,7 +247,7 @@ def test_streams_are_independent_and_ordered_with_two_workers() -> None:
 def test_close_is_idempotent_and_closes_open_streams() -> None:
     """Engine.close() twice is fine; open streams end with reason "shutdown"; reuse errors."""
     sink = Collector()
-    engine = Engine(ScriptedModel(), EngineConfig(), sink)
+    engine = Engine(FixedProbabilitiesModel(TINY_LABELS), EngineConfig(), sink)
     feed = engine.open_stream("left-open", sample_rate_hz=RATE)
     feed.feed(np.concatenate([silence(0.5), speech_like(1.0)]))
     engine.close()
@@ -265,7 +265,7 @@ def test_close_is_idempotent_and_closes_open_streams() -> None:
 
 def test_duplicate_stream_id_is_refused() -> None:
     """Opening a stream id that is already open raises StreamerError."""
-    with Engine(ScriptedModel(), EngineConfig(), Collector()) as engine:
+    with Engine(FixedProbabilitiesModel(TINY_LABELS), EngineConfig(), Collector()) as engine:
         engine.open_stream("x", sample_rate_hz=RATE)
         with pytest.raises(StreamerError, match="already open"):
             engine.open_stream("x", sample_rate_hz=RATE)
@@ -283,7 +283,7 @@ def test_duplicate_stream_id_is_refused() -> None:
 )
 def test_bad_blocks_are_refused(block: object, match: str) -> None:
     """Wrong dtype, rank, non-finite values or non-arrays raise AudioError naming the problem."""
-    with Engine(ScriptedModel(), EngineConfig(), Collector()) as engine:
+    with Engine(FixedProbabilitiesModel(TINY_LABELS), EngineConfig(), Collector()) as engine:
         feed = engine.open_stream("x", sample_rate_hz=RATE)
         with pytest.raises(AudioError, match=match):
             feed.feed(block)  # type: ignore[arg-type]
@@ -292,7 +292,7 @@ def test_bad_blocks_are_refused(block: object, match: str) -> None:
 @pytest.mark.parametrize("rate", [4000, 250_000, 0, 16000.5])
 def test_unsupported_rates_are_refused(rate: object) -> None:
     """Rates outside 8000-192000 Hz raise AudioError listing the allowed range."""
-    with Engine(ScriptedModel(), EngineConfig(), Collector()) as engine:
+    with Engine(FixedProbabilitiesModel(TINY_LABELS), EngineConfig(), Collector()) as engine:
         with pytest.raises(AudioError, match="8000 to 192000"):
             engine.open_stream("x", sample_rate_hz=rate)  # type: ignore[arg-type]
 
@@ -323,8 +323,7 @@ def test_model_failure_skips_windows_and_stream_still_closes() -> None:
 
 def test_wrong_model_rate_is_refused() -> None:
     """A model at 8 kHz cannot be used by the 16 kHz engine."""
-    model = ScriptedModel()
-    model.sample_rate_hz = 8000
+    model = FixedProbabilitiesModel(TINY_LABELS, sample_rate_hz=8000)
     with pytest.raises(ModelError, match="8000"):
         Engine(model, EngineConfig(), Collector())
 
@@ -338,7 +337,7 @@ def test_sink_errors_do_not_stop_the_engine() -> None:
         if isinstance(event, WindowLabel):
             raise RuntimeError("sink broke")
 
-    with Engine(ScriptedModel(), EngineConfig(), sink) as engine:
+    with Engine(FixedProbabilitiesModel(TINY_LABELS), EngineConfig(), sink) as engine:
         with engine.open_stream("x", sample_rate_hz=RATE) as feed:
             feed.feed(np.concatenate([speech_like(2.6), silence(1.0)]))
         assert engine.drain(TIMEOUT_S)
@@ -357,7 +356,7 @@ class Counters:
 def test_capture_counters_reach_stats() -> None:
     """Counters of a registered capture are summed in stats, and kept after the stream closes."""
     counters = Counters()
-    with Engine(ScriptedModel(), EngineConfig(), Collector()) as engine:
+    with Engine(FixedProbabilitiesModel(TINY_LABELS), EngineConfig(), Collector()) as engine:
         feed = engine.open_stream("mic", sample_rate_hz=48000, capture=counters)
         counters.blocks_dropped, counters.input_overflows = 3, 2
         stats = engine.stats()

@@ -11,6 +11,7 @@ from numpy.typing import NDArray
 
 from streamer.engine import Engine, EngineConfig
 from streamer.events import Event, SpeechStart, StreamClosed, WindowLabel
+from streamer.models.protocol import SingleWorkerCpuModel
 from streamer.smoothing import UNCERTAIN, Smoother, SmoothingConfig
 from streamer.testing import speech_like
 
@@ -160,13 +161,12 @@ def test_start_without_an_end_or_overlapping_changes_nothing() -> None:
 RATE = 16000
 
 
-class PitchModel:
-    """Implements the model interface: Angry for a low-pitched window, Sad for a high one."""
+class PitchModel(SingleWorkerCpuModel):
+    """Implements the model protocol: Angry for a low-pitched window, Sad for a high one."""
 
     name = "pitch"
     labels: tuple[str, ...] = LABELS
     sample_rate_hz = RATE
-    device = "cpu"
 
     def predict_proba(self, windows: NDArray[np.float32]) -> NDArray[np.float32]:
         spectrum = np.abs(np.fft.rfft(windows, axis=1))

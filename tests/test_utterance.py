@@ -11,7 +11,7 @@ from server.convert import event_message
 from streamer.engine import Engine, EngineConfig
 from streamer.events import SpeechEnd, SpeechStart, StreamClosed, Utterance, WindowLabel
 from streamer.protocol.messages import UtteranceMessage, decode, encode
-from streamer.testing import speech_like
+from streamer.testing import FixedProbabilitiesModel, speech_like
 from tests.conftest import TIMEOUT_S, TINY_LABELS
 from tests.test_engine import Collector, ScriptedModel, call_audio, feed_blocks, silence
 
@@ -19,7 +19,7 @@ from tests.test_engine import Collector, ScriptedModel, call_audio, feed_blocks,
 def test_one_utterance_per_segment_right_after_its_speech_end() -> None:
     """Each segment's utterance follows its speech_end and averages that segment's windows."""
     sink = Collector()
-    with Engine(ScriptedModel(), EngineConfig(), sink) as engine:
+    with Engine(FixedProbabilitiesModel(TINY_LABELS), EngineConfig(), sink) as engine:
         with engine.open_stream("call", sample_rate_hz=16000) as feed:
             feed_blocks(feed, call_audio())
         assert engine.drain(TIMEOUT_S)
@@ -69,7 +69,7 @@ def test_dropped_windows_are_counted_and_an_all_dropped_segment_has_no_utterance
     assert (closed.windows, closed.windows_dropped) == (stats.windows_done, stats.windows_dropped)
 
     sink = Collector()
-    with Engine(ScriptedModel(), EngineConfig(max_lag_s=1e-6), sink) as engine:
+    with Engine(FixedProbabilitiesModel(TINY_LABELS), EngineConfig(max_lag_s=1e-6), sink) as engine:
         with engine.open_stream("late", sample_rate_hz=16000) as feed:
             feed_blocks(feed, np.concatenate([speech_like(3.0), silence(1.0)]))
         assert engine.drain(TIMEOUT_S)
