@@ -25,6 +25,8 @@ from client.errors import ClientError
 from server.app import EventServer
 from server.config import ServerConfig
 from server.hub import EventHub, ModelInfo
+from streamer.protocol.errors import ProtocolError
+from streamer.protocol.limits import EVENTS_PATH, INGEST_PATH
 from streamer.protocol.messages import (
     Hello,
     Message,
@@ -36,6 +38,7 @@ from streamer.protocol.messages import (
     decode,
     encode,
 )
+from streamer.protocol.urls import UrlError, endpoint_url, events_url, ingest_url
 
 Frame = Message | str  # a str is sent verbatim (to send bad frames)
 
@@ -188,6 +191,16 @@ def test_bad_urls_are_client_errors(url: str, needle: str) -> None:
     """A URL that cannot name a WebSocket endpoint is a ClientError naming the problem."""
     with pytest.raises(ClientError, match=needle):
         EventClient(url)
+
+
+def test_protocol_urls_are_pure_and_raise_protocol_errors() -> None:
+    """The protocol's normaliser fills each endpoint's path; bad URLs are UrlErrors."""
+    assert events_url("https://h:9") == "wss://h:9" + EVENTS_PATH
+    assert ingest_url("http://h:9/") == "ws://h:9" + INGEST_PATH
+    assert endpoint_url("ws://h/x?a=1#frag", default_path="/y") == "ws://h/x?a=1"
+    with pytest.raises(UrlError, match="no host") as info:
+        ingest_url("ws:///")
+    assert isinstance(info.value, ProtocolError) and isinstance(info.value, ValueError)
 
 
 def test_backoff_doubles_up_to_the_cap_with_jitter() -> None:
