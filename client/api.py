@@ -24,7 +24,7 @@ locally, because a server may send its backlog before it reads the subscription.
 the credential (401, 403) or the host name (421), or a certificate that does not verify, is a
 ClientError at once, also with ``reconnect=True``: retrying would not help.
 
-Imports only the wire schema and websockets.
+Imports only the protocol home (:mod:`streamer.protocol`) and websockets.
 """
 
 from __future__ import annotations
@@ -34,17 +34,17 @@ import contextlib
 import logging
 import random
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from urllib.parse import urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from client.auth import QuietHandshakeLogger, auth_headers, ssl_context
 from client.errors import ClientError
+from streamer.protocol.limits import DEFAULT_EVENTS_URL
 from streamer.protocol.messages import (
     ErrorMessage,
     Hello,
@@ -55,11 +55,11 @@ from streamer.protocol.messages import (
     encode,
     stream_wanted,
 )
+from streamer.protocol.urls import UrlError, events_url
 
 __all__ = [
-    "DEFAULT_URL",
+    "ClientEvent",
     "Disconnected",
-    "Event",
     "EventClient",
     "backoff_delays",
     "events",
@@ -68,10 +68,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_URL = "ws://127.0.0.1:8765/ws"
-
-_SCHEMES = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +83,8 @@ class Disconnected:
     attempt: int
 
 
-Event = Message | Disconnected
+#: what :meth:`EventClient.events` yields: a decoded message or a client-side marker
+ClientEvent = Message | Disconnected
 
 
 def normalize_url(url: str) -> str:
@@ -96,24 +93,10 @@ def normalize_url(url: str) -> str:
     A URL without a path (or just ``/``, like the dashboard URL) gets the events path ``/ws``.
     Anything else is a ClientError naming the bad value and what is allowed.
     """
-    if not isinstance(url, str) or not url.strip():
-        raise ClientError("empty URL; expected e.g. ws://127.0.0.1:8765/ws")
-    parts = urlsplit(url.strip())
-    scheme = _SCHEMES.get(parts.scheme.lower())
-    if scheme is None:
-        raise ClientError(
-            f"bad URL {url!r}: scheme must be ws://, wss://, http:// or https:// "
-            "(e.g. ws://127.0.0.1:8765/ws)"
-        )
     try:
-        host, port = parts.hostname, parts.port
-    except ValueError as exc:  # a port that is not a number or out of range
-        raise ClientError(f"bad URL {url!r}: {exc}") from exc
-    if not host:
-        raise ClientError(f"bad URL {url!r}: no host (e.g. ws://127.0.0.1:8765/ws)")
-    del port
-    path = parts.path if parts.path not in ("", "/") else "/ws"
-    return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
+        return events_url(url)
+    except UrlError as exc:
+        raise ClientError(str(exc)) from exc
 
 
 def _backoff(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:
@@ -139,7 +122,7 @@ class EventClient:
 
     def __init__(
         self,
-        url: str = DEFAULT_URL,
+        url: str = DEFAULT_EVENTS_URL,
         *,
         streams: Sequence[str] = (),
         reconnect: bool = True,
@@ -217,7 +200,7 @@ class EventClient:
             return False
         return True
 
-    async def events(self) -> AsyncIterator[Event]:
+    async def events(self) -> AsyncIterator[ClientEvent]:
         """Decoded messages as they arrive, with :class:`Disconnected` markers between connections.
 
         Ends when the client is closed, or (``reconnect=False``) when the server closes the
@@ -231,58 +214,64 @@ class EventClient:
                 reason = f"cannot connect to {self.url}: {exc}"
                 if not self.reconnect:
                     raise ClientError(reason) from exc
-                failures += 1
-                delay = _backoff(failures, self.backoff_initial_s, self.backoff_max_s, self._rng)
-                logger.info("%s; retrying in %.1f s", reason, delay)
-                yield Disconnected(reason=reason, retry_in_s=delay, attempt=failures)
-                if await self._wait_closed(delay):
-                    return
-                continue
-            if self._closed.is_set():  # closed while connecting: close() did not see it
-                await connection.close()
-                return
-            self._connection = connection
-            self.connections += 1
-            logger.info("connected to %s", self.url)
-            reason = "closed"
-            try:
-                if self.streams:
-                    with contextlib.suppress(ConnectionClosed):  # still read what did arrive
-                        await connection.send(encode(Subscribe(streams=self.streams)))
-                async for frame in connection:
-                    try:
-                        message = decode(frame)
-                    except MessageError as exc:
-                        self.bad_frames += 1
-                        logger.warning("skipping a bad frame from %s: %s", self.url, exc)
-                        continue
-                    if isinstance(message, Hello):
-                        self.hello = message
-                        failures = 0
-                    elif isinstance(message, ErrorMessage):
-                        logger.warning("server error %s: %s", message.code, message.message)
-                    if self._wanted(message):
+                retrying = f"{reason}; retrying"
+            else:
+                # aclosing: a caller that stops iterating closes the connection now, not at GC
+                async with contextlib.aclosing(self._receive(connection)) as messages:
+                    async for message in messages:
+                        if isinstance(message, Hello):
+                            failures = 0  # the server is up and answering: backoff restarts
                         yield message
+                if self._closed.is_set():
+                    return
                 reason = _close_reason(connection)
-            except ConnectionClosed as exc:
-                reason = _close_reason(connection, exc)
-            finally:
-                self._connection = None
-                await connection.close()
-            if self._closed.is_set():
-                return
-            if not self.reconnect:
-                logger.info("disconnected from %s (%s)", self.url, reason)
-                yield Disconnected(reason=reason, retry_in_s=None, attempt=1)
-                return
+                if not self.reconnect:
+                    logger.info("disconnected from %s (%s)", self.url, reason)
+                    yield Disconnected(reason=reason, retry_in_s=None, attempt=1)
+                    return
+                retrying = f"disconnected from {self.url} ({reason}); reconnecting"
             failures += 1
             delay = _backoff(failures, self.backoff_initial_s, self.backoff_max_s, self._rng)
-            logger.info(
-                "disconnected from %s (%s); reconnecting in %.1f s", self.url, reason, delay
-            )
+            logger.info("%s in %.1f s", retrying, delay)
             yield Disconnected(reason=reason, retry_in_s=delay, attempt=failures)
             if await self._wait_closed(delay):
                 return
+
+    async def _receive(self, connection: ClientConnection) -> AsyncGenerator[Message, None]:
+        """The wanted messages of one connection until it closes; closes it in the end."""
+        if self._closed.is_set():  # closed while connecting: close() did not see it
+            await connection.close()
+            return
+        self._connection = connection
+        self.connections += 1
+        logger.info("connected to %s", self.url)
+        try:
+            if self.streams:
+                with contextlib.suppress(ConnectionClosed):  # still read what did arrive
+                    await connection.send(encode(Subscribe(streams=self.streams)))
+            async for frame in connection:
+                message = self._decode(frame)
+                if message is not None and self._wanted(message):
+                    yield message
+        except ConnectionClosed:
+            pass  # the close frame (or its absence) is the reason; events() reads it
+        finally:
+            self._connection = None
+            await connection.close()
+
+    def _decode(self, frame: str | bytes) -> Message | None:
+        """One frame -> its message, noting hello and server errors; None for a bad frame."""
+        try:
+            message = decode(frame)
+        except MessageError as exc:
+            self.bad_frames += 1
+            logger.warning("skipping a bad frame from %s: %s", self.url, exc)
+            return None
+        if isinstance(message, Hello):
+            self.hello = message
+        elif isinstance(message, ErrorMessage):
+            logger.warning("server error %s: %s", message.code, message.message)
+        return message
 
 
 #: handshake statuses that retrying cannot fix
@@ -330,15 +319,17 @@ async def open_connection(
         ) from exc
 
 
-def _close_reason(connection: ClientConnection, exc: ConnectionClosed | None = None) -> str:
-    rcvd = exc.rcvd if exc is not None else connection.protocol.close_rcvd
+def _close_reason(connection: ClientConnection) -> str:
+    # the close frame the server sent (None: the connection dropped without one); the same
+    # frame a ConnectionClosed raised by this connection carries
+    rcvd = connection.protocol.close_rcvd
     if rcvd is None:
         return "connection lost"
     return f"server closed the connection ({rcvd.code}{' ' + rcvd.reason if rcvd.reason else ''})"
 
 
 async def events(
-    url: str = DEFAULT_URL,
+    url: str = DEFAULT_EVENTS_URL,
     *,
     streams: Sequence[str] = (),
     reconnect: bool = True,
@@ -346,7 +337,7 @@ async def events(
     backoff_max_s: float = 10.0,
     token: str | None = None,
     ca_file: str | Path | None = None,
-) -> AsyncIterator[Event]:
+) -> AsyncIterator[ClientEvent]:
     """One-shot helper: ``async for event in events(url): ...`` with an owned EventClient."""
     async with EventClient(
         url,

@@ -1,7 +1,8 @@
 """The ``watch``, ``log`` and ``push`` subcommands (main thread; each runs one asyncio loop).
 
-``register`` imports nothing beyond the standard library; the handlers import the client
-modules (websockets, rich) when they run. Handlers return an exit code: 0 when stopped by
+``register`` imports nothing beyond the standard library, the protocol limits and
+:mod:`client.auth` (itself standard library only); the handlers import the client modules
+(websockets, rich) when they run. Handlers return an exit code: 0 when stopped by
 Ctrl-C or SIGTERM (the first signal stops cleanly, a second one forces). User errors are
 raised as ClientError, which ``emotion-monitor`` prints as one line with exit code 2.
 """
@@ -18,20 +19,33 @@ import sys
 from collections.abc import Coroutine, Iterator
 from typing import Any
 
+from client.auth import ENV_VARS, read_token
+from client.errors import ClientError
+from streamer.protocol.limits import (
+    DEFAULT_EVENTS_URL,
+    DEFAULT_INGEST_URL,
+    INGEST_FORMATS,
+    MAX_INGEST_CHANNELS,
+    MAX_INGEST_RATE_HZ,
+    MIN_INGEST_RATE_HZ,
+)
+
 __all__ = ["register"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_URL = "ws://127.0.0.1:8765/ws"  # the same as client.api.DEFAULT_URL, kept import-free
-DEFAULT_INGEST_URL = "ws://127.0.0.1:8765/ingest"  # client.push.DEFAULT_INGEST_URL
+#: the roles whose token each kind of command presents, the first found wins (see read_token)
+_VIEW_ROLES = ("view", "admin")
+_INGEST_ROLES = ("ingest",)
 
 
 def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "url",
         nargs="?",
-        default=DEFAULT_URL,
-        help=f"events URL, ws:// or wss:// (http(s)://HOST:PORT works too; default {DEFAULT_URL})",
+        default=DEFAULT_EVENTS_URL,
+        help="events URL, ws:// or wss:// (http(s)://HOST:PORT works too; default "
+        f"{DEFAULT_EVENTS_URL})",
     )
     parser.add_argument(
         "--stream",
@@ -61,16 +75,18 @@ def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="longest reconnect delay in seconds (default 10)",
     )
-    _add_credential_arguments(parser, "view", "EMOTION_MONITOR_VIEW_TOKEN")
+    _add_credential_arguments(parser, _VIEW_ROLES)
 
 
-def _add_credential_arguments(parser: argparse.ArgumentParser, role: str, env: str) -> None:
+def _add_credential_arguments(parser: argparse.ArgumentParser, roles: tuple[str, ...]) -> None:
+    # the help names every role and variable that read_token(roles=...) tries, in its order
     parser.add_argument(
         "--token-file",
         default=None,
         metavar="FILE",
-        help=f"file holding the {role} token (alone, or ROLE:TOKEN lines); default: the "
-        f"{env} environment variable, else no token. Never on the command line (ps shows it)",
+        help=f"file holding the {' or '.join(roles)} token (alone, or ROLE:TOKEN lines); "
+        f"default: the {' or '.join(ENV_VARS[role] for role in roles)} environment variable, "
+        "else no token. Never on the command line (ps shows it)",
     )
     parser.add_argument(
         "--ca-file",
@@ -81,7 +97,7 @@ def _add_credential_arguments(parser: argparse.ArgumentParser, role: str, env: s
 
 
 def register(subparsers: Any) -> None:
-    """Add ``watch`` and ``log`` to the ``emotion-monitor`` subcommands."""
+    """Add ``watch``, ``log`` and ``push`` to the ``emotion-monitor`` subcommands."""
     watch = subparsers.add_parser(
         "watch",
         help="live terminal view of a running monitor",
@@ -113,10 +129,11 @@ def register(subparsers: Any) -> None:
         "push",
         help="send an audio file to a running monitor's /ingest as a live call",
         description=(
-            "Send FILE (8000-48000 Hz, mono or stereo, any format soundfile reads) to a "
-            "server's WS /ingest, paced in real time (or as fast as the server takes it with "
-            "--fast). Each channel becomes its own stream, ID/ROLE (ID/ch0, ID/ch1 without "
-            "--roles). Exits 2 with one line when the server rejects the stream."
+            f"Send FILE ({MIN_INGEST_RATE_HZ}-{MAX_INGEST_RATE_HZ} Hz, up to "
+            f"{MAX_INGEST_CHANNELS} channels, any format soundfile reads) to a server's WS "
+            "/ingest, paced in real time (or as fast as the server takes it with --fast). "
+            "Each channel becomes its own stream, ID/ROLE (ID/ch0, ID/ch1 without --roles). "
+            "Exits 2 with one line when the server rejects the stream."
         ),
     )
     push.add_argument("file", metavar="FILE", help="audio file to send")
@@ -127,13 +144,13 @@ def register(subparsers: Any) -> None:
                       help="one role per channel, e.g. agent,customer (default: ch0, ch1)")
     push.add_argument("--fast", action="store_true",
                       help="send as fast as the server accepts instead of in real time")
-    push.add_argument("--format", dest="fmt", default="s16le", choices=("s16le", "f32le"),
+    push.add_argument("--format", dest="fmt", default="s16le", choices=INGEST_FORMATS,
                       help="sample format on the wire (default s16le)")
     push.add_argument("--frame-ms", type=int, default=20,
                       help="audio per binary frame in ms (default 20)")
     push.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
                       help="metadata for the server's stream_open (repeatable)")
-    _add_credential_arguments(push, "ingest", "EMOTION_MONITOR_INGEST_TOKEN")
+    _add_credential_arguments(push, _INGEST_ROLES)
     push.set_defaults(handler=_push)
 
 
@@ -175,7 +192,6 @@ async def _until_signal(coro: Coroutine[Any, Any, None]) -> None:
 
 def _client(args: argparse.Namespace) -> Any:
     from client.api import EventClient
-    from client.auth import read_token
 
     return EventClient(
         args.url,
@@ -183,7 +199,7 @@ def _client(args: argparse.Namespace) -> Any:
         reconnect=args.reconnect,
         backoff_initial_s=args.backoff_initial_s,
         backoff_max_s=args.backoff_max_s,
-        token=read_token(args.token_file, roles=("view", "admin"), environ=os.environ),
+        token=read_token(args.token_file, roles=_VIEW_ROLES, environ=os.environ),
         ca_file=args.ca_file,
     )
 
@@ -256,8 +272,6 @@ def _log(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
-    from client.auth import read_token
-    from client.errors import ClientError
     from client.push import PushConfig, push
 
     metadata = {}
@@ -274,7 +288,7 @@ def _push(args: argparse.Namespace) -> int:
         format=args.fmt,
         frame_ms=args.frame_ms,
         metadata=metadata,
-        token=read_token(args.token_file, roles=("ingest",), environ=os.environ),
+        token=read_token(args.token_file, roles=_INGEST_ROLES, environ=os.environ),
         ca_file=args.ca_file,
     )
     result = asyncio.run(push(args.file, config))

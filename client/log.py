@@ -15,23 +15,37 @@ Only the keys of the current server session are kept once a Hello arrives (a ses
 one server run and never comes back), so memory stays bounded by one run, not the file.
 The file is opened at the first Hello, because its columns depend on the model's labels; a
 server whose labels differ from the file's is a ClientError (rows of different models never
-mix in one file).
+mix in one file). The timeline format's own errors (``TimelineError``: a bad suffix, an
+unreadable or foreign file) reach the caller as ClientError too, with the same message, so
+every problem of the logger is one kind of error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
-from client.api import Event, EventClient
+from client.api import ClientEvent, EventClient
 from client.errors import ClientError
+from streamer.protocol.errors import TimelineError
 from streamer.protocol.messages import Hello, WindowMessage
 from streamer.protocol.timeline import TimelineWriter, iter_timeline, row_key, timeline_format
 
 __all__ = ["TimelineLogger", "log_events"]
 
 logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _client_errors() -> Iterator[None]:
+    """Re-raise the timeline format's TimelineError as the client's ClientError (same text)."""
+    try:
+        yield
+    except TimelineError as exc:
+        raise ClientError(str(exc)) from exc
 
 
 class TimelineLogger:
@@ -49,7 +63,8 @@ class TimelineLogger:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.format = timeline_format(self.path)
+        with _client_errors():
+            self.format = timeline_format(self.path)
         #: rows appended by this logger
         self.rows_written = 0
         #: windows skipped because their (session, stream, seq) was already in the file
@@ -73,6 +88,13 @@ class TimelineLogger:
         """Validate the path and read back an existing file's keys; called by ``__enter__``."""
         if self._opened:
             return self
+        with _client_errors():
+            self._read_back()
+        self._opened = True
+        return self
+
+    def _read_back(self) -> None:
+        """Check the path; note the keys and labels of the rows an existing file holds."""
         parent = self.path.parent
         if not parent.is_dir():
             raise ClientError(f"{self.path}: folder {parent} does not exist")
@@ -92,8 +114,6 @@ class TimelineLogger:
                     self._file_labels = tuple(name[2:] for name in row if name.startswith("p_"))
                 rows += 1
             logger.info("resuming %s: %d rows already there", self.path, rows)
-        self._opened = True
-        return self
 
     def _drop_torn_tail(self) -> None:
         """Cut a last line without its newline (a crash mid-row) so appending starts clean."""
@@ -122,9 +142,10 @@ class TimelineLogger:
             self._session = hello.session
         self._labels = labels
         if self._writer is None:
-            self._writer = TimelineWriter(self.path, labels).open()
+            with _client_errors():
+                self._writer = TimelineWriter(self.path, labels).open()
 
-    def handle(self, event: Event) -> bool:
+    def handle(self, event: ClientEvent) -> bool:
         """Fold one event in; True when it appended a row."""
         if not self._opened:
             raise ClientError(f"{self.path}: timeline logger is not open")
@@ -155,7 +176,8 @@ class TimelineLogger:
                 self._session,
                 self.path,
             )
-        self._writer.write_window(event, session=self._session)
+        with _client_errors():
+            self._writer.write_window(event, session=self._session)
         seen.setdefault(key, set()).add(event.wall_time)
         self.rows_written += 1
         logger.debug("wrote %s %s#%d", self._session, event.stream, event.seq)

@@ -4,9 +4,10 @@ Usage::
 
     result = await push_file("call.wav", stream="call-42", roles=("agent", "customer"))
 
-The file is read frame by frame (bounded memory) at its own rate and channel count: 8000 to
-48000 Hz and 1 or 2 channels pass through unchanged, so a stereo call keeps one stream per
-channel on the server; anything else is refused here with a ClientError (resample or split it
+The file is read frame by frame (bounded memory) at its own rate and channel count: the rates
+and channels ``/ingest`` takes (:mod:`streamer.protocol.limits`: 8000 to 48000 Hz, 1 or 2
+channels) pass through unchanged, so a stereo call keeps one stream per channel on the
+server; anything else is refused here with a ClientError (resample or split it
 first: the client does no signal processing). Frames of ``frame_ms`` are sent paced in real time
 (frame *i* leaves when its last sample would have been captured live, on a monotonic clock, so
 the pace never drifts), or with ``fast=True`` as fast as the server reads them (websockets'
@@ -15,7 +16,7 @@ write buffer gives the backpressure).
 The server's ``error`` frame (any time) or a close other than 1000 becomes a ClientError that
 names the server's code and message. ``token`` (an ingest token) goes in the handshake's
 ``Authorization: Bearer`` header; ``wss://`` URLs verify the server against ``ca_file`` or the
-system CAs (see :mod:`client.auth`). Imports the wire schema, websockets, numpy and soundfile.
+system CAs (see :mod:`client.auth`). Imports the protocol home, websockets, numpy and soundfile.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import soundfile as sf
@@ -37,7 +37,14 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from client.api import open_connection
 from client.auth import auth_headers, ssl_context
 from client.errors import ClientError
-from streamer.protocol.limits import INGEST_FORMATS
+from streamer.protocol.limits import (
+    DEFAULT_INGEST_URL,
+    INGEST_BYTES_PER_SAMPLE,
+    INGEST_FORMATS,
+    MAX_INGEST_CHANNELS,
+    MAX_INGEST_RATE_HZ,
+    MIN_INGEST_RATE_HZ,
+)
 from streamer.protocol.messages import (
     ErrorMessage,
     IngestAck,
@@ -47,9 +54,10 @@ from streamer.protocol.messages import (
     decode,
     encode,
 )
+from streamer.protocol.urls import UrlError
+from streamer.protocol.urls import ingest_url as _ingest_url
 
 __all__ = [
-    "DEFAULT_INGEST_URL",
     "PushConfig",
     "PushResult",
     "ingest_url",
@@ -60,11 +68,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_INGEST_URL = "ws://127.0.0.1:8765/ingest"
-MIN_RATE_HZ = 8_000
-MAX_RATE_HZ = 48_000
-_SCHEMES = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}
-_DTYPES = {"s16le": ("int16", "<i2"), "f32le": ("float32", "<f4")}
+#: wire sample format -> the numpy sample type soundfile reads it as (sizes: the limits')
+_SAMPLE_TYPES = {"s16le": "int16", "f32le": "float32"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,19 +121,17 @@ class PushResult:
 
 def ingest_url(url: str) -> str:
     """Check an ingest URL (ws/wss, or http(s) made ws(s)); no path means ``/ingest``."""
-    parts = urlsplit(url.strip()) if isinstance(url, str) else None
-    scheme = _SCHEMES.get(parts.scheme.lower()) if parts is not None else None
-    if parts is None or scheme is None or not parts.hostname:
-        raise ClientError(f"bad URL {url!r}: expected e.g. {DEFAULT_INGEST_URL}")
-    path = parts.path if parts.path not in ("", "/") else "/ingest"
-    return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
+    try:
+        return _ingest_url(url)
+    except UrlError as exc:
+        raise ClientError(str(exc)) from exc
 
 
 def pcm_frames(
     blocks: Iterator[np.ndarray], fmt: str
 ) -> Iterator[bytes]:
     """(frames, channels) blocks of int16 or float32 -> interleaved little-endian bytes (pure)."""
-    dtype = np.dtype(_DTYPES[fmt][1])
+    dtype = np.dtype(_SAMPLE_TYPES[fmt]).newbyteorder("<")
     for block in blocks:
         yield np.ascontiguousarray(block, dtype=dtype).tobytes()
 
@@ -143,14 +146,15 @@ def _open_file(path: Path) -> sf.SoundFile:
     try:
         if audio.frames <= 0:
             raise ClientError(f"{path}: the file holds no audio samples")
-        if not MIN_RATE_HZ <= audio.samplerate <= MAX_RATE_HZ:
+        if not MIN_INGEST_RATE_HZ <= audio.samplerate <= MAX_INGEST_RATE_HZ:
             raise ClientError(
                 f"{path}: sample rate {audio.samplerate} Hz not accepted by /ingest (allowed "
-                f"{MIN_RATE_HZ}..{MAX_RATE_HZ} Hz); resample the file first"
+                f"{MIN_INGEST_RATE_HZ}..{MAX_INGEST_RATE_HZ} Hz); resample the file first"
             )
-        if audio.channels not in (1, 2):
+        if not 1 <= audio.channels <= MAX_INGEST_CHANNELS:
             raise ClientError(
-                f"{path}: {audio.channels} channels; /ingest takes 1 or 2 (split the file first)"
+                f"{path}: {audio.channels} channels; /ingest takes 1..{MAX_INGEST_CHANNELS} "
+                "(split the file first)"
             )
     except ClientError:
         audio.close()
@@ -195,7 +199,7 @@ async def push(path: str | Path, config: PushConfig) -> PushResult:
             roles=config.roles, metadata=dict(config.metadata),
         )
         per_frame = max(1, rate * config.frame_ms // 1000)
-        blocks = audio.blocks(blocksize=per_frame, dtype=_DTYPES[config.format][0],
+        blocks = audio.blocks(blocksize=per_frame, dtype=_SAMPLE_TYPES[config.format],
                               always_2d=True)
         try:
             connection = await open_connection(
@@ -236,7 +240,7 @@ async def _push(
     errors: list[ErrorMessage] = []
     reader = asyncio.create_task(_read_errors(connection, errors), name="push-reader")
     sent = samples = 0
-    frame_bytes = start.channels * (2 if start.format == "s16le" else 4)
+    frame_bytes = start.channels * INGEST_BYTES_PER_SAMPLE[start.format]
     clock = time.monotonic()
     try:
         for payload in frames:

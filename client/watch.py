@@ -5,7 +5,7 @@ A pure core and a thin shell: :class:`WatchState` folds events into what the vie
 rich renderable. :func:`watch_plain` and :func:`watch_live` are the loops that feed them from an
 :class:`~client.api.EventClient`; the caller (the CLI) owns the console or the line writer.
 
-Imports only the wire schema, the client API and rich.
+Imports only the protocol home (:mod:`streamer.protocol`), the client API and rich.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from client.api import Disconnected, Event, EventClient
+from client.api import ClientEvent, Disconnected, EventClient
+from streamer.protocol.limits import UNCERTAIN
 from streamer.protocol.messages import (
     AlertMessage,
     ErrorMessage,
@@ -39,7 +40,6 @@ from streamer.protocol.messages import (
 )
 
 __all__ = [
-    "UNCERTAIN",
     "StreamView",
     "WatchState",
     "format_event",
@@ -48,8 +48,6 @@ __all__ = [
     "watch_live",
     "watch_plain",
 ]
-
-UNCERTAIN = "uncertain"
 
 # One colour per label, the same in the dashboard (server/static/app.js); grey for "uncertain".
 _LABEL_STYLES: Mapping[str, str] = {
@@ -105,7 +103,7 @@ class WatchState:
             view = self.streams[name] = StreamView(name)
         return view
 
-    def apply(self, event: Event) -> None:
+    def apply(self, event: ClientEvent) -> None:
         """Fold one event into the state."""
         if isinstance(event, Disconnected):
             if event.retry_in_s is None:
@@ -149,7 +147,7 @@ def _probabilities(probabilities: Mapping[str, float]) -> str:
     return " ".join(f"{label}={p:.2f}" for label, p in probabilities.items())
 
 
-def format_event(event: Event) -> str | None:
+def format_event(event: ClientEvent) -> str | None:
     """One plain line for an event (for pipes and files); None for events not worth a line."""
     if isinstance(event, Disconnected):
         retry = "" if event.retry_in_s is None else f"; retrying in {event.retry_in_s:.1f} s"

@@ -25,6 +25,8 @@ from client.errors import ClientError
 from server.app import EventServer
 from server.config import ServerConfig
 from server.hub import EventHub, ModelInfo
+from streamer.protocol.errors import ProtocolError
+from streamer.protocol.limits import EVENTS_PATH, INGEST_PATH
 from streamer.protocol.messages import (
     Hello,
     Message,
@@ -36,6 +38,7 @@ from streamer.protocol.messages import (
     decode,
     encode,
 )
+from streamer.protocol.urls import UrlError, endpoint_url, events_url, ingest_url
 
 Frame = Message | str  # a str is sent verbatim (to send bad frames)
 
@@ -190,6 +193,16 @@ def test_bad_urls_are_client_errors(url: str, needle: str) -> None:
         EventClient(url)
 
 
+def test_protocol_urls_are_pure_and_raise_protocol_errors() -> None:
+    """The protocol's normaliser fills each endpoint's path; bad URLs are UrlErrors."""
+    assert events_url("https://h:9") == "wss://h:9" + EVENTS_PATH
+    assert ingest_url("http://h:9/") == "ws://h:9" + INGEST_PATH
+    assert endpoint_url("ws://h/x?a=1#frag", default_path="/y") == "ws://h/x?a=1"
+    with pytest.raises(UrlError, match="no host") as info:
+        ingest_url("ws:///")
+    assert isinstance(info.value, ProtocolError) and isinstance(info.value, ValueError)
+
+
 def test_backoff_doubles_up_to_the_cap_with_jitter() -> None:
     """Delays double from the initial one, stop at the cap and are jittered to 50-100%."""
     delays = backoff_delays(0.5, 4.0, 6, seed=1)
@@ -310,12 +323,13 @@ def test_one_shot_events_helper_ends_when_the_server_closes() -> None:
 
 
 def test_client_modules_import_no_heavy_packages() -> None:
-    """Importing the client API, views and CLI loads no torch, sounddevice, streamer or server."""
+    """Importing the client loads no torch, numpy or server, and of streamer only the protocol."""
     code = (
         "import sys, client.api, client.watch, client.log, client.cli\n"
-        "heavy = [m for m in ('torch', 'sounddevice', 'numpy', 'streamer', 'server') "
-        "if m in sys.modules]\n"
-        "print(','.join(heavy))\n"
+        "heavy = [m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'sounddevice', 'numpy', 'server') or (m.startswith('streamer.') "
+        "and m != 'streamer.protocol' and not m.startswith('streamer.protocol.'))]\n"
+        "print(','.join(sorted(heavy)))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code],

@@ -16,9 +16,10 @@ import pytest
 from conftest import REPO, TIMEOUT_S, TINY_LABELS
 from test_client_api import hello, real_server, window
 
-from client.api import Event, EventClient
+from client.api import ClientEvent, EventClient
 from client.errors import ClientError
 from client.log import TimelineLogger
+from streamer.protocol.errors import TimelineError
 from streamer.protocol.messages import Hello, WindowMessage
 from streamer.protocol.timeline import read_timeline, row_key
 
@@ -34,7 +35,7 @@ def expected(session: str, seqs: range) -> list[tuple[str, str, int]]:
 
 
 async def log_until(
-    events: AsyncIterator[Event], timeline: TimelineLogger, last: tuple[str, str, int]
+    events: AsyncIterator[ClientEvent], timeline: TimelineLogger, last: tuple[str, str, int]
 ) -> None:
     """Feed every event to the logger until the window named ``last`` has been handled."""
     async with asyncio.timeout(TIMEOUT_S):
@@ -135,6 +136,16 @@ def test_bad_out_paths_are_client_errors(tmp_path: Path, name: str, needle: str)
     """An unsupported suffix or a missing folder fails before connecting, naming the path."""
     with pytest.raises(ClientError, match=needle):
         TimelineLogger(tmp_path / name).open()
+
+
+def test_a_file_that_is_not_a_timeline_is_a_client_error(tmp_path: Path) -> None:
+    """The timeline format's TimelineError reaches the logger's caller as a ClientError."""
+    out = tmp_path / "timeline.jsonl"
+    out.write_text("not json\n", encoding="utf-8")
+    with pytest.raises(ClientError, match="not a JSON row") as info:
+        TimelineLogger(out).open()
+    assert isinstance(info.value.__cause__, TimelineError)
+    assert out.read_text(encoding="utf-8") == "not json\n"
 
 
 # -- the command ---------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import json
 import pytest
 from conftest import REPO
 
+from streamer.protocol.limits import UNCERTAIN
 from streamer.protocol.messages import (
     _TYPES,
     AlertMessage,
@@ -102,6 +103,16 @@ def test_subscription_entries_ending_in_slash_are_prefixes() -> None:
     assert not stream_wanted("call-420/agent", wanted) and not stream_wanted("mic2", wanted)
     assert not stream_wanted("call-42", wanted)
     assert stream_wanted("anything", ()) and stream_wanted(None, wanted)
+
+
+def test_hello_carries_the_uncertain_label_and_old_hellos_get_the_default() -> None:
+    """hello sends the protocol's uncertain label; one without the field decodes to it."""
+    hello = Hello(session="s", model="m", labels=("a",), window_s=2.0, hop_s=0.5,
+                  sample_rate_hz=16000)
+    body = json.loads(encode(hello))
+    assert body["uncertain_label"] == UNCERTAIN == "uncertain"
+    del body["uncertain_label"]
+    assert decode(json.dumps(body)) == hello
 
 
 def test_every_documented_example_decodes_and_every_type_is_documented() -> None:

@@ -15,6 +15,7 @@ from websockets.asyncio.client import connect
 
 from client.errors import ClientError
 from client.push import ingest_url, pcm_frames
+from streamer.protocol.limits import INGEST_BYTES_PER_SAMPLE
 from streamer.protocol.messages import Hello, Message, StreamCloseMessage, WindowMessage, decode
 from streamer.testing import speech_like
 
@@ -32,6 +33,14 @@ def test_pcm_frames_interleave_little_endian() -> None:
     block = np.array([[1, -2], [3, 4]], dtype=np.int16)
     (data,) = pcm_frames(iter([block]), "s16le")
     assert np.frombuffer(data, "<i2").tolist() == [1, -2, 3, 4]
+
+
+@pytest.mark.parametrize(("fmt", "size"), sorted(INGEST_BYTES_PER_SAMPLE.items()))
+def test_pcm_frames_use_the_protocol_sample_sizes(fmt: str, size: int) -> None:
+    """Each ingest format takes the bytes per sample the protocol limits give it."""
+    block = np.zeros((3, 2), dtype=np.float32 if fmt == "f32le" else np.int16)
+    (data,) = pcm_frames(iter([block]), fmt)
+    assert len(data) == 3 * 2 * size
 
 
 async def run_cli(*args: str) -> tuple[int, str, str]:

@@ -1,7 +1,9 @@
 // emotion-monitor dashboard: connects to ws(s)://<this host>/ws and draws what arrives.
 // Plain JavaScript, no libraries, no build step. The wire format is documented in
-// docs/protocol.md (client/messages.py is the reference). Element ids and data attributes are
-// stable so a browser test can read the page:
+// docs/protocol.md (streamer/protocol/messages.py is the reference). Values the server and the
+// page must agree on (the uncertain label) come in the server's hello, not as copies here; only
+// what the page needs before hello is its own: the /ws path and the protocol version it speaks.
+// Element ids and data attributes are stable so a browser test can read the page:
 //   one stream:  #connection-state, #stream-select, #current-label, #current-confidence,
 //                #speech-state, #chart (data-points), #stats, #stream-list li[data-stream]
 //   calls:       #call-list li[data-call] .chip[data-stream][data-label],
@@ -13,7 +15,8 @@
 (function () {
   "use strict";
 
-  var PROTOCOL_VERSION = 1;
+  var PROTOCOL_VERSION = 1;        // the version this page speaks; other frames are skipped
+  var EVENTS_PATH = "/ws";         // needed to connect, so before any hello can say it
   var CHART_SPAN_S = 180;          // seconds of stream time shown in a chart, at most
   var MIN_SPAN_S = 30;             // the axis starts this wide and grows with the data
   var MAX_POINTS = 4000;           // per stream, a hard cap whatever the hop
@@ -24,7 +27,6 @@
   var MIN_FRAME_MS = 100;          // at most ten renders a second, however many streams
   var BACKOFF_INITIAL_MS = 500;
   var BACKOFF_MAX_MS = 10000;
-  var UNCERTAIN = "uncertain";
 
   // One colour per label, the same hues as the terminal view (client/watch.py).
   var LABEL_COLOURS = {
@@ -50,6 +52,7 @@
   var state = {
     hello: null,        // the latest hello
     labels: [],
+    uncertain: null,    // hello.uncertain_label: the smoothed label when no class is clear
     streams: new Map(), // name -> stream record, in the order they were first seen
     selected: null,     // the stream shown in "Now"; its call is the call shown
     pinned: false,      // the user (or the URL) chose the selection: never move it for them
@@ -64,7 +67,7 @@
   if (initialStream || initialCall) state.pinned = true;
 
   function colour(label) {
-    if (label === UNCERTAIN) return GREY;
+    if (label === state.uncertain) return GREY;
     var known = LABEL_COLOURS[String(label).toLowerCase()];
     if (known) return known;
     var i = state.labels.indexOf(label);
@@ -120,6 +123,7 @@
     var newRun = !state.hello || state.hello.session !== m.session;
     state.hello = m;
     state.labels = m.labels.slice();
+    state.uncertain = typeof m.uncertain_label === "string" ? m.uncertain_label : null;
     var live = new Set(m.streams.map(function (info) { return info.stream; }));
     if (newRun) {
       // a different server run: its sequence numbers, stream times and alert ids start over
@@ -249,7 +253,7 @@
   }
 
   function wsUrl() {
-    return (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws";
+    return (location.protocol === "https:" ? "wss://" : "ws://") + location.host + EVENTS_PATH;
   }
 
   function connect() {

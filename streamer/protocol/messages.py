@@ -16,6 +16,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
 from streamer.protocol.errors import ProtocolError
+from streamer.protocol.limits import UNCERTAIN
 
 __all__ = [
     "ALERT_STATES",
@@ -44,7 +45,6 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = 1
-#: sample formats a sender may push to ``/ingest`` (little-endian, interleaved channels)
 #: ``AlertMessage.state`` values
 ALERT_STATES = ("start", "end")
 #: a ``stream_open`` warning: the stream's input rate is below 16 kHz (e.g. an 8 kHz call) and
@@ -89,6 +89,8 @@ class Hello:
     streams: tuple[StreamInfo, ...] = ()
     # the model is marked fit for narrowband (8 kHz phone) input; false: 16 kHz audio only
     model_narrowband: bool = False
+    # the smoothed_label of a window when no class is clear (the dashboard greys it out)
+    uncertain_label: str = UNCERTAIN
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +153,7 @@ class WindowMessage:
     probabilities: Mapping[str, float]  # label -> probability, in model label order
     label: str
     confidence: float
-    smoothed_label: str  # a model label or "uncertain"
+    smoothed_label: str  # a model label or hello's uncertain_label
     smoothed_confidence: float
 
 
@@ -252,7 +254,7 @@ class IngestStart:
     stream: str
     sample_rate_hz: int
     channels: int
-    format: str  # one of INGEST_FORMATS
+    format: str  # one of streamer.protocol.limits.INGEST_FORMATS
     roles: tuple[str, ...] = ()
     metadata: Mapping[str, str] = field(default_factory=dict)
 
