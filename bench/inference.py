@@ -120,18 +120,13 @@ def build_wav2vec2(kind: str, out: Path, *, normalize: bool = True) -> Path:
 def probe(model: Any, workers: int, windows: int, audio: np.ndarray) -> tuple[float, float]:
     """(median ms per window in one worker, windows/s over ``workers`` threads); each call
     takes the model's ``preferred_batch`` windows, as the engine's workers do when busy."""
-    import torch
-
-    batch = max(1, int(getattr(model, "preferred_batch", 1)))
+    batch = max(1, int(model.preferred_batch))
     times: list[float] = []
     lock = threading.Lock()
     ready = threading.Barrier(workers + 1)  # the clock starts once every worker is warm
 
     def work(seed: int) -> None:
-        torch.set_num_threads(1)
-        setter = getattr(model, "set_worker_threads", None)
-        if callable(setter):
-            setter(1)
+        model.set_worker_threads(1)  # torch or ONNX Runtime intra-op threads of this thread
         model.predict_proba(audio[None, :WINDOW])  # warm-up
         ready.wait()
         for i in range(windows):
@@ -272,7 +267,7 @@ def bench_model(name: str, checkpoint: Path | None, work: Path, args: argparse.N
                 audio: np.ndarray) -> tuple[list[Result], dict[str, Any]]:
     import torch
 
-    from streamer.models.backends import load_backend
+    from streamer.models.loading import load_model
     from streamer.offline.optimize import optimize_model
 
     out = work / f"{name}-onnx"
@@ -317,7 +312,7 @@ def bench_model(name: str, checkpoint: Path | None, work: Path, args: argparse.N
             logging.info("%s %s: unavailable (%s)", name, key, check["unavailable"])
             continue
         backend, precision = key.split("/")
-        model = load_backend(out, backend=backend, precision=precision, device="cpu")
+        model = load_model(out, backend=backend, precision=precision, device="cpu")
         ms, throughput = probe(model, workers, args.probe_windows, audio)
         estimate = int(throughput / 2)
         logging.info("%s %s w%d: %.1f ms/window, %.1f windows/s -> estimate %d streams",
@@ -341,22 +336,23 @@ def cache_speedup(folder: Path, audio: np.ndarray, windows: int) -> dict[str, An
     """ms/window on consecutive hop windows of one stream, frame cache off vs on (do_normalize
     off, which exactness needs)."""
     import torch
+    from transformers import AutoConfig
 
-    from streamer.models.backends import load_backend
     from streamer.models.encoder_cache import FrameCache, encoder_geometry
+    from streamer.models.loading import load_model
 
     torch.set_num_threads(1)
     found: dict[str, Any] = {}
+    geometry = encoder_geometry(AutoConfig.from_pretrained(folder, local_files_only=True))
     for key in ("onnx/int8", "onnx/fp32"):
         backend, precision = key.split("/")
-        model = load_backend(folder, backend=backend, precision=precision, device="cpu",
-                             encoder_cache=False)
+        model = load_model(folder, backend=backend, precision=precision, device="cpu",
+                           encoder_cache=False)
         model.set_worker_threads(1)
         model.feature_extractor.do_normalize = False
-        config = model.config  # type: ignore[attr-defined]
         row = {}
         for cached in (False, True):
-            model.encoder_cache = FrameCache(encoder_geometry(config)) if cached else None
+            model.encoder_cache = FrameCache(geometry) if cached else None
             model.predict_proba(audio[None, :WINDOW])
             times = []
             for i in range(1, windows + 1):
