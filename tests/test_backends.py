@@ -20,6 +20,7 @@ from streamer.events import Event, WindowLabel
 from streamer.models.encoder_cache import FrameCache, encoder_geometry
 from streamer.models.loading import load_model
 from streamer.models.onnx_runner import OnnxRunner
+from streamer.models.protocol import SingleWorkerCpuModel
 from streamer.models.settings import MANIFEST_NAME, check_choice, choose_setting, preferred_batch
 from streamer.models.torch_runner import TorchRunner
 from streamer.offline.onnx_rewrite import quantize_grouped_convs
@@ -383,7 +384,7 @@ def test_optimize_times_batches_and_the_model_carries_the_choice(optimized_tiny:
     assert model.preferred_batch == preferred_batch(manifest["checks"]["onnx/int8"])
 
 
-class _BatchProbe:
+class _BatchProbe(SingleWorkerCpuModel):
     """Records batch sizes; the first call waits until every stream has queued its windows."""
 
     name = "batch-probe"
