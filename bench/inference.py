@@ -120,18 +120,13 @@ def build_wav2vec2(kind: str, out: Path, *, normalize: bool = True) -> Path:
 def probe(model: Any, workers: int, windows: int, audio: np.ndarray) -> tuple[float, float]:
     """(median ms per window in one worker, windows/s over ``workers`` threads); each call
     takes the model's ``preferred_batch`` windows, as the engine's workers do when busy."""
-    import torch
-
-    batch = max(1, int(getattr(model, "preferred_batch", 1)))
+    batch = max(1, int(model.preferred_batch))
     times: list[float] = []
     lock = threading.Lock()
     ready = threading.Barrier(workers + 1)  # the clock starts once every worker is warm
 
     def work(seed: int) -> None:
-        torch.set_num_threads(1)
-        setter = getattr(model, "set_worker_threads", None)
-        if callable(setter):
-            setter(1)
+        model.set_worker_threads(1)  # torch or ONNX Runtime intra-op threads of this thread
         model.predict_proba(audio[None, :WINDOW])  # warm-up
         ready.wait()
         for i in range(windows):
@@ -268,24 +263,13 @@ def naive_pipe(folder: Path | None) -> Any:
                     feature_extractor=AutoFeatureExtractor.from_pretrained(src), device="cpu")
 
 
-def bench_model(name: str, checkpoint: Path | None, work: Path, args: argparse.Namespace,
-                audio: np.ndarray) -> tuple[list[Result], dict[str, Any]]:
+def naive_results(name: str, checkpoint: Path | None, args: argparse.Namespace,
+                  audio: np.ndarray) -> list[Result]:
+    """The naive transformers pipeline loop: its time per window and the streams it sustains
+    with torch's default thread count (as a user would run it) and with one thread."""
     import torch
 
-    from streamer.models.backends import load_backend
-    from streamer.offline.optimize import optimize_model
-
-    out = work / f"{name}-onnx"
-    data = args.data if name == "bundled" and args.data and args.data.is_dir() else None
-    t0 = time.monotonic()
-    manifest = optimize_model(checkpoint, out, data=data,
-                              max_windows=160 if name == "bundled" else args.check_windows,
-                              repeats=3, overwrite=True)
-    logging.info("%s: optimize took %.0f s (%s)", name, time.monotonic() - t0,
-                 manifest["checked_on"])
     results: list[Result] = []
-
-    # naive loop: torch's default thread count (as a user would run it), and one thread
     pipe = naive_pipe(checkpoint)
     for threads in sorted({os.cpu_count() or 1, 1}, reverse=True):
         torch.set_num_threads(threads)
@@ -307,6 +291,24 @@ def bench_model(name: str, checkpoint: Path | None, work: Path, args: argparse.N
         results.append(Result(name, f"naive pipeline t{threads}", ms, 1000.0 / ms, n, tried,
                               **found))
     del pipe
+    return results
+
+
+def bench_model(name: str, checkpoint: Path | None, work: Path, args: argparse.Namespace,
+                audio: np.ndarray) -> tuple[list[Result], dict[str, Any]]:
+    """Optimise one model, then the naive loop and each engine setup of ``--setups``."""
+    from streamer.models.loading import load_model
+    from streamer.offline.optimize import optimize_model
+
+    out = work / f"{name}-onnx"
+    data = args.data if name == "bundled" and args.data and args.data.is_dir() else None
+    t0 = time.monotonic()
+    manifest = optimize_model(checkpoint, out, data=data,
+                              max_windows=160 if name == "bundled" else args.check_windows,
+                              repeats=3, overwrite=True)
+    logging.info("%s: optimize took %.0f s (%s)", name, time.monotonic() - t0,
+                 manifest["checked_on"])
+    results = naive_results(name, checkpoint, args, audio)
 
     setups = [s for s in args.setups.split(",") if s]
     for setup in setups:
@@ -317,7 +319,7 @@ def bench_model(name: str, checkpoint: Path | None, work: Path, args: argparse.N
             logging.info("%s %s: unavailable (%s)", name, key, check["unavailable"])
             continue
         backend, precision = key.split("/")
-        model = load_backend(out, backend=backend, precision=precision, device="cpu")
+        model = load_model(out, backend=backend, precision=precision, device="cpu")
         ms, throughput = probe(model, workers, args.probe_windows, audio)
         estimate = int(throughput / 2)
         logging.info("%s %s w%d: %.1f ms/window, %.1f windows/s -> estimate %d streams",
@@ -341,22 +343,23 @@ def cache_speedup(folder: Path, audio: np.ndarray, windows: int) -> dict[str, An
     """ms/window on consecutive hop windows of one stream, frame cache off vs on (do_normalize
     off, which exactness needs)."""
     import torch
+    from transformers import AutoConfig
 
-    from streamer.models.backends import load_backend
     from streamer.models.encoder_cache import FrameCache, encoder_geometry
+    from streamer.models.loading import load_model
 
     torch.set_num_threads(1)
     found: dict[str, Any] = {}
+    geometry = encoder_geometry(AutoConfig.from_pretrained(folder, local_files_only=True))
     for key in ("onnx/int8", "onnx/fp32"):
         backend, precision = key.split("/")
-        model = load_backend(folder, backend=backend, precision=precision, device="cpu",
-                             encoder_cache=False)
+        model = load_model(folder, backend=backend, precision=precision, device="cpu",
+                           encoder_cache=False)
         model.set_worker_threads(1)
         model.feature_extractor.do_normalize = False
-        config = model.config  # type: ignore[attr-defined]
         row = {}
         for cached in (False, True):
-            model.encoder_cache = FrameCache(encoder_geometry(config)) if cached else None
+            model.encoder_cache = FrameCache(geometry) if cached else None
             model.predict_proba(audio[None, :WINDOW])
             times = []
             for i in range(1, windows + 1):
@@ -389,7 +392,8 @@ def machine() -> dict[str, Any]:
             "onnxruntime": onnxruntime.__version__, "load_1_5_15": list(os.getloadavg())}
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
+    """The command line (``--quick`` shortens every run)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="bundled,base,large")
     parser.add_argument("--setups", default="torch/fp32@1,torch/bf16@1,torch/int8@1,"
@@ -409,30 +413,12 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.models, args.seconds, args.probe_windows, args.retries = "bundled,base", 6.0, 4, 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    for noisy in ("streamer", "transformers", "torch"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    import warnings
+    return args
 
-    warnings.filterwarnings("ignore")  # third-party deprecation chatter; not a test
-    audio = voiced(60.0, seed=1)
-    info = machine()
-    logging.info("machine: %s", info)
-    all_results: list[Result] = []
-    extras: dict[str, Any] = {}
-    work = Path(tempfile.mkdtemp(prefix="bench-inference-"))
-    try:
-        for name in args.models.split(","):
-            checkpoint = None if name == "bundled" else build_wav2vec2(name, work / name)
-            results, extra = bench_model(name, checkpoint, work, args, audio)
-            all_results += results
-            extras[name] = extra
-            if checkpoint is not None:
-                shutil.rmtree(checkpoint, ignore_errors=True)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    info["load_after"] = list(os.getloadavg())
 
+def report(info: dict[str, Any], args: argparse.Namespace, all_results: list[Result],
+           extras: dict[str, Any]) -> None:
+    """Print the tables (and write ``--json``)."""
     print(f"\nmachine: {info}")
     print(f"real-time runs: {args.seconds:g} s, 2 s windows, 0.5 s hop, all streams speaking; "
           f"sustained = 0 dropped and p95 latency <= {args.max_p95_s:g} s\n")
@@ -462,6 +448,35 @@ def main() -> int:
                                          vars(args).items()},
                                          "results": [asdict(r) for r in all_results],
                                          "extras": extras}, indent=2) + "\n")
+
+
+def main() -> int:
+    args = parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    for noisy in ("streamer", "transformers", "torch"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    import warnings
+
+    warnings.filterwarnings("ignore")  # third-party deprecation chatter; not a test
+    audio = voiced(60.0, seed=1)
+    info = machine()
+    logging.info("machine: %s", info)
+    all_results: list[Result] = []
+    extras: dict[str, Any] = {}
+    work = Path(tempfile.mkdtemp(prefix="bench-inference-"))
+    try:
+        for name in args.models.split(","):
+            checkpoint = None if name == "bundled" else build_wav2vec2(name, work / name)
+            results, extra = bench_model(name, checkpoint, work, args, audio)
+            all_results += results
+            extras[name] = extra
+            if checkpoint is not None:
+                shutil.rmtree(checkpoint, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    info["load_after"] = list(os.getloadavg())
+
+    report(info, args, all_results, extras)
     return 0
 
 

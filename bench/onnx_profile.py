@@ -32,7 +32,7 @@ def sessions(folder: Path, precision: str, *, profile: Path | None) -> list[obje
     """The graphs of one window, in order: [encoder, head] or [full]."""
     import onnxruntime as ort
 
-    from streamer.models.backends import onnx_session
+    from streamer.models.onnx_runner import onnx_session
 
     files = json.loads((folder / "optimize.json").read_text())["files"]
     names = [files[precision]]

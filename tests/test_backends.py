@@ -17,16 +17,12 @@ from server.cli import main
 from streamer.engine import Engine, EngineConfig
 from streamer.errors import ModelError
 from streamer.events import Event, WindowLabel
-from streamer.models.backends import (
-    MANIFEST_NAME,
-    BackendModel,
-    check_choice,
-    choose_setting,
-    load_backend,
-    preferred_batch,
-)
 from streamer.models.encoder_cache import FrameCache, encoder_geometry
 from streamer.models.loading import load_model
+from streamer.models.onnx_runner import OnnxRunner
+from streamer.models.protocol import SingleWorkerCpuModel
+from streamer.models.settings import MANIFEST_NAME, check_choice, choose_setting, preferred_batch
+from streamer.models.torch_runner import TorchRunner
 from streamer.offline.onnx_rewrite import quantize_grouped_convs
 from streamer.offline.optimize import (
     MatmulConv1d,
@@ -133,9 +129,9 @@ def test_onnx_on_a_plain_checkpoint_says_to_optimize(tmp_path: Path,
 
 def test_auto_on_a_plain_checkpoint_is_torch_fp32(caplog: pytest.LogCaptureFixture) -> None:
     """Without optimize numbers, auto keeps fp32 torch on CPU and says so."""
-    with caplog.at_level(logging.INFO, logger="streamer.models.backends"):
+    with caplog.at_level(logging.INFO, logger="streamer.models.loading"):
         model = load_model(None, device="cpu", backend="auto", precision="auto")
-    assert isinstance(model, BackendModel)
+    assert isinstance(model, TorchRunner)
     assert (model.backend, model.precision, model.encoder_cache) == ("torch", "fp32", None)
     assert "backend torch, precision fp32" in caplog.text
 
@@ -191,7 +187,7 @@ def test_onnx_export_matches_torch_and_int8_predicts(which: str,
     reference = load_model(folder, backend="torch", precision="fp32")
     onnx = load_model(folder, backend="onnx", precision="fp32")
     int8 = load_model(folder, backend="onnx", precision="int8")
-    assert isinstance(onnx, BackendModel) and isinstance(reference, BackendModel)
+    assert isinstance(onnx, OnnxRunner) and isinstance(reference, TorchRunner)
     assert _relative(onnx.logits(windows), reference.logits(windows)) < 1e-3
     short = windows[:, :12000]  # a final window shorter than 2 s
     assert _relative(onnx.logits(short), reference.logits(short)) < 1e-3
@@ -199,7 +195,6 @@ def test_onnx_export_matches_torch_and_int8_predicts(which: str,
     assert probs.shape == (3, len(reference.labels)) and probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
     auto = load_model(folder)  # an optimize folder loads with auto
-    assert isinstance(auto, BackendModel)
     chosen = manifest["checks"][f"{auto.backend}/{auto.precision}"]
     assert chosen["top1_agreement"] >= 0.98 and chosen["rel_logit_diff"] <= 0.10
 
@@ -244,8 +239,10 @@ def test_encoder_convs_are_exported_as_matmul(tiny_layer_norm: Path, tiny_wav2ve
                  for node in onnx.load(optimized_tiny / "feature_encoder.int8.onnx").graph.node
                  if "MatMul" in node.op_type and "conv_layers" in node.input[1]}
     assert quantised == {str(layer): "MatMulInteger" for layer in range(1, 7)}
-    int8 = load_backend(optimized_tiny, backend="onnx", precision="int8", encoder_cache=False)
-    assert int8.runner.full_encoder_path.name == "feature_encoder.int8.onnx"
+    int8 = load_model(optimized_tiny, backend="onnx", precision="int8", encoder_cache=False)
+    assert isinstance(int8, OnnxRunner)
+    assert int8.files.full_encoder is not None
+    assert int8.files.full_encoder.name == "feature_encoder.int8.onnx"
     assert manifest["checks"]["onnx/int8"]["rel_logit_diff"] < 0.2
 
 
@@ -383,11 +380,11 @@ def test_optimize_times_batches_and_the_model_carries_the_choice(optimized_tiny:
     manifest = json.loads((optimized_tiny / MANIFEST_NAME).read_text())
     for key in ("torch/fp32", "onnx/int8"):
         assert set(manifest["checks"][key]["ms_per_window_by_batch"]) == {"1", "2", "4"}
-    model = load_backend(optimized_tiny, backend="onnx", precision="int8")
+    model = load_model(optimized_tiny, backend="onnx", precision="int8")
     assert model.preferred_batch == preferred_batch(manifest["checks"]["onnx/int8"])
 
 
-class _BatchProbe:
+class _BatchProbe(SingleWorkerCpuModel):
     """Records batch sizes; the first call waits until every stream has queued its windows."""
 
     name = "batch-probe"
@@ -435,7 +432,7 @@ def test_cached_frames_equal_uncached_ones(backend: str, tiny_layer_norm: Path,
                                            optimized_tiny: Path) -> None:
     """Hop-aligned windows reuse frames 0..73 and match a full computation (ONNX bit-exact,
     torch within float reassociation of the conv kernels)."""
-    model = load_backend(tiny_layer_norm if backend == "torch" else optimized_tiny,
+    model = load_model(tiny_layer_norm if backend == "torch" else optimized_tiny,
                          backend=backend, precision="fp32", device="cpu")
     cache = model.encoder_cache
     assert cache is not None
@@ -443,14 +440,14 @@ def test_cached_frames_equal_uncached_ones(backend: str, tiny_layer_norm: Path,
     audio = speech_like(5.0, seed=3)
     for k in range(5):
         window = audio[None, k * HOP: k * HOP + WINDOW]
-        cached = cache.features(window, model.runner.encode)
-        direct = model.runner.encode(window)
+        cached = cache.features(window, model.encode)
+        direct = model.encode(window)
         if backend == "onnx":
             assert np.array_equal(cached, direct)
         else:
             np.testing.assert_allclose(cached, direct, rtol=0, atol=1e-5)
         assert cache.hits == 74 * k and cache.misses == 99 + 25 * k
-    uncached = load_backend(tiny_layer_norm if backend == "torch" else optimized_tiny,
+    uncached = load_model(tiny_layer_norm if backend == "torch" else optimized_tiny,
                             backend=backend, precision="fp32", device="cpu", encoder_cache=False)
     last = audio[None, 4 * HOP: 4 * HOP + WINDOW]
     np.testing.assert_allclose(model.predict_proba(last), uncached.predict_proba(last),
@@ -459,24 +456,24 @@ def test_cached_frames_equal_uncached_ones(backend: str, tiny_layer_norm: Path,
 
 def test_a_window_with_other_audio_misses_the_cache(tiny_layer_norm: Path) -> None:
     """Frames are looked up by their exact input samples: different audio recomputes."""
-    model = load_backend(tiny_layer_norm, backend="torch", precision="fp32", device="cpu")
+    model = load_model(tiny_layer_norm, backend="torch", precision="fp32", device="cpu")
     cache = model.encoder_cache
     assert cache is not None
     audio = speech_like(3.0, seed=4)
-    cache.features(audio[None, :WINDOW], model.runner.encode)
+    cache.features(audio[None, :WINDOW], model.encode)
     changed = audio[HOP:HOP + WINDOW].copy()
     changed[0] += 1e-3  # touches frame 0 only; the rest are computed from there on
-    cache.features(changed[None], model.runner.encode)
+    cache.features(changed[None], model.encode)
     assert cache.hits == 0
 
 
 def test_cache_is_off_where_not_exact(tiny_wav2vec2: Path, optimized_bundled: Path) -> None:
     """Group norm (base), per-window normalisation and non-wav2vec2 models get no cache;
     forcing it there is an error."""
-    assert load_backend(tiny_wav2vec2, backend="torch", precision="fp32").encoder_cache is None
-    assert load_backend(optimized_bundled, backend="onnx", precision="fp32").encoder_cache is None
+    assert load_model(tiny_wav2vec2, backend="torch", precision="fp32").encoder_cache is None
+    assert load_model(optimized_bundled, backend="onnx", precision="fp32").encoder_cache is None
     with pytest.raises(ModelError, match="feat_extract_norm 'group'"):
-        load_backend(tiny_wav2vec2, backend="torch", precision="fp32", encoder_cache=True)
+        load_model(tiny_wav2vec2, backend="torch", precision="fp32", encoder_cache=True)
 
 
 def test_frame_geometry_of_wav2vec2() -> None:
@@ -493,22 +490,28 @@ def test_frame_geometry_of_wav2vec2() -> None:
 
 
 class _ThreadProbe:
-    """A classifier that records torch's intra-op thread count inside the worker."""
-
-    name = "probe"
-    labels = TINY_LABELS
-    sample_rate_hz = 16000
+    """The bundled torch runner, recording torch's intra-op thread count inside the worker."""
 
     def __init__(self) -> None:
+        self.runner = load_model(device="cpu")
+        self.name, self.labels = "probe", self.runner.labels
+        self.sample_rate_hz, self.device = self.runner.sample_rate_hz, self.runner.device
+        self.preferred_batch = 1
         self.seen: set[int] = set()
         self.lock = threading.Lock()
+
+    def worker_count(self, cpus: int) -> int:
+        return self.runner.worker_count(cpus)
+
+    def set_worker_threads(self, threads: int) -> None:
+        self.runner.set_worker_threads(threads)
 
     def predict_proba(self, windows: NDArray[np.float32]) -> NDArray[np.float32]:
         import torch
 
         with self.lock:
             self.seen.add(torch.get_num_threads())
-        return np.full((len(windows), 4), 0.25, dtype=np.float32)
+        return self.runner.predict_proba(windows)
 
 
 def _run_engine(model: object, config: EngineConfig) -> list[Event]:
@@ -523,9 +526,7 @@ def _run_engine(model: object, config: EngineConfig) -> list[Event]:
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_torch_workers_use_the_configured_threads(threads: int) -> None:
-    """Each worker runs the model with threads_per_worker intra-op threads."""
-    import torch  # noqa: F401  (the engine sets threads only once torch is loaded)
-
+    """Each worker runs the torch model with threads_per_worker intra-op threads."""
     probe = _ThreadProbe()
     events = _run_engine(probe, EngineConfig(workers=2, threads_per_worker=threads,
                                              realtime=False))
@@ -533,13 +534,34 @@ def test_torch_workers_use_the_configured_threads(threads: int) -> None:
     assert probe.seen == {threads}
 
 
+def test_torch_runner_sets_the_threads_of_its_caller() -> None:
+    """set_worker_threads on a CPU torch runner is torch.set_num_threads in that thread."""
+    import torch
+
+    model = load_model(device="cpu")
+    seen: list[int] = []
+
+    def worker() -> None:
+        model.set_worker_threads(3)
+        seen.append(torch.get_num_threads())
+        model.set_worker_threads(1)
+        seen.append(torch.get_num_threads())
+
+    before = torch.get_num_threads()
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join(TIMEOUT_S)
+    assert seen == [3, 1]
+    torch.set_num_threads(before)
+
+
 def test_onnx_sessions_get_the_workers_thread_count(optimized_tiny: Path) -> None:
     """The engine sizes ONNX Runtime's intra-op pool from threads_per_worker."""
-    model = load_backend(optimized_tiny, backend="onnx", precision="int8")
-    assert isinstance(model, BackendModel)
+    model = load_model(optimized_tiny, backend="onnx", precision="int8")
+    assert isinstance(model, OnnxRunner)
     events = _run_engine(model, EngineConfig(workers=2, threads_per_worker=2, realtime=False))
     assert any(isinstance(e, WindowLabel) for e in events)
-    assert model.runner.session_options.intra_op_num_threads == 2
+    assert model.session_options.intra_op_num_threads == 2
 
 
 def test_analyze_runs_on_onnx_int8(optimized_tiny: Path, tmp_path: Path) -> None:
@@ -553,17 +575,23 @@ def test_analyze_runs_on_onnx_int8(optimized_tiny: Path, tmp_path: Path) -> None
     assert len(out.read_text().splitlines()) > 2
 
 
-def test_workers_default_to_one_per_core_for_transformer_models(tiny_wav2vec2: Path) -> None:
-    """workers=None: the compact model and models without a config get one worker; a
-    wav2vec2 classifier on CPU gets one per available CPU (at most 8); explicit wins."""
-    from streamer.engine import auto_workers, available_cpus
+def test_workers_default_to_one_per_core_for_transformer_models(
+    tiny_wav2vec2: Path, optimized_tiny: Path, optimized_bundled: Path
+) -> None:
+    """The runners' worker policy: one for the compact model (torch or ONNX) and on CUDA; one
+    per available CPU (at most 8) for a wav2vec2 classifier on CPU; the engine follows it
+    unless told otherwise."""
+    from streamer.engine import available_cpus
+    from streamer.models.runner import workers_for
 
     bundled = load_model()
-    tiny = load_backend(tiny_wav2vec2, backend="torch", precision="fp32")
-    assert auto_workers(bundled) == 1
-    assert auto_workers(_ThreadProbe()) == 1  # type: ignore[arg-type]
-    assert auto_workers(tiny) == min(8, available_cpus())
+    tiny = load_model(tiny_wav2vec2, backend="torch", precision="fp32")
+    assert bundled.worker_count(16) == 1
+    assert load_model(optimized_bundled, backend="onnx", precision="fp32").worker_count(16) == 1
+    assert (tiny.worker_count(1), tiny.worker_count(3), tiny.worker_count(16)) == (1, 3, 8)
+    assert load_model(optimized_tiny, backend="onnx", precision="int8").worker_count(16) == 8
+    assert workers_for("cuda", "wav2vec2", 16) == 1 and workers_for("cpu", None, 16) == 1
     with Engine(tiny, EngineConfig(realtime=False), lambda event: None) as engine:
-        assert engine.workers == min(8, available_cpus())
+        assert engine.workers == tiny.worker_count(available_cpus())
     with Engine(tiny, EngineConfig(workers=1, realtime=False), lambda event: None) as engine:
         assert engine.workers == 1

@@ -204,8 +204,8 @@ def test_temperature_reaches_the_onnx_backend(tiny_compact: Path, tmp_path: Path
     """optimize keeps the field; ONNX predict_proba applies it like torch does."""
     import shutil
 
-    from streamer.models.backends import BackendModel
     from streamer.models.loading import load_model
+    from streamer.models.onnx_runner import OnnxRunner
     from streamer.offline.optimize import optimize_model
 
     hot = shutil.copytree(tiny_compact, tmp_path / "hot")
@@ -215,7 +215,7 @@ def test_temperature_reaches_the_onnx_backend(tiny_compact: Path, tmp_path: Path
     assert json.loads((out / "config.json").read_text())[TEMPERATURE_KEY] == 0.5
     onnx = load_model(out, backend="onnx", precision="fp32")
     torch_model = load_model(hot, device="cpu")
-    assert isinstance(onnx, BackendModel) and onnx.temperature == 0.5
+    assert isinstance(onnx, OnnxRunner) and onnx.temperature == 0.5
     windows = _windows()
     np.testing.assert_allclose(onnx.predict_proba(windows), torch_model.predict_proba(windows),
                                atol=1e-4)

@@ -1,4 +1,4 @@
-"""load_model and EmotionModel: the bundled model, any HF checkpoint, and bad input."""
+"""load_model and the torch runner: the bundled model, any HF checkpoint, and bad input."""
 
 from __future__ import annotations
 
@@ -29,6 +29,15 @@ def test_bundled_labels_rate_and_name(bundled) -> None:
     assert bundled.labels == ("Angry", "Happy", "Neutral", "Sad")
     assert bundled.sample_rate_hz == 16000
     assert bundled.device == "cpu"
+
+
+def test_bundled_has_every_member_of_the_model_protocol(bundled) -> None:
+    """The torch runner answers what the engine asks: batch, workers, thread settings."""
+    assert (bundled.backend, bundled.precision) == ("torch", "fp32")
+    assert bundled.preferred_batch == 1
+    assert bundled.worker_count(8) == 1  # the compact model: one worker
+    bundled.set_worker_threads(1)
+    assert bundled.narrowband_ok in (True, False) and bundled.temperature > 0
 
 
 def test_bundled_predict_proba_shape_and_sum(bundled) -> None:

@@ -143,4 +143,4 @@ def test_16khz_streams_have_no_warning_and_the_onnx_model_carries_the_flag(
     folder = save_tiny_compact(tmp_path / "nb", narrowband=True)
     optimize_model(folder, tmp_path / "onnx", max_windows=8, repeats=1)
     onnx = load_model(tmp_path / "onnx", backend="onnx", precision="fp32")
-    assert onnx.backend == "onnx" and onnx.narrowband_ok is True  # type: ignore[attr-defined]
+    assert onnx.backend == "onnx" and onnx.narrowband_ok is True

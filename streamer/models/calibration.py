@@ -7,8 +7,8 @@ Temperature scaling divides a model's logits by one number ``T`` before the soft
 softens over-confident probabilities, ``T < 1`` sharpens them, and the arg-max (the label) never
 changes. The fitted ``T`` lives in the checkpoint's ``config.json`` under
 :data:`TEMPERATURE_KEY` and every loaded model applies it in ``predict_proba``
-(:mod:`streamer.models.loading`, :mod:`streamer.models.backends`); a checkpoint without the field
-has ``T = 1``.
+(:mod:`streamer.models.loading` reads it, :class:`streamer.models.runner.Runner` applies it); a
+checkpoint without the field has ``T = 1``.
 
 The field is not called ``temperature``: transformers 5 treats that name as a text-generation
 parameter and silently drops it from every model config on load and on ``save_pretrained``, and

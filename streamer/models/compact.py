@@ -24,15 +24,14 @@ from torch.nn import functional as F  # noqa: N812
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from streamer.models.settings import COMPACT_MODEL_TYPE
+
 __all__ = [
-    "COMPACT_MODEL_TYPE",
     "CompactEmotionConfig",
     "CompactEmotionForAudioClassification",
     "mel_filterbank",
     "register_compact",
 ]
-
-COMPACT_MODEL_TYPE = "emotion-compact"
 
 
 class CompactEmotionConfig(PretrainedConfig):
@@ -302,9 +301,3 @@ def register_compact() -> None:
     AutoModelForAudioClassification.register(
         CompactEmotionConfig, CompactEmotionForAudioClassification, exist_ok=True
     )
-
-
-def receptive_field_frames(config: CompactEmotionConfig) -> int:
-    """Frames seen by one output position (for documentation and sanity checks)."""
-    k = config.kernel_size
-    return k + sum((k - 1) * 2**i for i in range(config.num_blocks))

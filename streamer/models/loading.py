@@ -1,14 +1,21 @@
-"""One loading path for every emotion model (loaded on the main thread, used by one inference
-thread).
+"""The one loading entry for every emotion model (main thread, at start-up).
 
-:func:`load_model` reads any Hugging Face audio-classification checkpoint (a local folder or a
-hub id already in the local cache) with ``AutoFeatureExtractor`` +
-``AutoModelForAudioClassification`` and wraps it as an :class:`EmotionModel`: label names from
-``config.id2label`` in id order, the model sample rate, and :meth:`EmotionModel.predict_proba`
-for batches of mono float32 windows. With no argument it loads the compact model bundled in
-``streamer/bundled``.
+:func:`load_model` finds the checkpoint (the compact model bundled in ``streamer/bundled``, a
+local folder, a hub id already in the local Hugging Face cache, or a folder written by
+``emotion-monitor optimize``), decides the backend and precision
+(:func:`streamer.models.settings.choose_setting`), and builds one runner:
 
-An ``EmotionModel`` is not thread-safe: one inference thread owns it.
+- :class:`~streamer.models.torch_runner.TorchRunner`: any transformers audio classifier
+  (``AutoFeatureExtractor`` + ``AutoModelForAudioClassification``, the compact network
+  included) in fp32, bf16/fp16 or dynamic int8;
+- :class:`~streamer.models.onnx_runner.OnnxRunner`: the ONNX Runtime graphs of an optimize
+  folder in fp32 or int8.
+
+It reads the checkpoint's config here and hands the runner what it needs as plain values:
+label names (``config.id2label`` in id order), the sample rate, the calibration temperature,
+the ``"narrowband"`` flag, the frame cache (on exactly where it is exact) and the batch size.
+The runners never call back into this module. A loaded runner is used by the engine's worker
+threads, several at once (see :mod:`streamer.models.runner`).
 """
 
 from __future__ import annotations
@@ -19,38 +26,43 @@ import re
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-from numpy.typing import NDArray
+from typing import Any, Literal, overload
 
 from streamer.audio import MODEL_RATE_HZ
-from streamer.errors import AudioError, ModelError
+from streamer.errors import ModelError
 from streamer.models.calibration import config_temperature
+from streamer.models.encoder_cache import FrameCache, cache_exact_reason, encoder_geometry
+from streamer.models.onnx_runner import OnnxFiles, OnnxRunner
+from streamer.models.settings import (
+    CUDA_BATCH,
+    MANIFEST_NAME,
+    MAX_REL_LOGIT_DIFF,
+    MIN_TOP1_AGREEMENT,
+    Choice,
+    check_choice,
+    choose_setting,
+    preferred_batch,
+    read_manifest,
+    within_bounds,
+)
+from streamer.models.torch_runner import TorchRunner, prepare_module, splittable
 
-__all__ = ["BUNDLED_MODEL_DIR", "EmotionModel", "load_model", "narrowband_ok", "resolve_device"]
+__all__ = [
+    "BUNDLED_MODEL_DIR",
+    "load_model",
+    "narrowband_ok",
+    "quiet_progress",
+    "resolve_device",
+]
 
 logger = logging.getLogger(__name__)
 
 BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "bundled"
 _HUB_HOST = ("huggingface.co", 443)
 _HUB_PROBE_TIMEOUT_S = 3.0
-
-
-def check_windows(windows: object) -> None:
-    """Raise AudioError unless ``windows`` is a non-empty (batch, samples) float32 array."""
-    if not isinstance(windows, np.ndarray):
-        raise AudioError(f"windows must be a numpy array, got {type(windows).__name__}")
-    if windows.ndim != 2:
-        raise AudioError(
-            f"windows must have shape (batch, samples), got {windows.ndim}-D {windows.shape}"
-        )
-    if windows.dtype != np.float32:
-        raise AudioError(f"windows must be float32, got {windows.dtype}")
-    if windows.shape[0] == 0 or windows.shape[1] == 0:
-        raise AudioError(f"windows must not be empty, got shape {windows.shape}")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -66,85 +78,12 @@ def resolve_device(device: str = "auto") -> str:
     raise ModelError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
 
 
-@dataclass(eq=False)
-class EmotionModel:
-    """A loaded audio classifier: ``predict_proba`` maps 16 kHz windows to class probabilities."""
-
-    name: str
-    labels: tuple[str, ...]
-    sample_rate_hz: int
-    device: str
-    model: Any = field(repr=False)
-    feature_extractor: Any = field(repr=False)
-    # calibration: logits are divided by this before the softmax (streamer.models.calibration)
-    temperature: float = 1.0
-    # config.json "narrowband": true = trained/measured on phone-line (8 kHz) audio too
-    narrowband_ok: bool = False
-
-    def predict_proba(self, windows: NDArray[np.float32]) -> NDArray[np.float32]:
-        """(batch, samples) float32 mono audio at ``sample_rate_hz`` -> (batch, n_labels) rows."""
-        import torch
-
-        check_windows(windows)
-        inputs = self.feature_extractor(
-            windows, sampling_rate=self.sample_rate_hz, return_tensors="pt"
-        )
-        dtype = next(self.model.parameters()).dtype
-        tensors = {
-            key: (
-                value.to(self.device, dtype) if value.is_floating_point() else value.to(self.device)
-            )
-            for key, value in inputs.items()
-            if key in ("input_values", "input_features", "attention_mask")
-        }
-        with torch.inference_mode():
-            logits = self.model(**tensors).logits
-        probs = torch.softmax(logits.float() / self.temperature, dim=-1).cpu().numpy()
-        return probs.astype(np.float32, copy=False)
-
-
 def narrowband_ok(config: Any) -> bool:
     """True when a model config says ``"narrowband": true`` (fit for 8 kHz phone audio)."""
     value = getattr(config, "narrowband", False)
     if not isinstance(value, bool):
         raise ModelError(f"config field narrowband must be true or false, got {value!r}")
     return value
-
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
-
-
-def _is_hub_id(text: str) -> bool:
-    """'owner/name' or 'name' shaped, not a relative or absolute path."""
-    return bool(_HUB_ID.match(text))
-
-
-def _hub_reachable() -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return False
-    try:
-        with socket.create_connection(_HUB_HOST, timeout=_HUB_PROBE_TIMEOUT_S):
-            return True
-    except OSError:
-        return False
-
-
-def _audio_classifier_config_types() -> set[type]:
-    from transformers.models.auto.modeling_auto import MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING
-
-    return set(MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING.keys())
-
-
-def _wants_backend(
-    name_or_path: str | Path | None, backend: str | None, precision: str | None
-) -> bool:
-    """Anything but the plain torch path: a backend/precision other than torch/fp32 was asked
-    for, or the folder is an ``optimize`` output (it holds ONNX files, not torch weights)."""
-    if backend not in (None, "torch") or precision not in (None, "fp32"):
-        return True
-    if name_or_path is None:
-        return False
-    return (Path(name_or_path).expanduser() / "optimize.json").is_file()
 
 
 @contextmanager
@@ -161,39 +100,29 @@ def quiet_progress() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _load_parts(source: str, *, local_only: bool) -> tuple[Any, Any]:
-    """Config check, then feature extractor and model; transformers errors -> ModelError."""
-    with quiet_progress():
-        return _load_parts_noisy(source, local_only=local_only)
+# -- the entry --------------------------------------------------------------------------------
 
 
-def _load_parts_noisy(source: str, *, local_only: bool) -> tuple[Any, Any]:
-    from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForAudioClassification
+@overload
+def load_model(
+    name_or_path: str | Path | None = None,
+    *,
+    device: str = "auto",
+    backend: Literal["torch"],
+    precision: str | None = None,
+    encoder_cache: bool | None = None,
+) -> TorchRunner: ...
 
-    try:
-        config = AutoConfig.from_pretrained(source, local_files_only=local_only)
-    except (OSError, ValueError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{source}: cannot read a model config ({first})") from exc
-    if type(config) not in _audio_classifier_config_types():
-        raise ModelError(
-            f"{source}: not an audio classifier (model_type {config.model_type!r} has no "
-            "audio-classification head in transformers)"
-        )
-    try:
-        extractor = AutoFeatureExtractor.from_pretrained(source, local_files_only=local_only)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelError(
-            f"{source}: no usable feature extractor (preprocessor_config.json missing or invalid)"
-        ) from exc
-    try:
-        model = AutoModelForAudioClassification.from_pretrained(
-            source, config=config, local_files_only=local_only
-        )
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{source}: cannot load the model weights ({first})") from exc
-    return extractor, model
+
+@overload
+def load_model(
+    name_or_path: str | Path | None = None,
+    *,
+    device: str = "auto",
+    backend: str | None = None,
+    precision: str | None = None,
+    encoder_cache: bool | None = None,
+) -> TorchRunner | OnnxRunner: ...
 
 
 def load_model(
@@ -202,84 +131,247 @@ def load_model(
     device: str = "auto",
     backend: str | None = None,
     precision: str | None = None,
-) -> EmotionModel:
-    """Load an audio-classification checkpoint (folder or hub id); ``None`` = the bundled model.
+    encoder_cache: bool | None = None,
+) -> TorchRunner | OnnxRunner:
+    """Load a model (folder, optimize folder or hub id; ``None`` = the bundled model).
 
     A hub id is looked up in the local cache first; when it is not cached and the hub cannot be
     reached (no network, or ``HF_HUB_OFFLINE=1``) this fails at once with a ModelError that says
-    to pass a local folder. On CUDA the weights run in bfloat16 (or float16 where bfloat16 is
-    not supported); on CPU in float32.
+    to pass a local folder.
 
-    ``backend`` (auto, torch, onnx) and ``precision`` (auto, fp32, bf16, int8) pick another
-    backend (:mod:`streamer.models.backends`); a folder written by ``emotion-monitor optimize``
-    loads with ``auto`` unless told otherwise.
+    ``backend`` (auto, torch, onnx; None = auto) and ``precision`` (auto, fp32, bf16, int8;
+    None = auto) pick the runner (:mod:`streamer.models.settings`): on CUDA torch in bfloat16
+    (float16 where bfloat16 is not supported), on CPU fp32 torch for a plain checkpoint and
+    the fastest setting within the agreement bounds for an optimize folder.
+    ``encoder_cache`` None = the frame cache on exactly where it is exact; True forces it (a
+    ModelError where it is not exact), False leaves it off.
     """
-    import torch
+    backend, precision = backend or "auto", precision or "auto"
+    check_choice(backend, precision)
+    where = _locate(name_or_path)
+    resolved = resolve_device(device)
+    manifest = read_manifest(where.folder) if where.folder is not None else None
+    choice = choose_setting(backend, precision, resolved, manifest)
+    check: dict[str, Any] | None = (manifest or {}).get("checks", {}).get(choice.key)
+    if check is not None and "top1_agreement" in check and not within_bounds(check):
+        logger.warning(
+            "%s is outside the agreement bounds for %s (top-1 agreement %.3f < %.2f or "
+            "rel logit diff %.4f > %.2f)", choice.key, where.name, check["top1_agreement"],
+            MIN_TOP1_AGREEMENT, check["rel_logit_diff"], MAX_REL_LOGIT_DIFF,
+        )
+    batch = CUDA_BATCH if resolved != "cpu" else preferred_batch(check or {})
+    model: TorchRunner | OnnxRunner
+    if choice.backend == "onnx":
+        model = _onnx_runner(where, manifest, choice.precision, batch=batch, cache=encoder_cache)
+    else:
+        source = where if manifest is None else _source_of(where, manifest)
+        model = _torch_runner(source, where.name, resolved, choice.precision, batch=batch,
+                              cache=encoder_cache)
+    _log_loaded(model, choice)
+    return model
 
-    if _wants_backend(name_or_path, backend, precision):
-        from streamer.models.backends import load_backend
 
-        return load_backend(name_or_path, backend=backend or "auto",
-                            precision=precision or "auto", device=device)
+def _log_loaded(model: TorchRunner | OnnxRunner, choice: Choice) -> None:
+    logger.info(
+        "loaded model %s (%d labels) on %s: backend %s, precision %s (%s); temperature %.3g, "
+        "%s; encoder cache %s%s", model.name, len(model.labels), model.device, model.backend,
+        model.precision, choice.reason, model.temperature,
+        "narrowband ok" if model.narrowband_ok else "wideband only",
+        "on" if model.encoder_cache is not None else "off",
+        f"; up to {model.preferred_batch} window(s) per call" if model.device == "cpu" else "",
+    )
+
+
+# -- finding the checkpoint -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Where:
+    """A checkpoint to load: what transformers reads, its name for logs and ``hello``, and the
+    local folder (None for a hub id)."""
+
+    source: str
+    name: str
+    folder: Path | None
+
+
+def _locate(name_or_path: str | Path | None) -> _Where:
+    """The bundled model, a local folder with a config.json, or a hub-id-shaped string."""
+    if name_or_path is None:
+        if not (BUNDLED_MODEL_DIR / "config.json").is_file():
+            raise ModelError(f"the bundled model is missing from {BUNDLED_MODEL_DIR}")
+        return _Where(str(BUNDLED_MODEL_DIR), "bundled", BUNDLED_MODEL_DIR)
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{path}: not a model folder (no config.json)")
+        return _Where(str(path), text, path)
+    # 'owner/name' or 'name' shaped, not a relative or absolute path
+    if isinstance(name_or_path, Path) or not _HUB_ID.match(text) or path.exists():
+        raise ModelError(f"{text}: no such model folder")
+    return _Where(text, text, None)
+
+
+def _source_of(where: _Where, manifest: dict[str, Any]) -> _Where:
+    """The torch checkpoint an optimize folder was made from (its graphs are ONNX only)."""
+    source = manifest.get("source")
+    if not source or not (Path(source) / "config.json").is_file():
+        raise ModelError(
+            f"{where.source} holds ONNX models only and its source checkpoint {source!r} is "
+            "gone: use --backend onnx, or --model the source checkpoint"
+        )
+    return _Where(str(source), where.name, Path(source))
+
+
+# -- building a runner ------------------------------------------------------------------------
+
+
+def _torch_runner(
+    where: _Where, name: str, device: str, precision: str, *, batch: int, cache: bool | None
+) -> TorchRunner:
+    """Read a transformers checkpoint and put it on ``device`` in ``precision``."""
+    from streamer.models.compact import register_compact
+
+    register_compact()
+    extractor, module = _read_checkpoint(where)
+    rate = _checked_rate(extractor, where.source)
+    module = prepare_module(module.eval(), device=device, precision=precision)
+    config = module.config
+    return TorchRunner(
+        name=name, labels=_labels(config), sample_rate_hz=rate, device=device, model=module,
+        feature_extractor=extractor, precision=precision,
+        temperature=config_temperature(config), narrowband_ok=narrowband_ok(config),
+        encoder_cache=_frame_cache(config, extractor, splittable(module), cache, name),
+        preferred_batch=batch,
+    )
+
+
+def _onnx_runner(
+    where: _Where, manifest: dict[str, Any] | None, precision: str, *, batch: int,
+    cache: bool | None,
+) -> OnnxRunner:
+    """Open the ONNX graphs of an optimize folder; its config.json gives labels and flags."""
+    folder = where.folder
+    if manifest is None or folder is None:
+        raise ModelError(
+            f"{where.source}: no ONNX model here; write one with "
+            f"'emotion-monitor optimize --model {where.source} --out DIR' and use --model DIR"
+        )
+    if precision not in manifest["files"]:
+        raise ModelError(f"{folder}: no ONNX {precision} model in {MANIFEST_NAME}")
+    from transformers import AutoConfig, AutoFeatureExtractor
 
     from streamer.models.compact import register_compact
 
     register_compact()
-    is_hub = False
-    if name_or_path is None:
-        source, name = str(BUNDLED_MODEL_DIR), "bundled"
-        if not (BUNDLED_MODEL_DIR / "config.json").is_file():
-            raise ModelError(f"the bundled model is missing from {BUNDLED_MODEL_DIR}")
-    else:
-        text = str(name_or_path)
-        path = Path(text).expanduser()
-        if path.is_dir():
-            source, name = str(path), text
-            if not (path / "config.json").is_file():
-                raise ModelError(f"{path}: not a model folder (no config.json)")
-        elif isinstance(name_or_path, Path) or not _is_hub_id(text) or path.exists():
-            raise ModelError(f"{text}: no such model folder")
-        else:
-            source, name, is_hub = text, text, True
-    resolved = resolve_device(device)
+    try:
+        config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+        extractor = AutoFeatureExtractor.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"{folder}: cannot read config/preprocessor ({exc})") from exc
+    files = OnnxFiles.from_manifest(folder, manifest, precision)
+    return OnnxRunner(
+        files, name=where.name, labels=_labels(config),
+        sample_rate_hz=_checked_rate(extractor, str(folder)), feature_extractor=extractor,
+        precision=precision, model_type=getattr(config, "model_type", None),
+        temperature=config_temperature(config), narrowband_ok=narrowband_ok(config),
+        encoder_cache=_frame_cache(config, extractor, files.encoder is not None, cache,
+                                   where.name),
+        preferred_batch=batch,
+    )
 
-    if is_hub:
-        try:
-            extractor, model = _load_parts(source, local_only=True)
-        except ModelError as cached_exc:
-            if not _hub_reachable():
-                raise ModelError(
-                    f"{source}: not in the local Hugging Face cache and the hub is unreachable "
-                    "(offline); download it elsewhere and pass its local folder instead, e.g. "
-                    "--model ./my-model"
-                ) from cached_exc
-            extractor, model = _load_parts(source, local_only=False)
-    else:
-        extractor, model = _load_parts(source, local_only=True)
 
+def _labels(config: Any) -> tuple[str, ...]:
+    id2label = config.id2label
+    return tuple(str(id2label[i]) for i in sorted(int(k) for k in id2label))
+
+
+def _checked_rate(extractor: Any, source: str) -> int:
     rate = int(getattr(extractor, "sampling_rate", MODEL_RATE_HZ) or MODEL_RATE_HZ)
     if rate != MODEL_RATE_HZ:
         raise ModelError(f"{source}: expects {rate} Hz audio; only {MODEL_RATE_HZ} Hz is supported")
-    id2label = model.config.id2label
-    labels = tuple(str(id2label[i]) for i in sorted(int(k) for k in id2label))
+    return rate
 
-    model.eval()
-    if resolved.startswith("cuda"):
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        model.to(device=resolved, dtype=dtype)
-    else:
-        model.to(device=resolved, dtype=torch.float32)
-    temperature = config_temperature(model.config)
-    narrowband = narrowband_ok(model.config)
-    logger.info("loaded model %s (%d labels) on %s; temperature %.3g, %s", name, len(labels),
-                resolved, temperature, "narrowband ok" if narrowband else "wideband only")
-    return EmotionModel(
-        name=name,
-        labels=labels,
-        sample_rate_hz=rate,
-        device=resolved,
-        model=model,
-        feature_extractor=extractor,
-        temperature=temperature,
-        narrowband_ok=narrowband,
-    )
+
+def _frame_cache(
+    config: Any, extractor: Any, split: bool, wanted: bool | None, name: str
+) -> FrameCache | None:
+    """Frame cache on where exact (``wanted`` None), or as forced; ModelError when impossible."""
+    if wanted is False:
+        return None
+    reason = cache_exact_reason(config, extractor)
+    if reason is None and not split:
+        reason = "the model is not split into conv encoder + head"
+    if reason is not None:
+        if wanted:
+            raise ModelError(f"encoder cache not exact for {name}: {reason}")
+        logger.debug("encoder cache off for %s: %s", name, reason)
+        return None
+    return FrameCache(encoder_geometry(config))
+
+
+# -- reading a transformers checkpoint --------------------------------------------------------
+
+
+def _read_checkpoint(where: _Where) -> tuple[Any, Any]:
+    """Feature extractor and model of a local folder, or of a hub id (cache first, then the
+    hub when it can be reached)."""
+    if where.folder is not None:
+        return _load_parts(where.source, local_only=True)
+    try:
+        return _load_parts(where.source, local_only=True)
+    except ModelError as cached_exc:
+        if not _hub_reachable():
+            raise ModelError(
+                f"{where.source}: not in the local Hugging Face cache and the hub is "
+                "unreachable (offline); download it elsewhere and pass its local folder "
+                "instead, e.g. --model ./my-model"
+            ) from cached_exc
+        return _load_parts(where.source, local_only=False)
+
+
+def _hub_reachable() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    try:
+        with socket.create_connection(_HUB_HOST, timeout=_HUB_PROBE_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def _load_parts(source: str, *, local_only: bool) -> tuple[Any, Any]:
+    """Config check, then feature extractor and model; transformers errors -> ModelError."""
+    from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForAudioClassification
+    from transformers.models.auto.modeling_auto import MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING
+
+    with quiet_progress():
+        try:
+            config = AutoConfig.from_pretrained(source, local_files_only=local_only)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelError(f"{source}: cannot read a model config ({_first_line(exc)})"
+                             ) from exc
+        if type(config) not in set(MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING.keys()):
+            raise ModelError(
+                f"{source}: not an audio classifier (model_type {config.model_type!r} has no "
+                "audio-classification head in transformers)"
+            )
+        try:
+            extractor = AutoFeatureExtractor.from_pretrained(source, local_files_only=local_only)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelError(f"{source}: no usable feature extractor (preprocessor_config.json "
+                             "missing or invalid)") from exc
+        try:
+            model = AutoModelForAudioClassification.from_pretrained(
+                source, config=config, local_files_only=local_only
+            )
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise ModelError(f"{source}: cannot load the model weights ({_first_line(exc)})"
+                             ) from exc
+    return extractor, model
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

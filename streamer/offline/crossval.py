@@ -35,7 +35,7 @@ from streamer.offline.dataset import Dataset
 from streamer.offline.evaluation import Scores, clip_windows, predict_clips, score
 
 if TYPE_CHECKING:
-    from streamer.models.loading import EmotionModel
+    from streamer.models.protocol import ClassifierModel as EmotionModel
 
 __all__ = [
     "CrossvalResult",
@@ -238,7 +238,7 @@ def run_crossval(
     ``phone_law`` is ``"mulaw"`` or ``"alaw"``. ``on_fold`` sees each fold as it finishes."""
     import torch
 
-    from streamer.models.loading import EmotionModel
+    from streamer.models.torch_runner import TorchRunner as EmotionModel
     from streamer.offline.training import (
         CompactTrainConfig,
         compact_feature_extractor,

@@ -27,7 +27,7 @@ from streamer.errors import DataError
 from streamer.offline.dataset import Dataset
 
 if TYPE_CHECKING:
-    from streamer.models.loading import EmotionModel
+    from streamer.models.protocol import ClassifierModel as EmotionModel
 
 __all__ = [
     "Evaluation",

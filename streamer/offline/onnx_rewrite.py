@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 __all__ = ["quantize_before_taps", "quantize_grouped_convs"]
 
@@ -79,6 +80,20 @@ def quantize_grouped_convs(model: Any) -> int:
     return rewritten
 
 
+def _int8_group_weights(weight: NDArray[np.float32], groups: int
+                        ) -> tuple[NDArray[np.int8], NDArray[np.float32]]:
+    """A grouped Conv weight (channels, per_group, kernel) as per-group im2col matrices
+    (groups, kernel * per_group, per_group) in int8, with one scale per output channel."""
+    channels, per_group, kernel = weight.shape
+    # im2col row of one output frame: tap k of in-channel c at k * per_group + c
+    # wg[g, k * per_group + c, o] = weight[g * per_group + o, c, k]
+    wg = (weight.reshape(groups, per_group, per_group, kernel)
+          .transpose(0, 3, 2, 1).reshape(groups, kernel * per_group, per_group))
+    scale = np.abs(wg).max(axis=1, keepdims=True) / 127.0
+    scale[scale == 0] = 1.0
+    return np.clip(np.rint(wg / scale), -127, 127).astype(np.int8), scale.astype(np.float32)
+
+
 def _int8_im2col(node: Any, weights: dict[str, Any], graph: Any) -> list[Any]:
     """The nodes replacing one grouped ``Conv``; its constants are added to ``graph``."""
     from onnx import TensorProto, helper, numpy_helper
@@ -90,18 +105,12 @@ def _int8_im2col(node: Any, weights: dict[str, Any], graph: Any) -> list[Any]:
     pad = int(_attr(node, "pads", [0, 0])[0])
     bias = (numpy_helper.to_array(weights[node.input[2]]).astype(np.float32)
             if len(node.input) > 2 and node.input[2] else np.zeros(channels, np.float32))
-    # im2col row of one output frame: tap k of in-channel c at k * per_group + c
-    # wg[g, k * per_group + c, o] = weight[g * per_group + o, c, k]
-    wg = (weight.reshape(groups, per_group, per_group, kernel)
-          .transpose(0, 3, 2, 1).reshape(groups, kernel * per_group, per_group))
-    scale = np.abs(wg).max(axis=1, keepdims=True) / 127.0
-    scale[scale == 0] = 1.0
-    wq = np.clip(np.rint(wg / scale), -127, 127).astype(np.int8)
+    wq, scale = _int8_group_weights(weight, groups)
 
     def name(suffix: str) -> str:
         return f"{prefix}_{suffix}"
 
-    constants = {
+    constants: dict[str, NDArray[Any]] = {
         "shape4": np.array([0, groups, per_group, -1], np.int64),
         "pads": np.array([0, 0, pad, 0, 0, 0, pad, 0], np.int64),
         "frames_delta": np.array([2 * pad - kernel + 1], np.int64),

@@ -13,7 +13,7 @@ checks (main thread; one process, CPU).
 - ``optimize.json``: the files, the source checkpoint, and for each backend/precision its
   top-1 agreement and relative logit difference against fp32 torch on the checked windows and
   its median time per window with one thread on this machine. ``auto`` reads it
-  (:mod:`streamer.models.backends`).
+  (:mod:`streamer.models.settings`).
 
 Export uses ``torch.onnx.export(dynamo=True)`` (needs onnxscript) at opset 20 (which has a
 native ``Gelu`` that ONNX Runtime runs fused), with a dynamic batch and sample axis; the
@@ -41,7 +41,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -54,19 +53,18 @@ from numpy.typing import NDArray
 
 from streamer.audio import MODEL_RATE_HZ
 from streamer.errors import ModelError
-from streamer.models.backends import (
+from streamer.models.loading import BUNDLED_MODEL_DIR, load_model
+from streamer.models.settings import (
     MANIFEST_NAME,
     MAX_REL_LOGIT_DIFF,
     MIN_TOP1_AGREEMENT,
-    PRECISIONS,
     preferred_batch,
-    splittable,
-    wav2vec2_head,
     within_bounds,
 )
+from streamer.models.torch_runner import splittable, wav2vec2_head
 from streamer.offline.onnx_rewrite import quantize_before_taps, quantize_grouped_convs
 
-__all__ = ["Agreement", "InstanceNormAffine", "MatmulConv1d", "agreement", "check_windows",
+__all__ = ["Agreement", "InstanceNormAffine", "MatmulConv1d", "agreement", "agreement_windows",
            "fold_weight_norm", "matmul_convs", "optimize_model", "prepare_for_export"]
 
 logger = logging.getLogger(__name__)
@@ -98,7 +96,7 @@ def agreement(reference: NDArray[np.floating], logits: NDArray[np.floating]) -> 
     return Agreement(windows=ref.shape[0], top1_agreement=top1, rel_logit_diff=rel)
 
 
-def check_windows(
+def agreement_windows(
     data: Path | None, *, max_windows: int = 160, seed: int = 0
 ) -> tuple[NDArray[np.float32], str]:
     """2 s windows to compare settings on: from a folder-per-label dataset's clips (every clip
@@ -329,9 +327,28 @@ def optimize_model(
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Export, quantise, check and time; returns the manifest written to ``out``."""
-    from streamer.models.backends import load_backend
-    from streamer.models.loading import BUNDLED_MODEL_DIR, load_model
+    source, out = _checked_folders(model, out, overwrite=overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    base = load_model(source, device="cpu", backend="torch", precision="fp32",
+                      encoder_cache=False)
+    hf = base.model
+    hf.config.save_pretrained(out)
+    base.feature_extractor.save_pretrained(out)
+    files = _export_graphs(hf, out)
+    logger.info("exported %s to %s in %.0f s", source, out, time.monotonic() - started)
+    manifest = _new_manifest(source, hf.config.model_type, files)
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    windows, described = agreement_windows(data, max_windows=max_windows)
+    manifest["checked_on"] = described
+    manifest["checks"] = _check_settings(out, windows, repeats=repeats)
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
 
+
+def _checked_folders(model: str | Path | None, out: Path, *, overwrite: bool
+                     ) -> tuple[Path, Path]:
+    """The source checkpoint folder and ``out``, or a ModelError saying what is wrong."""
     source = BUNDLED_MODEL_DIR if model is None else Path(model).expanduser()
     if not (source / "config.json").is_file():
         raise ModelError(f"{source}: not a local checkpoint folder (optimize needs one)")
@@ -342,12 +359,12 @@ def optimize_model(
         raise ModelError(f"--out {out}: exists and is not empty")
     if out.resolve() == source.resolve():
         raise ModelError("--out must differ from --model")
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    base = load_model(source, device="cpu", backend="torch", precision="fp32")
-    hf = base.model
-    hf.config.save_pretrained(out)
-    base.feature_extractor.save_pretrained(out)
+    return source, out
+
+
+def _export_graphs(hf: Any, out: Path) -> dict[str, Any]:
+    """Write the fp32 and int8 graphs of the loaded model ``hf``; returns the manifest's
+    ``files`` entry."""
     example = torch.zeros(1, _WINDOW)
     files: dict[str, Any] = {"fp32": "model.onnx", "int8": "model.int8.onnx", "encoder": None}
     prepare_for_export(hf)  # the loaded copy only; the checkpoint is untouched
@@ -362,11 +379,15 @@ def optimize_model(
     else:
         _export(_Full(hf).eval(), example, out / "model.onnx", "input_values", 800)
     _quantize(out / "model.onnx", out / "model.int8.onnx")
-    logger.info("exported %s to %s in %.0f s", source, out, time.monotonic() - started)
-    manifest: dict[str, Any] = {
+    return files
+
+
+def _new_manifest(source: Path, model_type: str, files: dict[str, Any]) -> dict[str, Any]:
+    """The manifest before any check: files, source, bounds and this machine."""
+    return {
         "format": 1,
         "source": str(source.resolve()),
-        "model_type": hf.config.model_type,
+        "model_type": model_type,
         "files": files,
         "bounds": {"min_top1_agreement": MIN_TOP1_AGREEMENT,
                    "max_rel_logit_diff": MAX_REL_LOGIT_DIFF},
@@ -379,54 +400,57 @@ def optimize_model(
         },
         "checks": {},
     }
-    (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-    windows, described = check_windows(data, max_windows=max_windows)
-    manifest["checked_on"] = described
+
+
+def _check_settings(out: Path, windows: NDArray[np.float32], *, repeats: int
+                    ) -> dict[str, dict[str, Any]]:
+    """Each setting of :data:`SETTINGS` loaded from ``out`` on one thread: its agreement with
+    the first (fp32 torch) and its time per window, or why it is unavailable."""
+    checks: dict[str, dict[str, Any]] = {}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         reference: NDArray[np.float32] | None = None
         for key in SETTINGS:
             backend, precision = key.split("/")
-            assert precision in PRECISIONS
             try:
-                candidate = load_backend(out, backend=backend, precision=precision,
-                                         device="cpu", encoder_cache=False)
+                candidate = load_model(out, backend=backend, precision=precision,
+                                       device="cpu", encoder_cache=False)
             except ModelError as exc:
                 logger.info("%s: not available (%s)", key, exc)
-                manifest["checks"][key] = {"unavailable": str(exc)}
+                checks[key] = {"unavailable": str(exc)}
                 continue
             candidate.set_worker_threads(1)
             logits = np.concatenate([candidate.logits(windows[i:i + 8])
                                      for i in range(0, len(windows), 8)])
             if reference is None:
                 reference = logits
-            found = agreement(reference, logits)
-            ms = _median_ms(candidate.logits, windows[:1], repeats)
-            by_batch = {"1": ms}
-            for size in BATCH_SIZES:  # per window, when `size` windows share one call
-                if size <= len(windows):
-                    by_batch[str(size)] = _median_ms(
-                        candidate.logits, windows[:size], max(2, repeats // 2)) / size
-            manifest["checks"][key] = {
-                "top1_agreement": found.top1_agreement,
-                "rel_logit_diff": found.rel_logit_diff,
-                "windows": found.windows,
-                "ms_per_window": ms,
-                "ms_per_window_by_batch": by_batch,
-            }
+            checks[key] = _timed_check(candidate.logits, windows, agreement(reference, logits),
+                                       repeats=repeats)
             logger.info("%s: top-1 agreement %.3f, rel logit diff %.4f, %.1f ms/window, "
-                        "batch %d best%s", key, found.top1_agreement, found.rel_logit_diff, ms,
-                        preferred_batch(manifest["checks"][key]),
-                        "" if within_bounds(manifest["checks"][key]) else " (outside bounds)")
+                        "batch %d best%s", key, checks[key]["top1_agreement"],
+                        checks[key]["rel_logit_diff"], checks[key]["ms_per_window"],
+                        preferred_batch(checks[key]),
+                        "" if within_bounds(checks[key]) else " (outside bounds)")
             del candidate
     finally:
         torch.set_num_threads(threads)
-    (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
+    return checks
 
 
-def remove_output(out: Path) -> None:
-    """Delete an optimize output folder (tests and the benchmark clean up with it)."""
-    if (out / MANIFEST_NAME).is_file():
-        shutil.rmtree(out)
+def _timed_check(run: Any, windows: NDArray[np.float32], found: Agreement, *, repeats: int
+                 ) -> dict[str, Any]:
+    """One manifest check: ``found`` and the median time per window of ``run`` with 1 window
+    per call and with each of :data:`BATCH_SIZES`."""
+    ms = _median_ms(run, windows[:1], repeats)
+    by_batch = {"1": ms}
+    for size in BATCH_SIZES:  # per window, when `size` windows share one call
+        if size <= len(windows):
+            by_batch[str(size)] = _median_ms(run, windows[:size], max(2, repeats // 2)) / size
+    return {
+        "top1_agreement": found.top1_agreement,
+        "rel_logit_diff": found.rel_logit_diff,
+        "windows": found.windows,
+        "ms_per_window": ms,
+        "ms_per_window_by_batch": by_batch,
+    }

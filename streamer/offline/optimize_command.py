@@ -50,7 +50,7 @@ def register(subparsers: Any) -> None:
 
 def _optimize(args: argparse.Namespace) -> int:
     from streamer.errors import ModelError
-    from streamer.models.backends import within_bounds
+    from streamer.models.settings import within_bounds
     from streamer.offline.optimize import optimize_model
 
     if not 1 <= args.max_windows <= 10_000:
