@@ -254,8 +254,7 @@ class Engine:
                 self._captures[stream_id] = capture
         logger.info("stream %s opened at %s Hz", stream_id, rate)
         flagged: tuple[str, ...] = ()
-        # narrowband_ok is not (yet) a ClassifierModel member: models without it are wideband
-        if rate < MODEL_RATE_HZ and not getattr(self.model, "narrowband_ok", False):
+        if rate < MODEL_RATE_HZ and not self.model.narrowband_ok:
             # band-limited input (a phone line) on a model not trained or measured for it
             flagged = (WIDEBAND_MODEL_ON_NARROWBAND_AUDIO,)
             logger.warning(

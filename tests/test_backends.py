@@ -20,7 +20,7 @@ from streamer.events import Event, WindowLabel
 from streamer.models.encoder_cache import FrameCache, encoder_geometry
 from streamer.models.loading import load_model
 from streamer.models.onnx_runner import OnnxRunner
-from streamer.models.protocol import SingleWorkerCpuModel
+from streamer.models.protocol import ClassifierModel, SingleWorkerCpuModel
 from streamer.models.settings import MANIFEST_NAME, check_choice, choose_setting, preferred_batch
 from streamer.models.torch_runner import TorchRunner
 from streamer.offline.onnx_rewrite import quantize_grouped_convs
@@ -496,7 +496,7 @@ class _ThreadProbe:
         self.runner = load_model(device="cpu")
         self.name, self.labels = "probe", self.runner.labels
         self.sample_rate_hz, self.device = self.runner.sample_rate_hz, self.runner.device
-        self.preferred_batch = 1
+        self.preferred_batch, self.narrowband_ok = 1, self.runner.narrowband_ok
         self.seen: set[int] = set()
         self.lock = threading.Lock()
 
@@ -514,9 +514,9 @@ class _ThreadProbe:
         return self.runner.predict_proba(windows)
 
 
-def _run_engine(model: object, config: EngineConfig) -> list[Event]:
+def _run_engine(model: ClassifierModel, config: EngineConfig) -> list[Event]:
     events: list[Event] = []
-    with Engine(model, config, events.append) as engine:  # type: ignore[arg-type]
+    with Engine(model, config, events.append) as engine:
         for i in range(2):
             with engine.open_stream(f"s{i}", sample_rate_hz=16000) as feed:
                 feed.feed(speech_like(3.0, seed=i))

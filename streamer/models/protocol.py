@@ -40,6 +40,11 @@ class ClassifierModel(Protocol):
         ...
 
     @property
+    def narrowband_ok(self) -> bool:
+        """Whether it was trained for phone-band audio (8 kHz streams get no warning then)."""
+        ...
+
+    @property
     def preferred_batch(self) -> int:
         """Windows per call that pay off (1 on CPU; the engine batches up to this)."""
         ...
@@ -67,6 +72,7 @@ class SingleWorkerCpuModel:
     labels: tuple[str, ...] = ()
     sample_rate_hz: int = 16_000
     device: str = "cpu"
+    narrowband_ok: bool = False
     preferred_batch: int = 1
 
     def worker_count(self, cpus: int) -> int:
