@@ -166,7 +166,8 @@ def _clip_of(call: Call, start_s: float, end_s: float) -> int:
 
 def vad_gaps(call: Call, segments: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
     """Silences between consecutive VAD segments: (between two clips, inside one clip)."""
-    between, inside = [], []
+    between: list[float] = []
+    inside: list[float] = []
     for (a0, e0), (s1, e1) in zip(segments, segments[1:], strict=False):
         same = _clip_of(call, a0, e0) == _clip_of(call, s1, e1)
         (inside if same else between).append(max(0.0, s1 - e0))
@@ -174,6 +175,8 @@ def vad_gaps(call: Call, segments: list[tuple[float, float]]) -> tuple[list[floa
 
 
 def score(call: Call, windows: list[Any], segments: int) -> Score:
+    from streamer.protocol import UNCERTAIN
+
     s = Score(segments=segments, turns=len(call.clips), changes=len(call.clips) - 1)
     seen: set[int] = set()
     shown_raw: set[int] = set()
@@ -187,7 +190,7 @@ def score(call: Call, windows: list[Any], segments: int) -> Score:
         s.windows += 1
         s.raw += w.label == truth
         s.smoothed += w.smoothed_label == truth
-        s.uncertain += w.smoothed_label == "uncertain"
+        s.uncertain += w.smoothed_label == UNCERTAIN
         if w.label == truth:
             shown_raw.add(k)
         if w.smoothed_label == truth:
@@ -216,7 +219,7 @@ HEADER = (f"{'':<24} {'windows':>6} {'raw':>6} {'smoothed':>8} {'uncertain':>9} 
           f"{'after chg':>9} {'':>6} {'raw':>7} {'smoothed':>8} {'(VAD)':>5}")
 
 
-def main() -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, action="append",
                         help="a corpus folder or a folder of corpora (repeatable; default: "
@@ -232,6 +235,66 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--uncertain-below", type=float, default=None,
                         help="override the smoother's 'uncertain' threshold in every setting")
+    return parser
+
+
+@dataclass
+class VadGaps:
+    between: list[float] = field(default_factory=list)  # between two clips
+    inside: list[float] = field(default_factory=list)  # inside one clip
+
+
+def measure(model: Any, calls: list[Call], *, uncertain_below: float | None
+            ) -> tuple[Results, VadGaps]:
+    """Every call through the engine once per smoothing setting, scored; and the VAD's gaps."""
+    from streamer.smoothing import SmoothingConfig
+
+    results = Results()
+    gaps = VadGaps()
+    for name, fields in SETTINGS.items():
+        if uncertain_below is not None:
+            fields = {**fields, "uncertain_below": uncertain_below}
+        smoothing = SmoothingConfig(**fields)  # type: ignore[arg-type]
+        total = results.by_setting.setdefault(name, Score())
+        for call in calls:
+            windows, segments = run_call(model, smoothing, call.audio)
+            if name == next(iter(SETTINGS)):  # the VAD does not depend on the smoothing
+                b, i = vad_gaps(call, segments)
+                gaps.between += b
+                gaps.inside += i
+            s = score(call, windows, len(segments))
+            total.add(s)
+            results.by_corpus.setdefault(call.corpus, {}).setdefault(name, Score()).add(s)
+    return results, gaps
+
+
+def report(results: Results, gaps: VadGaps, *, uncertain_below: float | None) -> None:
+    from streamer.smoothing import SmoothingConfig
+
+    default = SmoothingConfig()
+    shown = default.uncertain_below if uncertain_below is None else uncertain_below
+    print(f"smoothing: alpha {default.alpha}, switch_margin {default.switch_margin}, "
+          f"uncertain_below {shown}; new defaults gap_reset_s "
+          f"{default.gap_reset_s}, gap_decay_s {default.gap_decay_s}")
+    print("\nall calls\n" + HEADER)
+    for name, s in results.by_setting.items():
+        print(line(name, s))
+    between, inside = gaps.between, gaps.inside
+    reset = default.gap_reset_s if default.gap_reset_s is not None else float("inf")
+    pct = " / ".join(f"{x:.2f}" for x in np.percentile(between or [0.0], [5, 25, 50]))
+    print(f"\nVAD gaps (silence between segments) between clips: {len(between)}, "
+          f"percentiles 5/25/50 {pct} s, {sum(g >= reset for g in between)} >= gap_reset_s; "
+          f"inside one clip: {len(inside)}, {sum(g >= reset for g in inside)} >= gap_reset_s")
+    print("\nper corpus: raw acc / smoothed acc / first-after-change smoothed")
+    for corpus, by in sorted(results.by_corpus.items()):
+        cells = "  ".join(
+            f"{name.split(' ')[0]} {s.row()['raw_acc']:.3f}/{s.row()['smoothed_acc']:.3f}/"
+            f"{s.row()['first_after_change_smoothed']:.3f}" for name, s in by.items())
+        print(f"  {corpus:<26} {cells}")
+
+
+def main() -> int:
+    parser = _parser()
     args = parser.parse_args()
     if args.calls < 1 or args.clips < 2 or args.gap_s < 0:
         parser.error("need --calls >= 1, --clips >= 2 and --gap-s >= 0")
@@ -239,7 +302,6 @@ def main() -> int:
     roots = args.data or [DATA / "corpora", DATA / "urdu"]
 
     from streamer.models.loading import load_model
-    from streamer.smoothing import SmoothingConfig
 
     model = load_model(args.model, device="cpu")
     found = corpora([r for r in roots if r.is_dir()], model.labels)
@@ -261,48 +323,14 @@ def main() -> int:
           f"{seconds / 60:.1f} min of audio"
           f"{f', through the phone line ({args.phone})' if args.phone else ', 16 kHz'}; "
           f"corpora: {', '.join(sorted(found))}")
-    results = Results()
-    between: list[float] = []
-    inside: list[float] = []
-    for name, fields in SETTINGS.items():
-        if args.uncertain_below is not None:
-            fields = {**fields, "uncertain_below": args.uncertain_below}
-        smoothing = SmoothingConfig(**fields)  # type: ignore[arg-type]
-        total = results.by_setting.setdefault(name, Score())
-        for call in calls:
-            windows, segments = run_call(model, smoothing, call.audio)
-            if name == next(iter(SETTINGS)):  # the VAD does not depend on the smoothing
-                b, i = vad_gaps(call, segments)
-                between += b
-                inside += i
-            s = score(call, windows, len(segments))
-            total.add(s)
-            results.by_corpus.setdefault(call.corpus, {}).setdefault(name, Score()).add(s)
-    default = SmoothingConfig()
-    shown = default.uncertain_below if args.uncertain_below is None else args.uncertain_below
-    print(f"smoothing: alpha {default.alpha}, switch_margin {default.switch_margin}, "
-          f"uncertain_below {shown}; new defaults gap_reset_s "
-          f"{default.gap_reset_s}, gap_decay_s {default.gap_decay_s}")
-    print("\nall calls\n" + HEADER)
-    for name, s in results.by_setting.items():
-        print(line(name, s))
-    reset = default.gap_reset_s if default.gap_reset_s is not None else float("inf")
-    pct = " / ".join(f"{x:.2f}" for x in np.percentile(between or [0.0], [5, 25, 50]))
-    print(f"\nVAD gaps (silence between segments) between clips: {len(between)}, "
-          f"percentiles 5/25/50 {pct} s, {sum(g >= reset for g in between)} >= gap_reset_s; "
-          f"inside one clip: {len(inside)}, {sum(g >= reset for g in inside)} >= gap_reset_s")
-    print("\nper corpus: raw acc / smoothed acc / first-after-change smoothed")
-    for corpus, by in sorted(results.by_corpus.items()):
-        cells = "  ".join(
-            f"{name.split(' ')[0]} {s.row()['raw_acc']:.3f}/{s.row()['smoothed_acc']:.3f}/"
-            f"{s.row()['first_after_change_smoothed']:.3f}" for name, s in by.items())
-        print(f"  {corpus:<26} {cells}")
+    results, gaps = measure(model, calls, uncertain_below=args.uncertain_below)
+    report(results, gaps, uncertain_below=args.uncertain_below)
     print(f"[{time.monotonic() - t0:.0f} s]")
     if args.json:
         args.json.write_text(json.dumps({
             "command": sys.argv, "model": model.name, "phone": args.phone,
             "settings": {n: {**SETTINGS[n], **s.row()} for n, s in results.by_setting.items()},
-            "vad_gaps_s": {"between_clips": between, "inside_clips": inside},
+            "vad_gaps_s": {"between_clips": gaps.between, "inside_clips": gaps.inside},
             "by_corpus": {c: {n: s.row() for n, s in by.items()}
                           for c, by in results.by_corpus.items()},
         }, indent=2) + "\n")

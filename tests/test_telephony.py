@@ -9,6 +9,7 @@ import pytest
 
 from streamer.errors import AudioError
 from streamer.telephony import (
+    G711_LAWS,
     alaw_decode,
     alaw_encode,
     mulaw_decode,
@@ -108,3 +109,16 @@ def test_phone_line_rejects_bad_input() -> None:
     with pytest.raises(AudioError, match=">= 8000 Hz"):
         phone_line(audio, rate_hz=4000)
     assert phone_line(np.zeros(0, dtype=np.float32)).shape == (0,)
+
+
+@pytest.mark.parametrize("command", ["evaluate", "crossval"])
+def test_phone_flag_offers_exactly_the_g711_laws(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--phone of evaluate and crossval offers the laws phone_line takes, spelt out in the CLI."""
+    from server.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"--phone {{{','.join(G711_LAWS)}}}" in capsys.readouterr().out

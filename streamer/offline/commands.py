@@ -1,8 +1,9 @@
-"""The ``train``, ``evaluate`` and ``crossval`` subcommands (main thread).
+"""The ``train``, ``evaluate``, ``crossval`` and ``calibrate`` subcommands (main thread).
 
-``register`` imports nothing heavy; each handler imports torch and transformers when it runs and
-returns an exit code. Bad input raises :class:`streamer.errors.StreamerError`, which the
-top-level command turns into one line on stderr and exit code 2.
+``server/cli.py`` calls :func:`register`, which imports nothing heavy (no numpy, torch or
+transformers), so commands such as ``watch`` start fast; each handler imports what it needs when
+it runs and returns an exit code. Bad input raises :class:`streamer.errors.StreamerError`, which
+the top-level command turns into one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -23,10 +24,19 @@ _SPEAKER_HELP = (
     "speaker id of corpus NAME = first group of REGEX on the file name (repeatable); the six "
     "corpora of ../shared/data have known defaults"
 )
+# streamer.telephony.G711_LAWS, spelt out: importing telephony here would load numpy and soxr.
+_PHONE_LAWS = ("mulaw", "alaw")
 
 
 def register(subparsers: Any) -> None:
-    """Add ``train``, ``evaluate`` and ``crossval`` to the top-level parser."""
+    """Add ``train``, ``evaluate``, ``crossval`` and ``calibrate`` to the top-level parser."""
+    _add_train(subparsers)
+    _add_evaluate(subparsers)
+    _add_crossval(subparsers)
+    _add_calibrate(subparsers)
+
+
+def _add_train(subparsers: Any) -> None:
     train = subparsers.add_parser(
         "train",
         help="train the compact model or fine-tune a checkpoint on a folder-per-label dataset",
@@ -68,6 +78,8 @@ def register(subparsers: Any) -> None:
     _add_compact_flags(train)
     train.set_defaults(handler=_train)
 
+
+def _add_evaluate(subparsers: Any) -> None:
     evaluate = subparsers.add_parser(
         "evaluate",
         help="score a model on a folder-per-label dataset (clips and 2 s windows)",
@@ -80,11 +92,9 @@ def register(subparsers: Any) -> None:
         "--model", default=None, help="checkpoint folder or hub id (default: bundled)"
     )
     _add_data_flags(evaluate, speakers=False)
-    evaluate.add_argument(
-        "--phone",
-        choices=["mulaw", "alaw"],
-        default=None,
-        help="put the test audio through a phone line first (8 kHz, G.711 LAW, back to 16 kHz)",
+    _add_phone_flag(
+        evaluate,
+        text="put the test audio through a phone line first (8 kHz, G.711 LAW, back to 16 kHz)",
     )
     evaluate.add_argument(
         "--report", type=Path, default=None, help="write confusion PNGs and scores.json here"
@@ -98,6 +108,8 @@ def register(subparsers: Any) -> None:
     )
     evaluate.set_defaults(handler=_evaluate)
 
+
+def _add_crossval(subparsers: Any) -> None:
     crossval = subparsers.add_parser(
         "crossval",
         help="cross-validate the compact recipe and the speaker-lookup baseline",
@@ -111,30 +123,10 @@ def register(subparsers: Any) -> None:
         ),
     )
     _add_data_flags(crossval)
-    crossval.add_argument(
-        "--protocol",
-        choices=["folds", "reference"],
-        default="folds",
-        help="folds (default) or reference",
-    )
-    crossval.add_argument("--folds", type=int, default=5, help="number of folds (default: 5)")
-    crossval.add_argument(
-        "--group",
-        choices=["corpus", "speaker", "random"],
-        default="speaker",
-        help="fold grouping (default: speaker)",
-    )
-    crossval.add_argument(
-        "--test-corpus",
-        default=None,
-        metavar="NAME",
-        help="--group speaker/random: folds over this corpus only; the others always train",
-    )
-    crossval.add_argument(
-        "--phone",
-        choices=["mulaw", "alaw"],
-        default=None,
-        help="also score each test side through a phone line (8 kHz, G.711 LAW, back to 16 kHz)",
+    _add_fold_flags(crossval)
+    _add_phone_flag(
+        crossval,
+        text="also score each test side through a phone line (8 kHz, G.711 LAW, back to 16 kHz)",
     )
     crossval.add_argument(
         "--seed", type=int, default=0, help="seed for folds and training (default: 0)"
@@ -170,6 +162,31 @@ def register(subparsers: Any) -> None:
     _add_compact_flags(crossval)
     crossval.set_defaults(handler=_crossval)
 
+
+def _add_fold_flags(parser: argparse.ArgumentParser) -> None:
+    """How ``crossval`` makes its folds: --protocol, --folds, --group, --test-corpus."""
+    parser.add_argument(
+        "--protocol",
+        choices=["folds", "reference"],
+        default="folds",
+        help="folds (default) or reference",
+    )
+    parser.add_argument("--folds", type=int, default=5, help="number of folds (default: 5)")
+    parser.add_argument(
+        "--group",
+        choices=["corpus", "speaker", "random"],
+        default="speaker",
+        help="fold grouping (default: speaker)",
+    )
+    parser.add_argument(
+        "--test-corpus",
+        default=None,
+        metavar="NAME",
+        help="--group speaker/random: folds over this corpus only; the others always train",
+    )
+
+
+def _add_calibrate(subparsers: Any) -> None:
     calibrate = subparsers.add_parser(
         "calibrate",
         help="fit a temperature on held-out crossval predictions; report calibration error",
@@ -250,6 +267,10 @@ def _add_data_flags(parser: argparse.ArgumentParser, *, speakers: bool = True) -
             help="speaker regex for every corpus without a --speaker-regex of its own "
             "(default: the known one per corpus)",
         )
+
+
+def _add_phone_flag(parser: argparse.ArgumentParser, *, text: str) -> None:
+    parser.add_argument("--phone", choices=list(_PHONE_LAWS), default=None, help=text)
 
 
 def _load_data(args: argparse.Namespace, *, labels: tuple[str, ...] | None = None) -> Any:
@@ -394,44 +415,96 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _crossval(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from streamer.errors import DataError
-    from streamer.offline.crossval import (
-        corpus_folds,
-        group_folds,
-        reference_split,
-        run_crossval,
-        stratified_folds,
-    )
+    from streamer.offline.crossval import run_crossval
 
     started = time.monotonic()
     config = _compact_config(args)
+    data = _crossval_data(args)
+    pool = _test_pool(args, data)
+    groups = _fold_groups(args, data, pool)
+    folds, fold_names, title = _make_folds(args, data, pool, groups)
+    where = ", ".join(str(d) for d in args.data)
+    finished: list[Any] = []
+
+    def keep(fold: Any) -> None:
+        finished.append(fold)
+        if args.json is not None:
+            _write_crossval_json(args.json, data, where, title, finished, None, started)
+
+    result = run_crossval(
+        data, folds, groups, config, progress=not args.no_progress, fold_names=fold_names,
+        phone_law=args.phone, on_fold=keep,
+    )
+    elapsed = time.monotonic() - started
+    print(f"crossval on {where}: {len(data)} clips, {title}")
+    _print_crossval(result, data.labels)
+    print(f"time {elapsed:.0f} s")
+    if args.json is not None:
+        _write_crossval_json(args.json, data, where, title, list(result.folds), result, started)
+    return 0
+
+
+def _crossval_data(args: argparse.Namespace) -> Any:
+    """The --data folders, thinned to every k-th clip under --limit."""
+    import numpy as np
+
+    from streamer.errors import DataError
+
     data = _load_data(args)
     if args.limit is not None:
         if args.limit < 10:
             raise DataError(f"--limit must be at least 10, got {args.limit}")
         step = max(1, int(np.ceil(len(data) / args.limit)))
         data = data.subset(list(range(0, len(data), step)))
-    fold_seed = args.seed if args.fold_seed is None else args.fold_seed
+    return data
+
+
+def _test_pool(args: argparse.Namespace, data: Any) -> Any:
+    """Indices of the clips folds are made of (--test-corpus, else all); the rest always trains."""
+    import numpy as np
+
+    from streamer.errors import DataError
+
+    if args.test_corpus is None:
+        return np.arange(len(data))
+    if args.group == "corpus" or args.protocol == "reference":
+        raise DataError("--test-corpus goes with --group speaker or --group random")
     names = list(data.corpus_names)
-    pool = np.arange(len(data))  # the clips folds are made of; the rest always trains
-    if args.test_corpus is not None:
-        if args.group == "corpus" or args.protocol == "reference":
-            raise DataError("--test-corpus goes with --group speaker or --group random")
-        lowered = [n.lower() for n in names]
-        if args.test_corpus.lower() not in lowered:
-            raise DataError(f"--test-corpus {args.test_corpus!r} is not among {', '.join(names)}")
-        pool = np.flatnonzero(data.corpus_ids == lowered.index(args.test_corpus.lower()))
+    lowered = [n.lower() for n in names]
+    if args.test_corpus.lower() not in lowered:
+        raise DataError(f"--test-corpus {args.test_corpus!r} is not among {', '.join(names)}")
+    return np.flatnonzero(data.corpus_ids == lowered.index(args.test_corpus.lower()))
+
+
+def _fold_groups(args: argparse.Namespace, data: Any, pool: Any) -> list[str]:
+    """Speaker of each clip (a clip without one is its own group); speaker folds need them all."""
+    from streamer.errors import DataError
+
     speakers = data.speakers or (None,) * len(data)
     groups = [s if s is not None else f"clip{i}" for i, s in enumerate(speakers)]
     if args.group == "speaker" and args.protocol == "folds":
+        names = data.corpus_names
         missing = sorted({names[int(data.corpus_ids[i])] for i in pool if speakers[i] is None})
         if missing:
             raise DataError(
                 f"corpus {missing[0]} has no speaker ids: pass --speaker-regex "
                 f"{missing[0]}=REGEX (or --group random)"
             )
+    return groups
+
+
+def _make_folds(
+    args: argparse.Namespace, data: Any, pool: Any, groups: list[str]
+) -> tuple[list[Any], list[str] | None, str]:
+    """The test indices of each fold, the folds' names (None: numbered) and the run's title."""
+    from streamer.offline.crossval import (
+        corpus_folds,
+        group_folds,
+        reference_split,
+        stratified_folds,
+    )
+
+    fold_seed = args.seed if args.fold_seed is None else args.fold_seed
     fold_names: list[str] | None = None
     if args.protocol == "reference":
         folds = [pool[reference_split(data.targets[pool], test_fraction=0.2, seed=42)]]
@@ -454,24 +527,18 @@ def _crossval(args: argparse.Namespace) -> int:
             f"training seed {args.seed}"
         )
     if args.test_corpus is not None:
-        title += f", over {names[int(data.corpus_ids[pool[0]])]} (other corpora always train)"
+        corpus = data.corpus_names[int(data.corpus_ids[pool[0]])]
+        title += f", over {corpus} (other corpora always train)"
     if args.phone is not None:
         title += f"; test sides also through a phone line (G.711 {args.phone})"
-    where = ", ".join(str(d) for d in args.data)
-    finished: list[Any] = []
+    return folds, fold_names, title
 
-    def keep(fold: Any) -> None:
-        finished.append(fold)
-        if args.json is not None:
-            _write_crossval_json(args.json, data, where, title, finished, None, started)
 
-    result = run_crossval(
-        data, folds, groups, config, progress=not args.no_progress, fold_names=fold_names,
-        phone_law=args.phone, on_fold=keep,
-    )
-    elapsed = time.monotonic() - started
-    print(f"crossval on {where}: {len(data)} clips, {title}")
-    _print_folds(result, data.labels)
+def _print_crossval(result: Any, labels: tuple[str, ...]) -> None:
+    """The fold table, the pooled figures and the pooled confusion matrix."""
+    from streamer.offline.evaluation import render_scores
+
+    _print_folds(result, labels)
     print(
         f"pooled: accuracy {result.pooled.accuracy:.3f}  UAR {result.pooled.uar:.3f}  "
         f"(n={result.pooled.n}); per-fold UAR mean {result.uar_mean:.3f} std {result.uar_std:.3f}"
@@ -492,13 +559,7 @@ def _crossval(args: argparse.Namespace) -> int:
         f"speaker's-majority-label lookup (no audio): pooled accuracy "
         f"{result.pooled_baseline.accuracy:.3f}  UAR {result.pooled_baseline.uar:.3f}"
     )
-    from streamer.offline.evaluation import render_scores
-
     print(render_scores(result.pooled, "pooled held-out clips"))
-    print(f"time {elapsed:.0f} s")
-    if args.json is not None:
-        _write_crossval_json(args.json, data, where, title, list(result.folds), result, started)
-    return 0
 
 
 def _print_folds(result: Any, labels: tuple[str, ...]) -> None:
@@ -593,83 +654,27 @@ def _calibrate(args: argparse.Namespace) -> int:
     import numpy as np
 
     from streamer.errors import DataError
-    from streamer.models.calibration import (
-        expected_calibration_error,
-        fit_temperature,
-        nll,
-        reliability_table,
-        set_temperature,
-        softmax,
-    )
+    from streamer.models.calibration import fit_temperature, set_temperature
 
-    try:
-        doc = json.loads(args.crossval_json.read_text())
-        folds = doc["folds"]
-        sides: dict[str, list[tuple[Any, Any]]] = {"16 kHz": [], "phone line": []}
-        for fold in folds:
-            pred = fold["predictions"]
-            y = np.asarray(pred["target"], dtype=np.int64)
-            sides["16 kHz"].append((np.asarray(pred["probs"], dtype=np.float64), y))
-            if pred.get("phone_probs") is not None:
-                sides["phone line"].append((np.asarray(pred["phone_probs"]), y))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"{args.crossval_json}: not a 'crossval --json' file ({exc})") from exc
+    doc, sides = _read_predictions(args.crossval_json)
+    folds = doc["folds"]
     if not folds:
         raise DataError(f"{args.crossval_json}: holds no finished folds")
     if not 2 <= args.bins <= 1000:
         raise DataError(f"--bins must be 2-1000, got {args.bins}")
-    def log_probs(parts: list[tuple[Any, Any]]) -> Any:
-        # log-probabilities act as logits: softmax(log p / T) = softmax(logits / T)
-        return np.log(np.clip(np.concatenate([p for p, _ in parts]), 1e-12, 1.0))
-
     # Both sides together: the one temperature the model gets serves 16 kHz and phone calls.
     parts = [p for side in sides.values() for p in side]
-    logits = log_probs(parts)
     y_all = np.concatenate([y for _, y in parts])
-    temperature = fit_temperature(logits, y_all)
+    temperature = fit_temperature(_log_probs(parts), y_all)
     print(f"{args.crossval_json}: {len(folds)} folds ({doc.get('protocol', '?')})")
     print(f"fitted temperature T = {temperature:.3f} on {len(y_all)} held-out predictions")
     report: dict[str, Any] = {"temperature": temperature, "bins": args.bins, "sides": {}}
     for name, side in sides.items():
         if not side:
             continue
-        z = log_probs(side)
-        y = np.concatenate([t for _, t in side])
-        # Leave-one-fold-out temperature: each fold is scaled by a T fitted on the other folds.
-        held = []
-        for k in range(len(side)):
-            others = [side[i] for i in range(len(side)) if i != k] or [side[k]]
-            t_k = fit_temperature(log_probs(others), np.concatenate([t for _, t in others]))
-            held.append(softmax(log_probs([side[k]]), t_k))
-        held_probs = np.concatenate(held)
-        before = softmax(z, 1.0)
-        after = softmax(z, temperature)
-        row: dict[str, Any] = {
-            "n": int(len(y)),
-            "ece_before": expected_calibration_error(before, y, args.bins),
-            "ece_after": expected_calibration_error(after, y, args.bins),
-            "ece_after_other_folds_t": expected_calibration_error(held_probs, y, args.bins),
-            "nll_before": nll(z, y, 1.0),
-            "nll_after": nll(z, y, temperature),
-            "reliability_after": [
-                {"lower": b.lower, "upper": b.upper, "count": b.count,
-                 "mean_confidence": b.mean_confidence, "accuracy": b.accuracy}
-                for b in reliability_table(after, y, args.bins)
-            ],
-        }
+        row = _calibration_row(side, temperature, bins=args.bins)
         report["sides"][name] = row
-        print(
-            f"{name}: n={row['n']}  ECE {row['ece_before']:.3f} -> {row['ece_after']:.3f} "
-            f"(T from the other folds: {row['ece_after_other_folds_t']:.3f}); "
-            f"NLL {row['nll_before']:.3f} -> {row['nll_after']:.3f}"
-        )
-        print("  confidence bin   clips  mean confidence  observed accuracy")
-        for b in row["reliability_after"]:
-            if b["count"]:
-                print(
-                    f"  {b['lower']:.2f}-{b['upper']:.2f}  {b['count']:>10}  "
-                    f"{b['mean_confidence']:>15.3f}  {b['accuracy']:>17.3f}"
-                )
+        _print_calibration_row(name, row)
     if args.model is not None:
         set_temperature(args.model, temperature)
         print(f"wrote logit_temperature {temperature:.3f} to {args.model / 'config.json'}")
@@ -677,6 +682,88 @@ def _calibrate(args: argparse.Namespace) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1) + "\n")
     return 0
+
+
+def _read_predictions(path: Path) -> tuple[dict[str, Any], dict[str, list[tuple[Any, Any]]]]:
+    """A 'crossval --json' file and its held-out (probabilities, targets) per fold and side."""
+    import numpy as np
+
+    from streamer.errors import DataError
+
+    try:
+        doc = json.loads(path.read_text())
+        sides: dict[str, list[tuple[Any, Any]]] = {"16 kHz": [], "phone line": []}
+        for fold in doc["folds"]:
+            pred = fold["predictions"]
+            y = np.asarray(pred["target"], dtype=np.int64)
+            sides["16 kHz"].append((np.asarray(pred["probs"], dtype=np.float64), y))
+            if pred.get("phone_probs") is not None:
+                sides["phone line"].append((np.asarray(pred["phone_probs"]), y))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{path}: not a 'crossval --json' file ({exc})") from exc
+    return doc, sides
+
+
+def _log_probs(parts: list[tuple[Any, Any]]) -> Any:
+    """Log-probabilities act as logits: softmax(log p / T) = softmax(logits / T)."""
+    import numpy as np
+
+    return np.log(np.clip(np.concatenate([p for p, _ in parts]), 1e-12, 1.0))
+
+
+def _calibration_row(
+    side: list[tuple[Any, Any]], temperature: float, *, bins: int
+) -> dict[str, Any]:
+    """ECE and NLL of one side before and after ``temperature``, and with T from other folds."""
+    import numpy as np
+
+    from streamer.models.calibration import (
+        expected_calibration_error,
+        fit_temperature,
+        nll,
+        reliability_table,
+        softmax,
+    )
+
+    z = _log_probs(side)
+    y = np.concatenate([t for _, t in side])
+    # Leave-one-fold-out temperature: each fold is scaled by a T fitted on the other folds.
+    held = []
+    for k in range(len(side)):
+        others = [side[i] for i in range(len(side)) if i != k] or [side[k]]
+        t_k = fit_temperature(_log_probs(others), np.concatenate([t for _, t in others]))
+        held.append(softmax(_log_probs([side[k]]), t_k))
+    held_probs = np.concatenate(held)
+    before = softmax(z, 1.0)
+    after = softmax(z, temperature)
+    return {
+        "n": int(len(y)),
+        "ece_before": expected_calibration_error(before, y, bins),
+        "ece_after": expected_calibration_error(after, y, bins),
+        "ece_after_other_folds_t": expected_calibration_error(held_probs, y, bins),
+        "nll_before": nll(z, y, 1.0),
+        "nll_after": nll(z, y, temperature),
+        "reliability_after": [
+            {"lower": b.lower, "upper": b.upper, "count": b.count,
+             "mean_confidence": b.mean_confidence, "accuracy": b.accuracy}
+            for b in reliability_table(after, y, bins)
+        ],
+    }
+
+
+def _print_calibration_row(name: str, row: dict[str, Any]) -> None:
+    print(
+        f"{name}: n={row['n']}  ECE {row['ece_before']:.3f} -> {row['ece_after']:.3f} "
+        f"(T from the other folds: {row['ece_after_other_folds_t']:.3f}); "
+        f"NLL {row['nll_before']:.3f} -> {row['nll_after']:.3f}"
+    )
+    print("  confidence bin   clips  mean confidence  observed accuracy")
+    for b in row["reliability_after"]:
+        if b["count"]:
+            print(
+                f"  {b['lower']:.2f}-{b['upper']:.2f}  {b['count']:>10}  "
+                f"{b['mean_confidence']:>15.3f}  {b['accuracy']:>17.3f}"
+            )
 
 
 def _scores_dict(scores: Any) -> dict[str, Any]:

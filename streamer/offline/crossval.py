@@ -222,6 +222,26 @@ def _score_side(
     return side, probs.astype(np.float32), raw
 
 
+class _Pool:
+    """Raw (true, predicted) ids of every held-out fold of one side, pooled for scoring
+    (``base``: the baseline's predictions, 16 kHz side only)."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, list[int]] = {}
+
+    def add(self, raw: dict[str, list[int]]) -> None:
+        for key, values in raw.items():
+            self.ids.setdefault(key, []).extend(values)
+
+    def scores(self, labels: tuple[str, ...]) -> SideScores:
+        p = self.ids
+        return SideScores(
+            model=score(np.array(p["true"]), np.array(p["pred"]), labels),
+            windows_avg=score(np.array(p["true"]), np.array(p["avg"]), labels),
+            windows=score(np.array(p["win_true"]), np.array(p["win_pred"]), labels),
+        )
+
+
 def run_crossval(
     data: Dataset,
     test_folds: list[NDArray[np.int64]],
@@ -246,18 +266,13 @@ def run_crossval(
     )
 
     train_config = config if isinstance(config, CompactTrainConfig) else CompactTrainConfig()
-    pools: dict[str, dict[str, list[int]]] = {}
-    all_base: list[int] = []
+    wide, phone = _Pool(), _Pool()
     results: list[FoldResult] = []
     extractor = compact_feature_extractor()
     for f, test_idx in enumerate(test_folds):
-        mask = np.ones(len(data), dtype=bool)
-        mask[test_idx] = False
-        train_idx = np.flatnonzero(mask)
-        if len(train_idx) == 0 or len(test_idx) == 0:
-            raise DataError(f"fold {f + 1} has an empty training or test side")
+        train_idx = _train_side(len(data), test_idx, fold=f + 1)
         name = fold_names[f] if fold_names is not None else f"fold {f + 1}"
-        train, test = data.subset(train_idx), data.subset(test_idx)
+        train = data.subset(train_idx)
         net = train_compact(
             train, train_config, progress=progress,
             description=f"{name} ({f + 1}/{len(test_folds)})",
@@ -270,57 +285,82 @@ def run_crossval(
             model=net.to(torch.float32),
             feature_extractor=extractor,
         )
-        side, probs, raw = _score_side(model, test.audio, test.targets, data.labels)
-        for key, values in raw.items():
-            pools.setdefault("wide", {}).setdefault(key, []).extend(values)
-        phone_side = phone_probs = None
-        if phone_law is not None:
-            from streamer.telephony import phone_line
-
-            narrow = tuple(phone_line(a, law=phone_law) for a in test.audio)
-            phone_side, phone_probs, raw = _score_side(model, narrow, test.targets, data.labels)
-            for key, values in raw.items():
-                pools.setdefault("phone", {}).setdefault(key, []).extend(values)
         base = speaker_majority(
             [groups[i] for i in train_idx], train.targets, [groups[i] for i in test_idx]
         )
-        all_base.extend(int(b) for b in base)
-        result = FoldResult(
-            fold=f + 1,
-            n_train=len(train_idx),
-            model=side.model,
-            baseline=score(test.targets, base, data.labels),
-            windows_avg=side.windows_avg,
-            windows=side.windows,
-            name=name,
-            phone=phone_side,
-            test_idx=np.asarray(test_idx, dtype=np.int64),
-            probs=probs,
-            phone_probs=phone_probs,
+        result = _score_fold(
+            model, data.subset(test_idx), base, fold=f + 1, name=name, n_train=len(train_idx),
+            test_idx=test_idx, phone_law=phone_law, wide=wide, phone=phone,
         )
         results.append(result)
-        extra = "" if phone_side is None else f" (phone UAR {phone_side.model.uar:.3f})"
-        logger.info(
-            "%s: n=%d accuracy %.3f UAR %.3f%s",
-            name, len(test_idx), side.model.accuracy, side.model.uar, extra,
-        )
         if on_fold is not None:
             on_fold(result)
+    return _pooled(results, wide, phone if phone_law is not None else None, data.labels)
 
-    def pooled(which: str) -> SideScores:
-        p = pools[which]
-        return SideScores(
-            model=score(np.array(p["true"]), np.array(p["pred"]), data.labels),
-            windows_avg=score(np.array(p["true"]), np.array(p["avg"]), data.labels),
-            windows=score(np.array(p["win_true"]), np.array(p["win_pred"]), data.labels),
-        )
 
-    wide = pooled("wide")
+def _pooled(
+    results: list[FoldResult], wide: _Pool, phone: _Pool | None, labels: tuple[str, ...]
+) -> CrossvalResult:
+    """The folds and the scores of all their held-out predictions together."""
+    pooled = wide.scores(labels)
     return CrossvalResult(
         folds=tuple(results),
-        pooled=wide.model,
-        pooled_baseline=score(np.array(pools["wide"]["true"]), np.array(all_base), data.labels),
-        pooled_windows_avg=wide.windows_avg,
-        pooled_windows=wide.windows,
-        pooled_phone=pooled("phone") if phone_law is not None else None,
+        pooled=pooled.model,
+        pooled_baseline=score(np.array(wide.ids["true"]), np.array(wide.ids["base"]), labels),
+        pooled_windows_avg=pooled.windows_avg,
+        pooled_windows=pooled.windows,
+        pooled_phone=phone.scores(labels) if phone is not None else None,
+    )
+
+
+def _train_side(n_clips: int, test_idx: NDArray[np.int64], *, fold: int) -> NDArray[np.int64]:
+    """Indices of every clip not in ``test_idx``; a fold with an empty side is refused."""
+    mask = np.ones(n_clips, dtype=bool)
+    mask[test_idx] = False
+    train_idx = np.flatnonzero(mask)
+    if len(train_idx) == 0 or len(test_idx) == 0:
+        raise DataError(f"fold {fold} has an empty training or test side")
+    return train_idx
+
+
+def _score_fold(
+    model: EmotionModel,
+    test: Dataset,
+    base: NDArray[np.int64],
+    *,
+    fold: int,
+    name: str,
+    n_train: int,
+    test_idx: NDArray[np.int64],
+    phone_law: str | None,
+    wide: _Pool,
+    phone: _Pool,
+) -> FoldResult:
+    """Score one fold's held-out clips (and the baseline's ``base`` labels); pool the raw ids."""
+    side, probs, raw = _score_side(model, test.audio, test.targets, test.labels)
+    wide.add({**raw, "base": [int(b) for b in base]})
+    phone_side = phone_probs = None
+    if phone_law is not None:
+        from streamer.telephony import phone_line
+
+        narrow = tuple(phone_line(a, law=phone_law) for a in test.audio)
+        phone_side, phone_probs, raw = _score_side(model, narrow, test.targets, test.labels)
+        phone.add(raw)
+    extra = "" if phone_side is None else f" (phone UAR {phone_side.model.uar:.3f})"
+    logger.info(
+        "%s: n=%d accuracy %.3f UAR %.3f%s",
+        name, len(test_idx), side.model.accuracy, side.model.uar, extra,
+    )
+    return FoldResult(
+        fold=fold,
+        n_train=n_train,
+        model=side.model,
+        baseline=score(test.targets, base, test.labels),
+        windows_avg=side.windows_avg,
+        windows=side.windows,
+        name=name,
+        phone=phone_side,
+        test_idx=np.asarray(test_idx, dtype=np.int64),
+        probs=probs,
+        phone_probs=phone_probs,
     )

@@ -22,7 +22,7 @@ import difflib
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -386,9 +386,33 @@ def load_corpora(
     """
     if not specs:
         raise DataError("no data folders given")
-    per_corpus: list[tuple[CorpusSpec, list[Clip]]] = []
-    for spec in specs:
-        per_corpus.append((spec, _canonical_clips(spec.path, scan_dataset(spec.path))))
+    per_corpus = [(spec, _canonical_clips(spec.path, scan_dataset(spec.path))) for spec in specs]
+    _check_corpus_labels(per_corpus, labels)
+    read = _read_corpora(per_corpus, progress=progress)
+    if labels is None:
+        labels = tuple(sorted({c.label for c in read.clips}))
+        if len(labels) < 2:
+            raise DataError(f"need at least 2 labels with usable audio, found {labels}")
+    index = {label: i for i, label in enumerate(labels)}
+    if read.skipped:
+        logger.warning("skipped %d unusable file(s)", len(read.skipped))
+    return Dataset(
+        labels=tuple(labels),
+        clips=tuple(read.clips),
+        audio=tuple(read.audio),
+        targets=np.array([index[c.label] for c in read.clips], dtype=np.int64),
+        skipped=tuple(read.skipped),
+        corpus_names=tuple(spec.name for spec in specs),
+        corpora=np.array(read.corpora, dtype=np.int64),
+        speakers=tuple(read.speakers),
+    )
+
+
+def _check_corpus_labels(
+    per_corpus: Sequence[tuple[CorpusSpec, list[Clip]]], labels: tuple[str, ...] | None
+) -> None:
+    """Refuse label folders outside ``labels``, or (labels not fixed) a label folder only one of
+    several corpora has that is no known alias."""
     if labels is None and len(per_corpus) > 1:
         canonical = set(LABEL_ALIASES.values())
         owners: dict[str, list[str]] = {}
@@ -410,40 +434,37 @@ def load_corpora(
                     f"{spec.path}: unknown label folder(s) {', '.join(unknown)}; "
                     f"the model knows {', '.join(labels)}"
                 )
-    all_clips: list[Clip] = []
-    all_audio: list[NDArray[np.float32]] = []
-    all_skipped: list[Path] = []
-    corpora: list[int] = []
-    speakers: list[str | None] = []
+
+
+@dataclass
+class _CorporaRead:
+    """The usable clips of every corpus, in corpus order, with their corpus and speaker."""
+
+    clips: list[Clip] = field(default_factory=list)
+    audio: list[NDArray[np.float32]] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    corpora: list[int] = field(default_factory=list)
+    speakers: list[str | None] = field(default_factory=list)
+
+
+def _read_corpora(
+    per_corpus: Sequence[tuple[CorpusSpec, list[Clip]]], *, progress: bool
+) -> _CorporaRead:
+    """Read each corpus's clips; a corpus with no readable file is refused."""
+    read = _CorporaRead()
     for k, (spec, clips) in enumerate(per_corpus):
         found = _corpus_speakers(spec, clips)  # before reading: a bad regex fails fast
         kept, audio, skipped = _read_clips(clips, progress=progress, description=spec.name)
         if not kept:
             raise DataError(f"{spec.path}: none of the {len(clips)} audio file(s) could be read")
         by_path = dict(zip((c.path for c in clips), found, strict=True))
-        all_clips.extend(kept)
-        all_audio.extend(audio)
-        all_skipped.extend(skipped)
-        corpora.extend([k] * len(kept))
-        speakers.extend(by_path[c.path] for c in kept)
+        read.clips.extend(kept)
+        read.audio.extend(audio)
+        read.skipped.extend(skipped)
+        read.corpora.extend([k] * len(kept))
+        read.speakers.extend(by_path[c.path] for c in kept)
         logger.info("corpus %s: %d clips", spec.name, len(kept))
-    if labels is None:
-        labels = tuple(sorted({c.label for c in all_clips}))
-        if len(labels) < 2:
-            raise DataError(f"need at least 2 labels with usable audio, found {labels}")
-    index = {label: i for i, label in enumerate(labels)}
-    if all_skipped:
-        logger.warning("skipped %d unusable file(s)", len(all_skipped))
-    return Dataset(
-        labels=tuple(labels),
-        clips=tuple(all_clips),
-        audio=tuple(all_audio),
-        targets=np.array([index[c.label] for c in all_clips], dtype=np.int64),
-        skipped=tuple(all_skipped),
-        corpus_names=tuple(spec.name for spec in specs),
-        corpora=np.array(corpora, dtype=np.int64),
-        speakers=tuple(speakers),
-    )
+    return read
 
 
 def group_ids(

@@ -2,8 +2,8 @@
 
 :func:`train_compact` trains :class:`~streamer.models.compact.CompactEmotionForAudioClassification`
 on an in-memory :class:`~streamer.offline.dataset.Dataset` with class- and speaker-balanced draws,
-random
-2 s crops, mixup and label smoothing, AdamW and a one-cycle schedule, with a tqdm progress bar.
+random 2 s crops, mixup and label smoothing, AdamW and a one-cycle schedule, with a tqdm progress
+bar.
 SpecAugment (inside the model), speed perturbation and random gain are options, off by default:
 each lowered the speaker-independent URDU score (``docs/model-card.md``).
 :func:`fine_tune` fine-tunes any transformers audio classifier with ``Trainer`` and the reference
@@ -227,19 +227,52 @@ def _new_model(labels: tuple[str, ...], config: CompactTrainConfig) -> Any:
     return CompactEmotionForAudioClassification(model_config)
 
 
+@dataclass(frozen=True)
+class _TrainingClips:
+    """What each training step draws from: the clips in every version, their targets, the draw
+    weights and the classes each clip's corpus has."""
+
+    #: the clips as they are, then (speed perturbation) slower and faster
+    versions: list[list[NDArray[np.float32]]]
+    #: every clip through the phone line, or None when ``phone_prob`` is 0
+    phone: list[NDArray[np.float32]] | None
+    targets: NDArray[np.int64]
+    weights: NDArray[np.float64] | None
+    allowed: NDArray[np.bool_] | None
+    n_labels: int
+
+
+def _training_clips(data: Dataset, config: CompactTrainConfig) -> _TrainingClips:
+    versions = _speed_versions(data.audio, config.speed_perturb)
+    phone = _phone_versions(data.audio, config.phone_prob)
+    groups = _speaker_groups(data, config.speaker_regex) if config.balance_speakers else None
+    return _TrainingClips(
+        versions=versions,
+        phone=phone,
+        targets=data.targets,
+        weights=draw_weights(
+            data.targets,
+            corpora=data.corpus_ids if config.balance_corpora else None,
+            groups=groups,
+            balance_classes=config.balance_classes,
+        ),
+        # Classes each clip's corpus has: a corpus without (say) Neutral says nothing about
+        # Neutral, so its clips only compete among the classes it has.
+        allowed=_allowed_classes(data),
+        n_labels=len(data.labels),
+    )
+
+
 def _train_one(
     data: Dataset, config: CompactTrainConfig, *, progress: bool, description: str
 ) -> Any:
     import torch
-    from torch.nn import functional as F  # noqa: N812
     from tqdm.auto import tqdm
 
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    n_labels = len(data.labels)
     model = _new_model(data.labels, config)
     model.train()
-    n_samples = int(round(config.crop_s * MODEL_RATE_HZ))
     batch = min(config.batch_size, len(data))
     steps_per_epoch = max(1, min(len(data) // batch, config.max_epoch_steps))
     optimizer = torch.optim.AdamW(
@@ -251,62 +284,18 @@ def _train_one(
         total_steps=config.epochs * steps_per_epoch,
         pct_start=0.2,
     )
-    eye = torch.eye(n_labels)
-    versions = _speed_versions(data.audio, config.speed_perturb)
-    phone = _phone_versions(data.audio, config.phone_prob)
-    groups = _speaker_groups(data, config.speaker_regex) if config.balance_speakers else None
-    weights = draw_weights(
-        data.targets,
-        corpora=data.corpus_ids if config.balance_corpora else None,
-        groups=groups,
-        balance_classes=config.balance_classes,
-    )
-    # Classes each clip's corpus has: a corpus without (say) Neutral says nothing about
-    # Neutral, so its clips only compete among the classes it has.
-    allowed = _allowed_classes(data)
-    smoothing = config.label_smoothing
+    clips = _training_clips(data, config)
     bar = tqdm(
         total=config.epochs * steps_per_epoch, desc=description, disable=not progress, unit="step"
     )
     running: float | None = None
     try:
         for epoch in range(config.epochs):
-            order = _epoch_order(data.targets, rng, weights=weights)
+            order = _epoch_order(data.targets, rng, weights=clips.weights)
             losses = []
             for step in range(steps_per_epoch):
                 idx = order[step * batch : (step + 1) * batch]
-                if len(versions) == 1:  # no extra draw: the default recipe stays reproducible
-                    clips = [versions[0][i] for i in idx]
-                else:
-                    pick = rng.integers(0, len(versions), size=len(idx))
-                    clips = [versions[v][i] for v, i in zip(pick, idx, strict=True)]
-                if phone is not None:
-                    through = rng.random(len(idx)) < config.phone_prob
-                    clips = [phone[i] if t else c for c, i, t in zip(clips, idx, through,
-                                                                     strict=True)]
-                crops = crop_batch(clips, n_samples, rng)
-                if config.gain_db > 0:
-                    gains = rng.uniform(-config.gain_db, config.gain_db, size=(len(idx), 1))
-                    crops = np.clip(crops * 10.0 ** (gains / 20.0), -1.0, 1.0).astype(np.float32)
-                x = torch.from_numpy(crops)
-                y = eye[torch.from_numpy(data.targets[idx])]
-                mask = None if allowed is None else torch.from_numpy(allowed[idx])
-                if config.mixup_alpha > 0:
-                    lam = float(rng.beta(config.mixup_alpha, config.mixup_alpha))
-                    perm = torch.from_numpy(rng.permutation(len(idx)))
-                    x = lam * x + (1 - lam) * x[perm]
-                    y = lam * y + (1 - lam) * y[perm]
-                    if mask is not None:
-                        mask = mask | mask[perm]
-                if mask is None:
-                    loss = model(input_values=x, labels=y).loss
-                else:
-                    logits = model(input_values=x).logits.float()
-                    logits = logits.masked_fill(~mask, -1e4)
-                    soft = y * (1 - smoothing) + smoothing * mask.float() / mask.sum(
-                        -1, keepdim=True
-                    )
-                    loss = -(soft * F.log_softmax(logits, dim=-1)).sum(-1).mean()
+                loss = _batch_loss(model, clips, idx, config, rng)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -322,6 +311,54 @@ def _train_one(
         bar.close()
     model.eval()
     return model
+
+
+def _batch_crops(
+    clips: _TrainingClips, idx: NDArray[np.int64], config: CompactTrainConfig,
+    rng: np.random.Generator,
+) -> NDArray[np.float32]:
+    """One batch of random crops: a speed version and (``phone_prob``) the phone line per clip,
+    then a random gain per crop."""
+    if len(clips.versions) == 1:  # no extra draw: the default recipe stays reproducible
+        chosen = [clips.versions[0][i] for i in idx]
+    else:
+        pick = rng.integers(0, len(clips.versions), size=len(idx))
+        chosen = [clips.versions[v][i] for v, i in zip(pick, idx, strict=True)]
+    if clips.phone is not None:
+        through = rng.random(len(idx)) < config.phone_prob
+        chosen = [clips.phone[i] if t else c for c, i, t in zip(chosen, idx, through, strict=True)]
+    crops = crop_batch(chosen, int(round(config.crop_s * MODEL_RATE_HZ)), rng)
+    if config.gain_db > 0:
+        gains = rng.uniform(-config.gain_db, config.gain_db, size=(len(idx), 1))
+        crops = np.clip(crops * 10.0 ** (gains / 20.0), -1.0, 1.0).astype(np.float32)
+    return crops
+
+
+def _batch_loss(
+    model: Any, clips: _TrainingClips, idx: NDArray[np.int64], config: CompactTrainConfig,
+    rng: np.random.Generator,
+) -> Any:
+    """The loss of one batch, with mixup; a clip's loss covers only the classes its corpus has."""
+    import torch
+    from torch.nn import functional as F  # noqa: N812
+
+    x = torch.from_numpy(_batch_crops(clips, idx, config, rng))
+    y = torch.eye(clips.n_labels)[torch.from_numpy(clips.targets[idx])]
+    mask = None if clips.allowed is None else torch.from_numpy(clips.allowed[idx])
+    if config.mixup_alpha > 0:
+        lam = float(rng.beta(config.mixup_alpha, config.mixup_alpha))
+        perm = torch.from_numpy(rng.permutation(len(idx)))
+        x = lam * x + (1 - lam) * x[perm]
+        y = lam * y + (1 - lam) * y[perm]
+        if mask is not None:
+            mask = mask | mask[perm]
+    if mask is None:
+        return model(input_values=x, labels=y).loss
+    smoothing = config.label_smoothing
+    logits = model(input_values=x).logits.float()
+    logits = logits.masked_fill(~mask, -1e4)
+    soft = y * (1 - smoothing) + smoothing * mask.float() / mask.sum(-1, keepdim=True)
+    return -(soft * F.log_softmax(logits, dim=-1)).sum(-1).mean()
 
 
 def _allowed_classes(data: Dataset) -> NDArray[np.bool_] | None:
@@ -473,8 +510,7 @@ def fine_tune(
     progress: bool = True,
 ) -> Path:
     """Fine-tune a transformers audio classifier (folder or cached hub id) with ``Trainer``."""
-    import torch
-    from transformers import Trainer, TrainingArguments
+    from transformers import Trainer
 
     from streamer.models.loading import load_model, quiet_progress
 
@@ -485,11 +521,35 @@ def fine_tune(
         logger.info("new classifier head for labels %s (base had %s)", data.labels, loaded.labels)
         model = _reset_head(model, data.labels)
     max_samples = int(config.max_s * MODEL_RATE_HZ)
-    use_cuda = torch.cuda.is_available()
     out = Path(out)
+    model.train()
+    trainer = Trainer(
+        model=model,
+        args=_training_arguments(config, out / "checkpoints", progress=progress),
+        train_dataset=_ClipDataset(data, max_samples),
+        data_collator=_Collator(extractor),
+    )
+    trainer.train()
+    model.eval()
+    out.mkdir(parents=True, exist_ok=True)
+    _remove_if_empty(out / "checkpoints")
+    with quiet_progress():
+        model.save_pretrained(out, safe_serialization=True)
+    extractor.save_pretrained(out)
+    logger.info("saved fine-tuned model to %s", out)
+    return out
 
-    def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = extractor(
+
+class _Collator:
+    """Pads a batch of clips with the checkpoint's feature extractor, for ``Trainer``."""
+
+    def __init__(self, extractor: Any) -> None:
+        self.extractor = extractor
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        batch = self.extractor(
             [item["input_values"] for item in items],
             sampling_rate=MODEL_RATE_HZ,
             padding=True,
@@ -498,8 +558,15 @@ def fine_tune(
         batch["labels"] = torch.tensor([item["labels"] for item in items], dtype=torch.long)
         return dict(batch)
 
-    args = TrainingArguments(
-        output_dir=str(out / "checkpoints"),
+
+def _training_arguments(config: FineTuneConfig, output_dir: Path, *, progress: bool) -> Any:
+    """``TrainingArguments`` of the reference recipe: no checkpoints, no evaluation, AMP on CUDA."""
+    import torch
+    from transformers import TrainingArguments
+
+    use_cuda = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(output_dir),
         num_train_epochs=config.epochs,
         max_steps=config.max_steps,
         per_device_train_batch_size=config.batch_size,
@@ -520,22 +587,6 @@ def fine_tune(
         remove_unused_columns=False,
         dataloader_num_workers=0,
     )
-    model.train()
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=_ClipDataset(data, max_samples),
-        data_collator=collate,
-    )
-    trainer.train()
-    model.eval()
-    out.mkdir(parents=True, exist_ok=True)
-    _remove_if_empty(out / "checkpoints")
-    with quiet_progress():
-        model.save_pretrained(out, safe_serialization=True)
-    extractor.save_pretrained(out)
-    logger.info("saved fine-tuned model to %s", out)
-    return out
 
 
 def _remove_if_empty(folder: Path) -> None:
