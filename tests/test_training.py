@@ -67,7 +67,7 @@ def gen_test(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_compact_recipe_learns_generated_classes(gen_train: Path, gen_test: Path) -> None:
     """A few epochs of the compact recipe score far above chance (1/3) on held-out clips."""
-    from streamer.models.loading import EmotionModel
+    from streamer.models.torch_runner import TorchRunner
     from streamer.offline.dataset import load_dataset
     from streamer.offline.evaluation import evaluate_model
     from streamer.offline.training import (
@@ -81,7 +81,7 @@ def test_compact_recipe_learns_generated_classes(gen_train: Path, gen_test: Path
     net = train_compact(
         train, CompactTrainConfig(epochs=12, batch_size=8, seed=0, members=1), progress=False
     )
-    model = EmotionModel(
+    model = TorchRunner(
         name="gen",
         labels=train.labels,
         sample_rate_hz=16000,

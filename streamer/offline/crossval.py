@@ -35,7 +35,7 @@ from streamer.offline.dataset import Dataset
 from streamer.offline.evaluation import Scores, clip_windows, predict_clips, score
 
 if TYPE_CHECKING:
-    from streamer.models.protocol import ClassifierModel as EmotionModel
+    from streamer.models.protocol import ClassifierModel
 
 __all__ = [
     "CrossvalResult",
@@ -191,7 +191,7 @@ class CrossvalResult:
 
 
 def _score_side(
-    model: EmotionModel, audio: tuple[NDArray[np.float32], ...], targets: NDArray[np.int64],
+    model: ClassifierModel, audio: tuple[NDArray[np.float32], ...], targets: NDArray[np.int64],
     labels: tuple[str, ...],
 ) -> tuple[SideScores, NDArray[np.float32], dict[str, list[int]]]:
     """Score clips three ways; returns the scores, the whole-clip probabilities and the raw
@@ -258,7 +258,7 @@ def run_crossval(
     ``phone_law`` is ``"mulaw"`` or ``"alaw"``. ``on_fold`` sees each fold as it finishes."""
     import torch
 
-    from streamer.models.torch_runner import TorchRunner as EmotionModel
+    from streamer.models.torch_runner import TorchRunner
     from streamer.offline.training import (
         CompactTrainConfig,
         compact_feature_extractor,
@@ -277,7 +277,7 @@ def run_crossval(
             train, train_config, progress=progress,
             description=f"{name} ({f + 1}/{len(test_folds)})",
         )
-        model = EmotionModel(
+        model = TorchRunner(
             name=f"fold{f + 1}",
             labels=data.labels,
             sample_rate_hz=16000,
@@ -324,7 +324,7 @@ def _train_side(n_clips: int, test_idx: NDArray[np.int64], *, fold: int) -> NDAr
 
 
 def _score_fold(
-    model: EmotionModel,
+    model: ClassifierModel,
     test: Dataset,
     base: NDArray[np.int64],
     *,

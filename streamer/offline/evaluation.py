@@ -27,7 +27,7 @@ from streamer.errors import DataError
 from streamer.offline.dataset import Dataset
 
 if TYPE_CHECKING:
-    from streamer.models.protocol import ClassifierModel as EmotionModel
+    from streamer.models.protocol import ClassifierModel
 
 __all__ = [
     "Evaluation",
@@ -112,7 +112,7 @@ def clip_windows(
     return np.stack([audio[s : s + window] for s in starts])
 
 
-def predict_clips(model: EmotionModel, audio: tuple[NDArray[np.float32], ...] | list) -> NDArray:
+def predict_clips(model: ClassifierModel, audio: tuple[NDArray[np.float32], ...] | list) -> NDArray:
     """Class probabilities of each whole clip, shape (n_clips, n_labels); one clip per call."""
     return np.concatenate([model.predict_proba(clip[None, :]) for clip in audio])
 
@@ -129,7 +129,7 @@ class Evaluation:
 
 
 def evaluate_model(
-    model: EmotionModel, data: Dataset, *, window_s: float = 2.0, hop_s: float = 1.0
+    model: ClassifierModel, data: Dataset, *, window_s: float = 2.0, hop_s: float = 1.0
 ) -> Evaluation:
     """Score ``model`` on ``data`` (whose labels must be the model's labels, same order)."""
     if tuple(data.labels) != tuple(model.labels):

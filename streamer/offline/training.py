@@ -515,7 +515,7 @@ def fine_tune(
     from streamer.models.loading import load_model, quiet_progress
 
     config = config or FineTuneConfig()
-    loaded = load_model(base, device="cpu")
+    loaded = load_model(base, device="cpu", backend="torch")
     extractor, model = loaded.feature_extractor, loaded.model
     if tuple(loaded.labels) != tuple(data.labels):
         logger.info("new classifier head for labels %s (base had %s)", data.labels, loaded.labels)
