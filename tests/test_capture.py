@@ -12,6 +12,7 @@ from conftest import TIMEOUT_S
 
 from streamer.capture import (
     CaptureBuffer,
+    CaptureConfig,
     InputDevice,
     MicrophoneSource,
     _input_devices,
@@ -205,4 +206,4 @@ def test_list_and_open_on_this_machine() -> None:
         pytest.skip(f"this machine has input devices ({len(devices)}); the no-device path "
                     "is covered by test_no_input_device_suggests_a_file_source")
     with pytest.raises(AudioError, match=r"no input device found.*--source FILE"):
-        MicrophoneSource(None)
+        MicrophoneSource(CaptureConfig())
