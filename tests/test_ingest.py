@@ -16,7 +16,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from client.push import push_file
-from server.config import ServerConfig
+from server.config import IngestConfig, ServerConfig
 from server.ingest import IngestRejected, IngestSpec, check_start, decode_audio
 from server.monitor import Monitor
 from server.store import read_events
@@ -355,7 +355,7 @@ def test_oversized_frame_is_refused_with_1009(tiny_model: Any) -> None:
     """A binary frame over --ingest-max-frame-bytes: error frame_too_big, then 1009."""
 
     async def scenario() -> tuple[ErrorMessage, int | None]:
-        async with monitor(tiny_model, ingest_max_frame_bytes=4096) as running:
+        async with monitor(tiny_model, ingest=IngestConfig(max_frame_bytes=4096)) as running:
             ws, ack = await open_call(running.ingest_url)
             assert isinstance(ack, IngestAck) and ack.max_frame_bytes == 4096
             await ws.send(bytes(4098))
@@ -398,7 +398,7 @@ def test_stalled_sender_is_closed_after_the_idle_timeout(tmp_path: Path, tiny_mo
     store = tmp_path / "store.sqlite3"
 
     async def scenario() -> tuple[ErrorMessage, int | None]:
-        async with monitor(tiny_model, store, ingest_idle_timeout_s=0.3) as running:
+        async with monitor(tiny_model, store, ingest=IngestConfig(idle_timeout_s=0.3)) as running:
             ws, ack = await open_call(running.ingest_url, stream="stall")
             assert isinstance(ack, IngestAck)
             await ws.send(pcm(speech_like(0.5)))
