@@ -20,7 +20,10 @@ from server.app import EventServer
 from server.config import ServerConfig
 from server.errors import ServerError
 from server.fanout import Backlog, FanOut
-from server.hub import EventHub, ModelInfo
+from server.hub import EventHub
+from server.limits import LimitsConfig
+from server.recorder import StoreRecorder
+from server.session import ModelInfo
 from server.store import TimelineStore, read_events
 from streamer.events import EngineStats, SpeechStart, StreamClosed, StreamOpened, WindowLabel
 from streamer.protocol.messages import (
@@ -65,7 +68,7 @@ async def running(
         INFO,
         fanout=FanOut(queue_size=config.client_queue_size,
                       backlog=Backlog(per_stream=config.backlog_per_stream)),
-        store=store,
+        recorder=StoreRecorder(store),
     )
     try:
         async with hub, EventServer(config, hub) as server:
@@ -203,7 +206,7 @@ def test_too_many_bad_frames_close_with_1008() -> None:
     """A client that keeps sending bad frames is closed with 1008 (policy)."""
 
     async def scenario() -> None:
-        async with running(max_client_errors=3) as (_, server):
+        async with running(limits=LimitsConfig(max_client_errors=3)) as (_, server):
             async with connect(server.ws_url) as ws:
                 assert isinstance(await receive(ws), Hello)
                 for _ in range(3):
@@ -220,7 +223,7 @@ def test_oversized_frame_closes_with_1009_and_others_stay() -> None:
     """A frame over max_message_bytes closes that client with 1009; another client stays."""
 
     async def scenario() -> None:
-        async with running(max_message_bytes=1024) as (hub, server):
+        async with running(limits=LimitsConfig(max_message_bytes=1024)) as (hub, server):
             async with connect(server.ws_url) as big, connect(server.ws_url) as other:
                 assert isinstance(await receive(big), Hello)
                 assert isinstance(await receive(other), Hello)
@@ -432,10 +435,10 @@ def test_store_failure_keeps_clients_served(tmp_path: Path) -> None:
         async with running(tmp_path) as (hub, server):
             async with connect(server.ws_url) as ws:
                 assert isinstance(await receive(ws), Hello)
-                assert hub.store is not None
-                hub.store.close()
+                assert hub.recorder.store is not None
+                hub.recorder.store.close()
                 hub.publish_event(label("a", 0))
                 assert isinstance(await receive(ws), WindowMessage)
-                assert hub.store_errors == 1 and hub.health()["ok"] is False
+                assert hub.recorder.errors == 1 and hub.health()["ok"] is False
 
     run(scenario())
