@@ -7,7 +7,7 @@ bounded queue (see :mod:`server.fanout`), while reading the client's frames: ``s
 changes its filter, anything else gets an ``error`` reply and the connection stays open.
 
 ``/ingest`` (only when an :class:`~server.ingest.IngestEndpoint` is given) takes pushed call
-audio; its connections may send frames up to 4 x ``ingest_max_frame_bytes`` before websockets
+audio; its connections may send frames up to 4 x ``ingest.max_frame_bytes`` before websockets
 itself closes them with 1009 (the endpoint answers bigger-than-allowed frames with an ``error``
 and 1009 first).
 
@@ -235,25 +235,24 @@ class _DirectWriter:
 
     Pre-encoded frames are written to the transport as whole frames, between websockets' own
     writes: websockets has no public call that sends many already-encoded frames in one write,
-    and encoding each frame once per client is what this avoids. Used only while the
-    connection is open (``state``) and has no extension (no deflate), so the bytes on the wire
-    are exactly what websockets would send.
+    and encoding each frame once per client is what this avoids (the one place the server uses
+    the connection's transport). The server is served with ``compression=None`` and no
+    extensions, so a frame's bytes are the same for every client and exactly what websockets
+    would send; frames are taken only while the connection is open (its public ``state``).
     """
 
-    __slots__ = ("coalescer", "connection", "_chunks", "_size", "_shared")
+    __slots__ = ("coalescer", "connection", "_chunks", "_size")
 
     def __init__(self, coalescer: _Coalescer, connection: ServerConnection) -> None:
         self.coalescer = coalescer
         self.connection = connection
         self._chunks: list[bytes] = []
         self._size = 0
-        # the frame's bytes are the same for every client only without extensions (no deflate)
-        self._shared = not connection.protocol.extensions
 
     def __call__(self, frame: Frame) -> bool:
         """Take ``frame`` for the next coalesced write; False: send it the normal way."""
         connection = self.connection
-        if not self._shared or not frame.wire or connection.state is not State.OPEN:
+        if not frame.wire or connection.state is not State.OPEN:
             return False
         if self._size + connection.transport.get_write_buffer_size() >= self.coalescer.limit:
             return False
@@ -398,7 +397,7 @@ class EventServer:
                 max_queue=16,
                 # frames are encoded once for every client; per-client deflate would cost CPU
                 # and memory per client and frame (the fan-out's main cost at 1,000 clients)
-                compression=None,
+                compression=None,  # _DirectWriter relies on it
                 # a loop that falls briefly behind must not cut calls: answer time for pings
                 ping_timeout=_PING_TIMEOUT_S,
                 close_timeout=config.shutdown_timeout_s,

@@ -11,13 +11,15 @@ The pure parts (:func:`check_start`, :func:`decode_audio`) validate and convert;
 ``code`` names the case) and a close code: 1008 for protocol order (audio before start, a
 second start, a duplicate live call id, an idle sender), 1003 for data the server will not
 take (bad start fields, unsupported format/rate/channels, frames that are not whole sample
-frames, non-finite floats), 1009 for a frame over ``ingest_max_frame_bytes``; limits:
-``too_many_calls`` (1013, ``max_ingest_calls`` live already) and ``call_too_long`` (1008, more
-than ``ingest_max_call_s`` seconds of audio), each counted in ``stats.refused``. Only that call
-ends; whatever it produced is already in the store. Closes: 1000 after ``ingest_end``, 1001 at
-server shutdown. ``stream_close.reason``: ``end`` (ingest_end or a clean close),
-``disconnected`` (the connection dropped), ``idle_timeout``, ``max_length`` (the call reached
-``ingest_max_call_s``), ``error`` (rejected mid-call), ``shutdown``.
+frames, non-finite floats), 1009 for a frame over ``max_frame_bytes``; limits (of
+:class:`~server.config.IngestConfig`): ``too_many_calls`` (1013, ``max_calls`` live already)
+and ``call_too_long`` (1008, more than ``max_call_s`` seconds of audio), each counted in
+``stats.refused``. The formats, rates and channel counts allowed are those of
+:mod:`streamer.protocol.limits`. Only that call ends; whatever it produced is already in the
+store. Closes: 1000 after ``ingest_end``, 1001 at server shutdown. ``stream_close.reason``:
+``end`` (ingest_end or a clean close), ``disconnected`` (the connection dropped),
+``idle_timeout``, ``max_length`` (the call reached ``max_call_s``), ``error`` (rejected
+mid-call), ``shutdown``.
 
 Log lines a sender causes go through a :class:`~server.limits.ClientLog` (per address, the
 rest counted). Anyone allowed to push may take a call id that is not live yet; the real sender

@@ -5,9 +5,9 @@ Pure parts with the clock passed in (:class:`TokenBucket`) and small loop-bound 
 :class:`ServerCounters` (published in ``stats.refused``) so nothing is dropped silently:
 
 - ``ws_clients``: a ``/ws`` connection over ``max_ws_clients`` (closed 1013);
-- ``ingest_calls``: an ``/ingest`` call over ``max_ingest_calls`` (``too_many_calls``, 1013);
+- ``ingest_calls``: an ``/ingest`` call over ``ingest.max_calls`` (``too_many_calls``, 1013);
 - ``per_address``: a connection over ``max_connections_per_address`` from one address (1008);
-- ``call_length``: a pushed call longer than ``ingest_max_call_s`` (``call_too_long``, 1008);
+- ``call_length``: a pushed call longer than ``ingest.max_call_s`` (``call_too_long``, 1008);
 - ``subscribe_size``: a ``subscribe`` over ``max_subscribe_streams`` entries or
   ``max_subscribe_chars`` characters (``subscribe_too_large`` error, connection stays);
 - ``message_rate``: a ``/ws`` client sending faster than ``client_messages_per_s`` for longer

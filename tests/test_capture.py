@@ -207,3 +207,14 @@ def test_list_and_open_on_this_machine() -> None:
                     "is covered by test_no_input_device_suggests_a_file_source")
     with pytest.raises(AudioError, match=r"no input device found.*--source FILE"):
         MicrophoneSource(CaptureConfig())
+
+
+def test_capture_config_names_a_bad_setting() -> None:
+    """CaptureConfig refuses a bad block length, rate or queue size when made, naming it."""
+    with pytest.raises(ValueError, match="block_s"):
+        CaptureConfig(block_s=5.0)
+    with pytest.raises(AudioError, match="4000 Hz.*8000..192000"):
+        CaptureConfig(sample_rate_hz=4000)
+    with pytest.raises(ValueError, match="queue_blocks"):
+        CaptureConfig(queue_blocks=0)
+    assert CaptureConfig(device="USB").name == "mic"

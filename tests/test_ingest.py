@@ -20,7 +20,7 @@ from server.config import IngestConfig, ServerConfig
 from server.ingest import IngestRejected, IngestSpec, check_start, decode_audio
 from server.monitor import Monitor
 from server.store import read_events
-from streamer.audio import float32_to_int16
+from streamer.audio import f32le_to_float32, float32_to_int16, s16le_to_float32
 from streamer.engine import EngineConfig
 from streamer.models.loading import load_model
 from streamer.protocol.messages import (
@@ -152,6 +152,16 @@ def test_check_start_refuses_bad_fields(fields: dict[str, Any], code: str) -> No
     with pytest.raises(IngestRejected) as info:
         check_start(IngestStart(**start))
     assert info.value.code == code and info.value.close == 1003
+
+
+def test_wire_samples_convert_once_with_scaling() -> None:
+    """s16le bytes scale to [-1, 1); f32le bytes keep their values; both come out native float32."""
+    pcm16 = s16le_to_float32(b"\x00\x80\x00\x00\xff\x7f")  # -32768, 0, 32767 little-endian
+    assert pcm16.dtype == np.float32 and pcm16.tolist() == [-1.0, 0.0, 32767 / 32768]
+    floats = np.array([0.25, -0.5], dtype="<f4").tobytes()
+    native = f32le_to_float32(floats)
+    assert native.dtype == np.float32 and native.flags.writeable
+    assert native.tolist() == [0.25, -0.5]
 
 
 def test_decode_audio_deinterleaves_and_refuses_partial_frames() -> None:

@@ -6,6 +6,7 @@ import asyncio
 import http.client
 import json
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -17,7 +18,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from server.app import EventServer
-from server.config import ServerConfig
+from server.auth import SecurityConfig
+from server.bridge import ThreadBridge
+from server.config import IngestConfig, ServerConfig
 from server.errors import ServerError
 from server.fanout import Backlog, FanOut
 from server.hub import EventHub
@@ -379,6 +382,44 @@ def test_config_validation_names_the_bad_value() -> None:
         ServerConfig(port=70000)
     with pytest.raises(ServerError, match="client_queue_size"):
         ServerConfig(client_queue_size=0)
+
+
+def test_config_parts_refuse_bad_values_by_name() -> None:
+    """Each part of ServerConfig names a bad value when made; the defaults nest."""
+    with pytest.raises(ServerError, match="max_frame_bytes"):
+        IngestConfig(max_frame_bytes=10)
+    with pytest.raises(ServerError, match="max_calls must be 1-"):
+        IngestConfig(max_calls=0)
+    with pytest.raises(ServerError, match="max_client_errors"):
+        LimitsConfig(max_client_errors=0)
+    with pytest.raises(ServerError, match="session_ttl_s"):
+        SecurityConfig(session_ttl_s=1.0)
+    with pytest.raises(ServerError, match="limits must be LimitsConfig"):
+        ServerConfig(limits=5)  # type: ignore[arg-type]
+    config = ServerConfig()
+    assert config.ingest == IngestConfig() and config.limits == LimitsConfig()
+    assert config.webhook is None and not config.tls and config.alerts.rules == ()
+
+
+def test_thread_bridge_keeps_a_threads_order_and_counts_what_it_cannot_deliver() -> None:
+    """Events sunk on another thread reach the loop in order; before start or after close, lost."""
+
+    async def scenario() -> None:
+        got: list[Any] = []
+        bridge = ThreadBridge(got.append)
+        bridge.sink(stats())  # not started: no loop to deliver on
+        bridge.start()
+        thread = threading.Thread(target=lambda: [bridge.sink(label("a", i)) for i in range(50)])
+        thread.start()
+        await asyncio.to_thread(thread.join)
+        await bridge.flush()
+        assert [event.seq for event in got] == list(range(50))
+        bridge.close()
+        bridge.sink(label("a", 50))
+        await bridge.flush()
+        assert len(got) == 50 and bridge.events_lost == 2
+
+    run(scenario())
 
 
 def test_store_session_and_messages(tmp_path: Path) -> None:
