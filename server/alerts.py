@@ -24,8 +24,8 @@ from server.errors import ServerError
 from streamer.events import Event, StreamClosed, WindowLabel
 from streamer.protocol.messages import AlertMessage
 
-__all__ = ["AlertChange", "AlertEvaluator", "AlertMonitor", "AlertRule", "bind_rules",
-           "parse_rule"]
+__all__ = ["AlertChange", "AlertEvaluator", "AlertMonitor", "AlertRule", "AlertsConfig",
+           "bind_rules", "parse_rule"]
 
 _RULE = re.compile(
     r"^\s*(?P<label>[A-Za-z][\w.-]*)\s*>=\s*(?P<threshold>\d*\.?\d+)"
@@ -157,6 +157,18 @@ class AlertEvaluator:
             self._active[i] = False
             self._since[i] = None
         return changes
+
+
+@dataclass(frozen=True, slots=True)
+class AlertsConfig:
+    """The alert rules of one run (``run --alert``; labels checked against the model's at start)."""
+
+    rules: tuple[AlertRule, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not all(isinstance(rule, AlertRule) for rule in self.rules):
+            raise ServerError(f"alert rules must be AlertRule objects, got {self.rules!r}")
+        object.__setattr__(self, "rules", tuple(self.rules))
 
 
 class AlertMonitor:

@@ -7,7 +7,7 @@ bounded queue (see :mod:`server.fanout`), while reading the client's frames: ``s
 changes its filter, anything else gets an ``error`` reply and the connection stays open.
 
 ``/ingest`` (only when an :class:`~server.ingest.IngestEndpoint` is given) takes pushed call
-audio; its connections may send frames up to 4 x ``ingest_max_frame_bytes`` before websockets
+audio; its connections may send frames up to 4 x ``ingest.max_frame_bytes`` before websockets
 itself closes them with 1009 (the endpoint answers bigger-than-allowed frames with an ``error``
 and 1009 first).
 
@@ -26,7 +26,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -61,8 +61,9 @@ from server.config import ServerConfig
 from server.errors import ServerError
 from server.fanout import ClientQueue, Frame, QueueClosed
 from server.hub import EventHub
-from server.ingest import INGEST_PATH, IngestEndpoint
+from server.ingest import IngestEndpoint
 from server.limits import AddressSlots, ClientLog, TokenBucket, address_of
+from streamer.protocol.limits import EVENTS_PATH, INGEST_PATH
 from streamer.protocol.messages import ErrorMessage, MessageError, Subscribe, decode, encode
 
 __all__ = ["CONTENT_TYPES", "MAX_BODY_BYTES", "REFUSALS", "EventServer", "format_host"]
@@ -83,7 +84,7 @@ CONTENT_TYPES: dict[str, str] = {
     ".txt": "text/plain; charset=utf-8",
 }
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-WS_PATH = "/ws"
+WS_PATH = EVENTS_PATH
 #: the server pings every 20 s (websockets' default) and waits this long for the pong
 _PING_TIMEOUT_S = 60.0
 #: a client's unsent bytes above which frames wait in its queue instead (bounded, drop-oldest)
@@ -187,68 +188,91 @@ class _Coalescer:
     cuts it several-fold. A frame published after a quiet spell goes out on the next loop
     turn; under load a frame waits at most ``interval_s``. Pending bytes per client stay under
     ``limit`` (then frames wait in the client's own bounded queue instead).
+
+    Shared by every connection, it holds only the timer and which writers have something
+    pending; each connection's pending frames are in its own :class:`_DirectWriter`.
     """
 
     def __init__(self, *, interval_s: float, limit: int) -> None:
         self.interval_s = interval_s
         self.limit = limit
-        self._pending: dict[ServerConnection, list[bytes]] = {}
-        self._sizes: dict[ServerConnection, int] = {}
+        self._waiting: set[_DirectWriter] = set()
         self._handle: asyncio.TimerHandle | None = None
         self._last = 0.0
 
-    def writer(self, connection: ServerConnection) -> Callable[[Frame], bool]:
-        """The ``ClientQueue.direct`` of one connection."""
-        transport = connection.transport
-        protocol = connection.protocol
-        # the frame's bytes are the same for every client only without extensions (no deflate)
-        shared = not protocol.extensions
+    def writer(self, connection: ServerConnection) -> _DirectWriter:
+        """A new connection's writer (its ``ClientQueue.direct``)."""
+        return _DirectWriter(self, connection)
 
-        def direct(frame: Frame) -> bool:
-            if not shared or not frame.wire or protocol.state is not State.OPEN:
-                return False
-            queued = self._sizes.get(connection, 0)
-            if queued + transport.get_write_buffer_size() >= self.limit:
-                return False
-            self._sizes[connection] = queued + len(frame.wire)
-            if queued:
-                self._pending[connection].append(frame.wire)
-            else:
-                self._pending[connection] = [frame.wire]
-            if self._handle is None:
-                loop = asyncio.get_running_loop()
-                self._handle = loop.call_at(max(loop.time(), self._last + self.interval_s),
-                                            self._flush_all)
-            return True
+    def schedule(self, writer: _DirectWriter) -> None:
+        """``writer`` has frames pending: write them on the next timer tick."""
+        self._waiting.add(writer)
+        if self._handle is None:
+            loop = asyncio.get_running_loop()
+            self._handle = loop.call_at(max(loop.time(), self._last + self.interval_s),
+                                        self._flush_all)
 
-        return direct
-
-    def flush(self, connection: ServerConnection) -> None:
-        """Write what is pending for ``connection`` now (before anything else is sent on it)."""
-        chunks = self._pending.pop(connection, None)
-        self._sizes.pop(connection, None)
-        if chunks and connection.protocol.state is State.OPEN:
-            connection.transport.write(b"".join(chunks))  # whole frames, between websockets'
-
-    def discard(self, connection: ServerConnection) -> None:
-        self._pending.pop(connection, None)
-        self._sizes.pop(connection, None)
+    def forget(self, writer: _DirectWriter) -> None:
+        self._waiting.discard(writer)
 
     def close(self) -> None:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
-        for connection in list(self._pending):
-            self.flush(connection)
+        for writer in list(self._waiting):
+            writer.flush()
 
     def _flush_all(self) -> None:
         self._handle = None
         self._last = asyncio.get_running_loop().time()
-        pending, self._pending = self._pending, {}
-        self._sizes = {}
-        for connection, chunks in pending.items():
-            if connection.protocol.state is State.OPEN:
-                connection.transport.write(b"".join(chunks))
+        waiting, self._waiting = self._waiting, set()
+        for writer in waiting:
+            writer.flush()
+
+
+class _DirectWriter:
+    """One connection's frames waiting for the coalescer's next write (that connection only).
+
+    Pre-encoded frames are written to the transport as whole frames, between websockets' own
+    writes: websockets has no public call that sends many already-encoded frames in one write,
+    and encoding each frame once per client is what this avoids (the one place the server uses
+    the connection's transport). The server is served with ``compression=None`` and no
+    extensions, so a frame's bytes are the same for every client and exactly what websockets
+    would send; frames are taken only while the connection is open (its public ``state``).
+    """
+
+    __slots__ = ("coalescer", "connection", "_chunks", "_size")
+
+    def __init__(self, coalescer: _Coalescer, connection: ServerConnection) -> None:
+        self.coalescer = coalescer
+        self.connection = connection
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    def __call__(self, frame: Frame) -> bool:
+        """Take ``frame`` for the next coalesced write; False: send it the normal way."""
+        connection = self.connection
+        if not frame.wire or connection.state is not State.OPEN:
+            return False
+        if self._size + connection.transport.get_write_buffer_size() >= self.coalescer.limit:
+            return False
+        if not self._chunks:
+            self.coalescer.schedule(self)
+        self._chunks.append(frame.wire)
+        self._size += len(frame.wire)
+        return True
+
+    def flush(self) -> None:
+        """Write what is pending now (before anything else is sent on the connection)."""
+        chunks, self._chunks, self._size = self._chunks, [], 0
+        self.coalescer.forget(self)
+        if chunks and self.connection.state is State.OPEN:
+            self.connection.transport.write(b"".join(chunks))
+
+    def discard(self) -> None:
+        """The connection is gone: drop what is pending."""
+        self._chunks, self._size = [], 0
+        self.coalescer.forget(self)
 
 
 def format_host(host: str) -> str:
@@ -326,23 +350,27 @@ class EventServer:
     """
 
     def __init__(
-        self, config: ServerConfig, hub: EventHub, *, ingest: IngestEndpoint | None = None
+        self,
+        config: ServerConfig,
+        hub: EventHub,
+        *,
+        ingest: IngestEndpoint | None = None,
+        client_log: ClientLog | None = None,
     ) -> None:
         self.config = config
         self.hub = hub
         self.ingest = ingest
         self.counters = hub.counters
-        self.client_log = ClientLog(logger, self.counters,
-                                    per_minute=config.client_log_lines_per_min)
-        if ingest is not None:
-            ingest.bind(self.counters, self.client_log)
-        self._slots = AddressSlots(config.max_connections_per_address)
+        #: client-caused log lines, rate-limited per address (shared with ingest when given)
+        self.client_log = client_log if client_log is not None else ClientLog(
+            logger, self.counters, per_minute=config.limits.client_log_lines_per_min)
+        self._slots = AddressSlots(config.limits.max_connections_per_address)
         self._coalescer = _Coalescer(interval_s=_FLUSH_S, limit=_DIRECT_WRITE_LIMIT)
         self._server: Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
         self._closed = False
         #: dashboard logins (cookie sessions)
-        self.sessions = SessionStore(ttl_s=config.session_ttl_s)
+        self.sessions = SessionStore(ttl_s=config.security.session_ttl_s)
         #: refused requests by reason (REFUSALS); shown in the admin /healthz
         self.refused: dict[str, int] = dict.fromkeys(REFUSALS, 0)
         self._policy: OriginPolicy | None = None
@@ -355,21 +383,21 @@ class EventServer:
             return self
         config = self.config
         tls = None
-        if config.tls_cert is not None and config.tls_key is not None:
+        if config.security.tls_cert is not None and config.security.tls_key is not None:
             from server.tls import server_context
 
-            tls = server_context(config.tls_cert, config.tls_key)
+            tls = server_context(config.security.tls_cert, config.security.tls_key)
         try:
             self._server = await serve(
                 self._handle,
                 config.host,
                 config.port,
                 process_request=self._http,
-                max_size=config.max_message_bytes,
+                max_size=config.limits.max_message_bytes,
                 max_queue=16,
                 # frames are encoded once for every client; per-client deflate would cost CPU
                 # and memory per client and frame (the fan-out's main cost at 1,000 clients)
-                compression=None,
+                compression=None,  # _DirectWriter relies on it
                 # a loop that falls briefly behind must not cut calls: answer time for pings
                 ping_timeout=_PING_TIMEOUT_S,
                 close_timeout=config.shutdown_timeout_s,
@@ -388,7 +416,7 @@ class EventServer:
             ) from exc
         self._policy = config.origin_policy(self.port)
         logger.info("listening on %s (events at %s)", self.url, self.ws_url)
-        credentials = config.credentials
+        credentials = config.security.credentials
         if credentials.configured:
             logger.info("tokens configured for: %s", ", ".join(credentials.roles))
             if not any(role in credentials.roles for role in ("view", "admin")):
@@ -396,7 +424,7 @@ class EventServer:
         else:
             logger.info("no tokens configured: every local client may view and push (loopback "
                         "only)")
-        if not tls and not config.tls_proxy and not is_loopback(config.host):
+        if not tls and not config.security.tls_proxy and not is_loopback(config.host):
             logger.warning("serving %s without TLS: tokens and events cross the network in "
                            "clear text (use --tls-cert/--tls-key or a TLS proxy)", config.host)
         return self
@@ -457,11 +485,32 @@ class EventServer:
     # -- HTTP ---------------------------------------------------------------------------------
 
     def _http(self, connection: ServerConnection, request: Request) -> Response | None:
+        """websockets' ``process_request``: an HTTP answer, or None for the WebSocket handshake."""
         path = urlsplit(request.path).path
-        headers = request.headers
         policy = self._policy or self.config.origin_policy(int(connection.local_address[1]))
-        origin = _origin(headers)
-        if not policy.host_allowed(_single(headers, "Host")):
+        refused = self._check_request(connection, request, path, policy)
+        if refused is not None:
+            return refused
+        body: bytes = getattr(connection, "body", b"")
+        if request.method == "POST":
+            if not policy.origin_allowed(_origin(request.headers)):
+                return self._refuse("origin", connection, request, HTTPStatus.FORBIDDEN,
+                                    "cross-origin request refused\n")
+            if path == LOGIN_PATH:
+                return self._login(connection, request, body)
+            return self._logout(request)
+        if body:
+            return self._refuse("body", connection, request, HTTPStatus.BAD_REQUEST,
+                                f"a {request.method} request takes no body\n")
+        if path == WS_PATH or (path == INGEST_PATH and self.ingest is not None):
+            return self._upgrade(connection, request, path, policy)
+        return self._get(request, path)
+
+    def _check_request(
+        self, connection: ServerConnection, request: Request, path: str, policy: OriginPolicy
+    ) -> Response | None:
+        """A refusal for a wrong Host, a body we will not read, or a method not allowed."""
+        if not policy.host_allowed(_single(request.headers, "Host")):
             return self._refuse(
                 "host", connection, request, HTTPStatus.MISDIRECTED_REQUEST,
                 "this server does not answer for that host name (see --allow-host)\n",
@@ -481,42 +530,41 @@ class EventServer:
             )
             response.headers["Allow"] = allowed_methods
             return response
-        body: bytes = getattr(connection, "body", b"")
-        if request.method == "POST":
-            if not policy.origin_allowed(origin):
-                return self._refuse("origin", connection, request, HTTPStatus.FORBIDDEN,
-                                    "cross-origin request refused\n")
-            if path == LOGIN_PATH:
-                return self._login(connection, request, body)
-            return self._logout(request)
-        if body:
-            return self._refuse("body", connection, request, HTTPStatus.BAD_REQUEST,
-                                f"a {request.method} request takes no body\n")
-        if path == WS_PATH or (path == INGEST_PATH and self.ingest is not None):
-            if not policy.origin_allowed(origin):
-                return self._refuse(
-                    "origin", connection, request, HTTPStatus.FORBIDDEN,
-                    "WebSocket from another origin refused (see --allow-origin)\n",
-                )
-            needed = "view" if path == WS_PATH else "ingest"
-            refused = self._check_role(connection, request, needed)
-            if refused is not None:
-                return refused
-            if path == INGEST_PATH:
-                # audio frames are bigger than client messages; set before any frame is read
-                connection.protocol.max_message_size = 4 * self.config.ingest_max_frame_bytes
-            return None  # the WebSocket handshake (websockets answers 426 to a plain GET)
-        if "upgrade" in ", ".join(headers.get_all("Connection")).lower():
-            return _text(HTTPStatus.NOT_FOUND, f"no WebSocket endpoint at {path}; use {WS_PATH}\n")
+        return None
+
+    def _upgrade(
+        self, connection: ServerConnection, request: Request, path: str, policy: OriginPolicy
+    ) -> Response | None:
+        """A WebSocket request: refused (origin, credential), or None to go on."""
+        if not policy.origin_allowed(_origin(request.headers)):
+            return self._refuse(
+                "origin", connection, request, HTTPStatus.FORBIDDEN,
+                "WebSocket from another origin refused (see --allow-origin)\n",
+            )
+        needed = "view" if path == WS_PATH else "ingest"
+        refused = self._check_role(connection, request, needed)
+        if refused is not None:
+            return refused
+        if path == INGEST_PATH:
+            # Audio frames are bigger than client messages. websockets has one max_size per
+            # server and no public per-connection setting: this sets the limit of this
+            # connection's own protocol before any frame of it is read.
+            connection.protocol.max_message_size = 4 * self.config.ingest.max_frame_bytes
+        return None  # the WebSocket handshake (websockets answers 426 to a plain GET)
+
+    def _get(self, request: Request, path: str) -> Response:
+        """A plain GET: health, the login page, the dashboard or a static file."""
+        if "upgrade" in ", ".join(request.headers.get_all("Connection")).lower():
+            return _text(HTTPStatus.NOT_FOUND,
+                         f"no WebSocket endpoint at {path}; use {WS_PATH}\n")
+        configured = self.config.security.credentials.configured
         if path == "/healthz":
             body = json.dumps(self._health(request), separators=(",", ":")).encode()
             return _response(HTTPStatus.OK, body, "application/json")
         if path == LOGIN_PATH:
-            if not self.config.credentials.configured:
-                return _redirect("/")
-            return self._static("login.html")
+            return self._static("login.html") if configured else _redirect("/")
         if path in ("/", "/index.html"):
-            if self.config.credentials.configured and not grants(self._role(request), "view"):
+            if configured and not grants(self._role(request), "view"):
                 return _redirect(LOGIN_PATH)
             return self._static("index.html")
         name = unquote(path)
@@ -534,7 +582,7 @@ class EventServer:
         if "Authorization" in headers:
             # two Authorization headers are no credential at all
             token = bearer_token(_single(headers, "Authorization"))
-            return self.config.credentials.role_of(token)
+            return self.config.security.credentials.role_of(token)
         if cookies:
             session = cookie_value(headers.get_all("Cookie"))
             return self.sessions.role_of(session, time.monotonic())
@@ -544,7 +592,7 @@ class EventServer:
         self, connection: ServerConnection, request: Request, needed: str
     ) -> Response | None:
         """None when the request may use an endpoint of role ``needed``, else a 401/403."""
-        if not self.config.credentials.configured:
+        if not self.config.security.credentials.configured:
             return None  # loopback only, every local client trusted (see server.auth)
         # audio senders are programs: a Bearer header only, no dashboard cookie
         role = self._role(request, cookies=needed != "ingest")
@@ -566,9 +614,9 @@ class EventServer:
                             f"a {role} credential cannot use {needed} endpoints\n")
 
     def _login(self, connection: ServerConnection, request: Request, body: bytes) -> Response:
-        if not self.config.credentials.configured:
+        if not self.config.security.credentials.configured:
             return _redirect("/")
-        role = self.config.credentials.role_of(login_token(body))
+        role = self.config.security.credentials.role_of(login_token(body))
         if not grants(role, "view"):
             self._refuse("login", connection, request, HTTPStatus.SEE_OTHER,
                          "login refused" if role is None else f"login with a {role} token")
@@ -576,14 +624,14 @@ class EventServer:
         assert role is not None
         value = self.sessions.create(role, time.monotonic())
         logger.info("dashboard login (%s) from %s", role, _peer(connection))
-        cookie = session_cookie(value, max_age_s=int(self.config.session_ttl_s),
-                                secure=self.config.tls or self.config.tls_proxy)
+        cookie = session_cookie(value, max_age_s=int(self.config.security.session_ttl_s),
+                                secure=self.config.security.https)
         return _redirect("/", cookie)
 
     def _logout(self, request: Request) -> Response:
         self.sessions.revoke(cookie_value(request.headers.get_all("Cookie")))
-        return _redirect(LOGIN_PATH if self.config.credentials.configured else "/",
-                         expired_cookie(secure=self.config.tls or self.config.tls_proxy))
+        return _redirect(LOGIN_PATH if self.config.security.credentials.configured else "/",
+                         expired_cookie(secure=self.config.security.https))
 
     def _refuse(
         self, reason: str, connection: ServerConnection, request: Request, status: HTTPStatus,
@@ -600,7 +648,7 @@ class EventServer:
         """The ``/healthz`` body: ok and version for anyone, the details for admin."""
         health = self.hub.health()
         public = {"ok": bool(health.get("ok", True)), "version": _version()}
-        if self.config.credentials.configured and not grants(
+        if self.config.security.credentials.configured and not grants(
             self._role(request), "admin"
         ):
             return public
@@ -663,7 +711,7 @@ class EventServer:
     async def _serve_client(self, connection: ServerConnection, address: str) -> None:
         hub = self.hub
         peer = connection.remote_address
-        if hub.fanout.clients >= self.config.max_ws_clients:
+        if hub.fanout.clients >= self.config.limits.max_ws_clients:
             self.counters.refuse("ws_clients")
             self.client_log.warning(address, "refused /ws client %s: %d clients connected "
                                     "(--max-ws-clients)", peer, hub.fanout.clients)
@@ -676,13 +724,14 @@ class EventServer:
         # hello and the backlog snapshot are taken together, without yielding: no gap, no repeat
         hello = encode(hub.hello())
         queue = hub.fanout.connect()
+        direct = self._coalescer.writer(connection)
         writer: asyncio.Task[None] | None = None
         self.client_log.info(address, "client %s connected (%d now)", peer, hub.fanout.clients)
         try:
             await connection.send(hello)
             # the writer starts after hello is out: the backlog and live frames follow it
             first_frame = asyncio.Event()
-            writer = asyncio.create_task(self._write(connection, queue, first_frame),
+            writer = asyncio.create_task(self._write(connection, queue, direct, first_frame),
                                          name="ws-writer")
             await self._read(connection, queue, address, first_frame)
         except ConnectionClosed:
@@ -692,7 +741,7 @@ class EventServer:
             await connection.close(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
             hub.fanout.disconnect(queue)
-            self._coalescer.discard(connection)
+            direct.discard()
             if writer is not None:
                 # the connection is closing or closed by now; the writer has nothing left to do
                 writer.cancel()
@@ -702,7 +751,11 @@ class EventServer:
                                  peer, hub.fanout.clients, queue.dropped)
 
     async def _write(
-        self, connection: ServerConnection, queue: ClientQueue, first_frame: asyncio.Event
+        self,
+        connection: ServerConnection,
+        queue: ClientQueue,
+        direct: _DirectWriter,
+        first_frame: asyncio.Event,
     ) -> None:
         """Send queued frames until the queue closes (then close 1001) or the peer goes.
 
@@ -717,15 +770,15 @@ class EventServer:
                 await asyncio.wait_for(first_frame.wait(), _BACKLOG_GRACE_S)
             except asyncio.TimeoutError:
                 pass  # a client that only listens: its backlog and live events follow now
-            queue.direct = self._coalescer.writer(connection)
+            queue.direct = direct
             while True:
                 try:
                     frame = await queue.next_frame()
                 except QueueClosed:
-                    self._coalescer.flush(connection)
+                    direct.flush()
                     await connection.close(CloseCode.GOING_AWAY, "server shutting down")
                     return
-                self._coalescer.flush(connection)  # older frames first
+                direct.flush()  # older frames first
                 await connection.send(frame.data, text=True)
         except ConnectionClosed:
             return
@@ -741,10 +794,11 @@ class EventServer:
         address: str,
         first_frame: asyncio.Event,
     ) -> None:
-        config = self.config
+        """Handle the client's frames until it goes or breaks a limit (rate, bad frames)."""
+        limits = self.config.limits
         errors = 0
         loop = asyncio.get_running_loop()
-        bucket = TokenBucket(config.client_messages_per_s, config.client_message_burst,
+        bucket = TokenBucket(limits.client_messages_per_s, limits.client_message_burst,
                              now=loop.time())
         async for frame in connection:
             if not first_frame.is_set():
@@ -755,47 +809,53 @@ class EventServer:
                 self.client_log.warning(
                     address, "client %s closed: more than %g messages/s after a burst of %d "
                     "(--client-messages-per-s)", connection.remote_address,
-                    config.client_messages_per_s, config.client_message_burst)
+                    limits.client_messages_per_s, limits.client_message_burst)
                 await connection.close(CloseCode.POLICY_VIOLATION, "message rate limit exceeded")
                 return
-            try:
-                message = decode(frame)
-            except MessageError as exc:
-                reply = ErrorMessage(code=exc.code, message=str(exc))
-            else:
-                if isinstance(message, Subscribe):
-                    refusal = self._subscribe_refusal(message)
-                    if refusal is None:
-                        self.hub.fanout.subscribe(queue, message.streams)
-                        self.client_log.log(logging.DEBUG, address,
-                                            "client %s subscribed to %d stream(s)/prefix(es)",
-                                            connection.remote_address, len(message.streams))
-                        continue
-                    self.counters.refuse("subscribe_size")
-                    reply = refusal
-                else:
-                    reply = ErrorMessage(
-                        code="unexpected_type",
-                        message=f"clients may send only 'subscribe', not {message.TYPE!r}",
-                    )
+            reply = self._handle_frame(frame, connection, queue, address)
+            if reply is None:
+                continue
             errors += 1
             await connection.send(encode(reply))
-            if errors >= config.max_client_errors:
+            if errors >= limits.max_client_errors:
                 self.client_log.warning(address, "client %s closed after %d bad frames",
                                         connection.remote_address, errors)
                 await connection.close(CloseCode.POLICY_VIOLATION, "too many bad messages")
                 return
 
+    def _handle_frame(
+        self, frame: str | bytes, connection: ServerConnection, queue: ClientQueue, address: str
+    ) -> ErrorMessage | None:
+        """Apply one client frame (a ``subscribe``); the ``error`` reply for anything else."""
+        try:
+            message = decode(frame)
+        except MessageError as exc:
+            return ErrorMessage(code=exc.code, message=str(exc))
+        if not isinstance(message, Subscribe):
+            return ErrorMessage(
+                code="unexpected_type",
+                message=f"clients may send only 'subscribe', not {message.TYPE!r}",
+            )
+        refusal = self._subscribe_refusal(message)
+        if refusal is not None:
+            self.counters.refuse("subscribe_size")
+            return refusal
+        self.hub.fanout.subscribe(queue, message.streams)
+        self.client_log.log(logging.DEBUG, address,
+                            "client %s subscribed to %d stream(s)/prefix(es)",
+                            connection.remote_address, len(message.streams))
+        return None
+
     def _subscribe_refusal(self, message: Subscribe) -> ErrorMessage | None:
         """An error for a subscribe over the size limits (None: within them)."""
-        config = self.config
+        limits = self.config.limits
         streams = message.streams
         chars = sum(len(s) for s in streams)
-        if len(streams) <= config.max_subscribe_streams and chars <= config.max_subscribe_chars:
+        if len(streams) <= limits.max_subscribe_streams and chars <= limits.max_subscribe_chars:
             return None
         return ErrorMessage(
             code="subscribe_too_large",
             message=f"subscribe of {len(streams)} entries ({chars} characters) refused: at most "
-            f"{config.max_subscribe_streams} entries and {config.max_subscribe_chars} characters"
+            f"{limits.max_subscribe_streams} entries and {limits.max_subscribe_chars} characters"
             " (--max-subscribe-streams, --max-subscribe-chars); the subscription is unchanged",
         )

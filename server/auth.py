@@ -43,6 +43,7 @@ __all__ = [
     "SESSION_COOKIE",
     "Credentials",
     "OriginPolicy",
+    "SecurityConfig",
     "SessionStore",
     "bearer_token",
     "cookie_value",
@@ -155,6 +156,57 @@ class Credentials:
     def __repr__(self) -> str:
         roles = [role for role, _ in self.digests]
         return "Credentials(" + ", ".join(f"{r}={roles.count(r)}" for r in self.roles) + ")"
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    """Who may use the server and how it is reached (``run`` security flags).
+
+    - ``credentials``: the role tokens (``--token-file`` and ``EMOTION_MONITOR_*_TOKEN``); none
+      configured = loopback only, every local client trusted.
+    - ``tls_cert``/``tls_key``: serve https:// and wss:// (both or neither).
+    - ``allow_hosts``: more ``Host`` names to answer (``"*"`` = any); ``allow_origins``: more
+      browser origins allowed to open WebSockets and log in.
+    - ``tls_proxy``: TLS ends at a reverse proxy in front (cookies Secure, own origins https).
+    - ``session_ttl_s``: how long a dashboard login lasts.
+
+    What depends on the listening host (a token is required off loopback, a wildcard host
+    needs ``allow_hosts``) is checked by ``ServerConfig``, which knows the host.
+    """
+
+    credentials: Credentials = field(default_factory=Credentials)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    allow_hosts: tuple[str, ...] = ()
+    allow_origins: tuple[str, ...] = ()
+    tls_proxy: bool = False
+    session_ttl_s: float = 12 * 3600.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.credentials, Credentials):
+            raise ServerError(f"credentials must be Credentials, got {type(self.credentials)}")
+        object.__setattr__(self, "allow_hosts", tuple(self.allow_hosts))
+        object.__setattr__(self, "allow_origins", tuple(self.allow_origins))
+        for name in ("tls_cert", "tls_key"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ServerError("--tls-cert and --tls-key go together: give both or neither")
+        if not 60 <= self.session_ttl_s <= 30 * 86400:
+            raise ServerError(
+                f"session_ttl_s must be 60 s-30 days, got {self.session_ttl_s!r}"
+            )
+
+    @property
+    def tls(self) -> bool:
+        """Whether the server itself serves TLS."""
+        return self.tls_cert is not None
+
+    @property
+    def https(self) -> bool:
+        """Whether clients reach the server over TLS (its own or a proxy's)."""
+        return self.tls or self.tls_proxy
 
 
 def parse_token_file(text: str, source: str = "token file") -> list[tuple[str, str]]:

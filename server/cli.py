@@ -45,10 +45,12 @@ def build_parser() -> OneLineParser:
 
     from client.cli import register as register_client
     from server.commands import register as register_server
+    from streamer.capture_command import register as register_capture
     from streamer.offline.commands import register as register_streamer
     from streamer.offline.optimize_command import register as register_optimize
 
     register_server(sub)
+    register_capture(sub)
     register_streamer(sub)
     register_optimize(sub)
     register_client(sub)

@@ -1,18 +1,26 @@
-"""The server's subcommands: ``run``, ``analyze``, ``export``, ``devices`` (main thread; asyncio).
+"""The server's subcommands: ``run``, ``analyze``, ``export`` (main thread; asyncio for ``run``).
 
 ``register`` adds them to the top-level parser and imports nothing heavy; each handler imports
 what it needs when it runs. Handlers print results to stdout (the dashboard URL first, so a
 script can read the port back with ``--port 0``), return an exit code, and raise our packages'
 errors for anything a user can fix (the CLI turns those into one line and exit 2).
 
-``run`` flags map one to one onto :class:`~server.config.ServerConfig` and
-:class:`~streamer.engine.EngineConfig` fields (``--store``/``--no-store`` onto ``store_path``).
+The window, VAD and smoothing flags of ``run`` and ``analyze`` map one to one onto
+:class:`~streamer.engine.EngineConfig` (and its ``VadConfig``/``SmoothingConfig``) fields; the
+server flags of ``run`` onto :class:`~server.config.ServerConfig` and its parts (e.g.
+``--max-ws-clients`` onto ``limits.max_ws_clients``, ``--store``/``--no-store`` onto
+``store_path``; see :data:`_INGEST_FLAGS`). Secrets never come from flags: ``--token-file``,
+``--webhook-token-file`` and ``--webhook-secret-file`` name files whose contents fill
+``security.credentials``, ``webhook.token`` and ``webhook.secret``. ``--source``, ``--device``,
+``--channel``, ``--realtime`` and ``--exit-when-done`` choose the audio source and how the
+run ends. ``devices`` is capture's own command (:mod:`streamer.capture_command`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -20,19 +28,39 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from server.auth import load_credentials
-from server.config import DEFAULT_STORE_PATH, ServerConfig
+from server.alerts import AlertsConfig
+from server.auth import SecurityConfig, load_credentials
+from server.config import DEFAULT_STORE_PATH, IngestConfig, ServerConfig
 from server.errors import ServerError
+from server.limits import LimitsConfig
+from server.webhook import WebhookConfig
 
 __all__ = ["register"]
 
 logger = logging.getLogger(__name__)
 
 _DEFAULTS = ServerConfig()
+#: WebhookConfig's defaults (it has no default URL, so no default instance)
+_WEBHOOK_DEFAULTS: dict[str, Any] = {
+    f.name: f.default for f in dataclasses.fields(WebhookConfig) if f.name != "url"
+}
+#: ingest flag dest -> IngestConfig field (the flags keep their ingest-named spelling)
+_INGEST_FLAGS = {
+    "ingest_max_frame_bytes": "max_frame_bytes",
+    "ingest_idle_timeout_s": "idle_timeout_s",
+    "max_ingest_calls": "max_calls",
+    "ingest_max_call_s": "max_call_s",
+}
 
 
 def register(subparsers: Any) -> None:
-    """Add ``run``, ``analyze``, ``export`` and ``devices`` to the top-level parser."""
+    """Add ``run``, ``analyze`` and ``export`` to the top-level parser."""
+    _register_run(subparsers)
+    _register_analyze(subparsers)
+    _register_export(subparsers)
+
+
+def _register_run(subparsers: Any) -> None:
     run = subparsers.add_parser(
         "run",
         help="capture audio, classify it live, serve the dashboard and events",
@@ -70,9 +98,14 @@ def register(subparsers: Any) -> None:
     _add_model_flags(run)
     _add_engine_flags(run)
     _add_server_flags(run)
+    _add_ingest_flags(run)
+    _add_limit_flags(run)
+    _add_alert_flags(run)
     _add_security_flags(run)
     run.set_defaults(handler=_run)
 
+
+def _register_analyze(subparsers: Any) -> None:
     analyze = subparsers.add_parser(
         "analyze",
         help="classify audio files as fast as possible and write a timeline",
@@ -94,6 +127,8 @@ def register(subparsers: Any) -> None:
     _add_engine_flags(analyze)
     analyze.set_defaults(handler=_analyze)
 
+
+def _register_export(subparsers: Any) -> None:
     export = subparsers.add_parser(
         "export",
         help="write the windows of a timeline store as CSV or JSONL",
@@ -112,13 +147,6 @@ def register(subparsers: Any) -> None:
         help="only this session id, or 'latest' (default: every session in the store)",
     )
     export.set_defaults(handler=_export)
-
-    devices = subparsers.add_parser(
-        "devices",
-        help="list audio input devices",
-        description="List the input devices PortAudio sees (index, name, channels, rate).",
-    )
-    devices.set_defaults(handler=_devices)
 
 
 def _add_model_flags(parser: argparse.ArgumentParser) -> None:
@@ -213,41 +241,46 @@ def _add_server_flags(parser: argparse.ArgumentParser) -> None:
                        f"(default: {d.backlog_per_stream})")
     group.add_argument("--stats-interval-s", type=float, default=d.stats_interval_s,
                        help=f"seconds between stats messages (default: {d.stats_interval_s})")
-    group.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes,
-                       help="largest client frame; bigger ones close with 1009 "
-                       f"(default: {d.max_message_bytes})")
-    group.add_argument("--max-client-errors", type=int, default=d.max_client_errors,
-                       help="rejected frames one client may send before it is closed with 1008 "
-                       f"(default: {d.max_client_errors})")
     group.add_argument("--static-dir", type=Path, default=d.static_dir,
                        help="folder whose files are served at GET / (default: the bundled "
                        "dashboard)")
     group.add_argument("--shutdown-timeout-s", type=float, default=d.shutdown_timeout_s,
                        help="time clients get to receive queued events at shutdown "
                        f"(default: {d.shutdown_timeout_s})")
+    group.add_argument("--store-retry-events", type=int, default=d.store_retry_events,
+                       help="events kept in memory while the store cannot write (disk full, "
+                       f"locked), oldest dropped past that (default: {d.store_retry_events})")
+
+
+def _add_ingest_flags(parser: argparse.ArgumentParser) -> None:
+    d = _DEFAULTS.ingest
     ingest = parser.add_argument_group("pushed calls (WS /ingest)")
-    ingest.add_argument("--ingest-max-frame-bytes", type=int, default=d.ingest_max_frame_bytes,
+    ingest.add_argument("--ingest-max-frame-bytes", type=int, default=d.max_frame_bytes,
                         help="largest binary audio frame; bigger ones get an error and 1009 "
-                        f"(default: {d.ingest_max_frame_bytes})")
-    ingest.add_argument("--ingest-idle-timeout-s", type=float, default=d.ingest_idle_timeout_s,
+                        f"(default: {d.max_frame_bytes})")
+    ingest.add_argument("--ingest-idle-timeout-s", type=float, default=d.idle_timeout_s,
                         help="close a sender that sends nothing for this long "
-                        f"(default: {d.ingest_idle_timeout_s})")
+                        f"(default: {d.idle_timeout_s})")
+    ingest.add_argument("--max-ingest-calls", type=int, default=d.max_calls,
+                        help="concurrent pushed calls; more get too_many_calls and 1013 "
+                        f"(default: {d.max_calls})")
+    ingest.add_argument("--ingest-max-call-s", type=float, default=d.max_call_s,
+                        help="longest pushed call, seconds of audio; then call_too_long and "
+                        f"1008 (default: {d.max_call_s:g})")
+
+
+def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
+    d = _DEFAULTS.limits
     limits = parser.add_argument_group(
         "limits (each refusal is counted in stats.refused; see docs/protocol.md)")
     limits.add_argument("--max-ws-clients", type=int, default=d.max_ws_clients,
                         help="concurrent /ws clients; more are closed with 1013 "
                         f"(default: {d.max_ws_clients})")
-    limits.add_argument("--max-ingest-calls", type=int, default=d.max_ingest_calls,
-                        help="concurrent pushed calls; more get too_many_calls and 1013 "
-                        f"(default: {d.max_ingest_calls})")
     limits.add_argument("--max-connections-per-address", type=int,
                         default=d.max_connections_per_address,
                         help="open connections from one IP address (raise it behind a reverse "
                         f"proxy); more are closed with 1008 (default: "
                         f"{d.max_connections_per_address})")
-    limits.add_argument("--ingest-max-call-s", type=float, default=d.ingest_max_call_s,
-                        help="longest pushed call, seconds of audio; then call_too_long and "
-                        f"1008 (default: {d.ingest_max_call_s:g})")
     limits.add_argument("--max-subscribe-streams", type=int, default=d.max_subscribe_streams,
                         help="entries (names and prefixes) in one subscribe "
                         f"(default: {d.max_subscribe_streams})")
@@ -266,9 +299,16 @@ def _add_server_flags(parser: argparse.ArgumentParser) -> None:
                         help="log lines one client address may cause per minute (burst 10); "
                         "the rest are counted, not logged "
                         f"(default: {d.client_log_lines_per_min:g})")
-    limits.add_argument("--store-retry-events", type=int, default=d.store_retry_events,
-                        help="events kept in memory while the store cannot write (disk full, "
-                        f"locked), oldest dropped past that (default: {d.store_retry_events})")
+    limits.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes,
+                        help="largest client frame; bigger ones close with 1009 "
+                        f"(default: {d.max_message_bytes})")
+    limits.add_argument("--max-client-errors", type=int, default=d.max_client_errors,
+                        help="rejected frames one client may send before it is closed with 1008 "
+                        f"(default: {d.max_client_errors})")
+
+
+def _add_alert_flags(parser: argparse.ArgumentParser) -> None:
+    d = _WEBHOOK_DEFAULTS
     alerts = parser.add_argument_group("alerts")
     alerts.add_argument("--alert", dest="alerts", action="append", default=[], type=_alert_rule,
                         metavar="RULE",
@@ -277,14 +317,14 @@ def _add_server_flags(parser: argparse.ArgumentParser) -> None:
                         "repeat for several rules)")
     alerts.add_argument("--webhook", dest="webhook_url", default=None, metavar="URL",
                         help="POST every alert message (JSON) to this http(s) URL")
-    alerts.add_argument("--webhook-queue-size", type=int, default=d.webhook_queue_size,
+    alerts.add_argument("--webhook-queue-size", type=int, default=d["queue_size"],
                         help="alerts waiting for the webhook before the oldest is dropped "
-                        f"(default: {d.webhook_queue_size})")
-    alerts.add_argument("--webhook-max-attempts", type=int, default=d.webhook_max_attempts,
-                        help="tries per alert, with doubling backoff from 0.5 s "
-                        f"(default: {d.webhook_max_attempts})")
-    alerts.add_argument("--webhook-timeout-s", type=float, default=d.webhook_timeout_s,
-                        help=f"timeout of one POST (default: {d.webhook_timeout_s})")
+                        f"(default: {d['queue_size']})")
+    alerts.add_argument("--webhook-max-attempts", type=int, default=d["max_attempts"],
+                        help="tries per alert, with doubling backoff from "
+                        f"{d['backoff_initial_s']:g} s (default: {d['max_attempts']})")
+    alerts.add_argument("--webhook-timeout-s", type=float, default=d["timeout_s"],
+                        help=f"timeout of one POST (default: {d['timeout_s']})")
     alerts.add_argument("--webhook-token-file", type=Path, default=None, metavar="FILE",
                         help="send 'Authorization: Bearer <first line of FILE>' with every POST "
                         "(default: $EMOTION_MONITOR_WEBHOOK_TOKEN if set)")
@@ -344,49 +384,50 @@ def _engine_config(args: argparse.Namespace, *, realtime: bool) -> Any:
 
 
 def _server_config(args: argparse.Namespace) -> ServerConfig:
+    limit_fields = [f.name for f in dataclasses.fields(LimitsConfig)]  # flag dest = field name
     return ServerConfig(
         host=args.host,
         port=args.port,
         store_path=args.store_path,
+        store_retry_events=args.store_retry_events,
         client_queue_size=args.client_queue_size,
         backlog_per_stream=args.backlog_per_stream,
         stats_interval_s=args.stats_interval_s,
-        max_message_bytes=args.max_message_bytes,
-        max_client_errors=args.max_client_errors,
         shutdown_timeout_s=args.shutdown_timeout_s,
         static_dir=args.static_dir,
-        ingest_max_frame_bytes=args.ingest_max_frame_bytes,
-        ingest_idle_timeout_s=args.ingest_idle_timeout_s,
-        max_ws_clients=args.max_ws_clients,
-        max_ingest_calls=args.max_ingest_calls,
-        max_connections_per_address=args.max_connections_per_address,
-        ingest_max_call_s=args.ingest_max_call_s,
-        max_subscribe_streams=args.max_subscribe_streams,
-        max_subscribe_chars=args.max_subscribe_chars,
-        client_messages_per_s=args.client_messages_per_s,
-        client_message_burst=args.client_message_burst,
-        client_log_lines_per_min=args.client_log_lines_per_min,
-        store_retry_events=args.store_retry_events,
-        alerts=tuple(args.alerts),
-        webhook_url=args.webhook_url,
-        webhook_queue_size=args.webhook_queue_size,
-        webhook_max_attempts=args.webhook_max_attempts,
-        webhook_timeout_s=args.webhook_timeout_s,
-        webhook_token=_webhook_credential(args.webhook_token_file, "TOKEN", "webhook token"),
-        webhook_secret=_webhook_credential(args.webhook_secret_file, "SECRET",
-                                           "webhook secret"),
-        credentials=load_credentials(args.token_file, os.environ),
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        allow_hosts=tuple(args.allow_hosts),
-        allow_origins=tuple(args.allow_origins),
-        tls_proxy=args.tls_proxy,
-        session_ttl_s=args.session_ttl_s,
+        ingest=IngestConfig(**{field: getattr(args, dest)
+                               for dest, field in _INGEST_FLAGS.items()}),
+        limits=LimitsConfig(**{name: getattr(args, name) for name in limit_fields}),
+        alerts=AlertsConfig(rules=tuple(args.alerts)),
+        webhook=_webhook_config(args),
+        security=SecurityConfig(
+            credentials=load_credentials(args.token_file, os.environ),
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            allow_hosts=tuple(args.allow_hosts),
+            allow_origins=tuple(args.allow_origins),
+            tls_proxy=args.tls_proxy,
+            session_ttl_s=args.session_ttl_s,
+        ),
+    )
+
+
+def _webhook_config(args: argparse.Namespace) -> WebhookConfig | None:
+    """The webhook settings (None without ``--webhook``); credentials from files or env."""
+    if args.webhook_url is None:
+        return None
+    return WebhookConfig(
+        args.webhook_url,
+        queue_size=args.webhook_queue_size,
+        max_attempts=args.webhook_max_attempts,
+        timeout_s=args.webhook_timeout_s,
+        token=_webhook_credential(args.webhook_token_file, "TOKEN", "webhook token"),
+        secret=_webhook_credential(args.webhook_secret_file, "SECRET", "webhook secret"),
     )
 
 
 def _add_security_flags(parser: argparse.ArgumentParser) -> None:
-    d = _DEFAULTS
+    d = _DEFAULTS.security
     group = parser.add_argument_group(
         "security (see docs/security.md)",
         "Tokens are read from --token-file (ROLE:TOKEN lines, roles ingest, view, admin) and "
@@ -439,17 +480,18 @@ def _run(args: argparse.Namespace) -> int:
 
     server_config = _server_config(args)
     engine_config = _engine_config(args, realtime=args.realtime)
-    if server_config.tls_cert is not None and server_config.tls_key is not None:
+    security = server_config.security
+    if security.tls_cert is not None and security.tls_key is not None:
         from server.tls import server_context
 
-        server_context(server_config.tls_cert, server_config.tls_key)  # fail before the model
+        server_context(security.tls_cert, security.tls_key)  # fail before the model
     if server_config.store_path is not None and not server_config.store_path.parent.is_dir():
         raise ServerError(f"--store {server_config.store_path}: the folder does not exist")
     sources: list[Any] = []
     if args.source == "mic":
-        from streamer.capture import MicrophoneSource
+        from streamer.capture import CaptureConfig, MicrophoneSource
 
-        sources.append(MicrophoneSource(args.device))
+        sources.append(MicrophoneSource(CaptureConfig(device=args.device)))
     elif args.source != "none":
         from streamer.sources import FileSource
 
@@ -536,7 +578,7 @@ async def _wait_until_done(monitor: Any, stop: asyncio.Event, *, exit_when_done:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from server.monitor import analyze_files
+    from streamer.analyze import analyze_files
     from streamer.models.loading import load_model
     from streamer.protocol.timeline import timeline_format
 
@@ -562,22 +604,4 @@ def _export(args: argparse.Namespace) -> int:
 
     rows = export_timeline(args.store, args.out, stream=args.stream, session=args.session)
     print(f"wrote {rows} row(s) to {args.out}")
-    return 0
-
-
-def _devices(args: argparse.Namespace) -> int:
-    from streamer.capture import list_input_devices
-
-    devices = list_input_devices()
-    if not devices:
-        print("no input devices found (use 'run --source FILE' to analyse a file)")
-        return 0
-    rows = [("index", "name", "channels", "rate_hz", "host_api", "default")]
-    for d in devices:
-        rows.append((str(d.index), d.name, str(d.channels), str(d.default_rate_hz), d.hostapi,
-                     "*" if d.is_default else ""))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-              .rstrip())
     return 0

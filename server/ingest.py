@@ -11,13 +11,15 @@ The pure parts (:func:`check_start`, :func:`decode_audio`) validate and convert;
 ``code`` names the case) and a close code: 1008 for protocol order (audio before start, a
 second start, a duplicate live call id, an idle sender), 1003 for data the server will not
 take (bad start fields, unsupported format/rate/channels, frames that are not whole sample
-frames, non-finite floats), 1009 for a frame over ``ingest_max_frame_bytes``; limits:
-``too_many_calls`` (1013, ``max_ingest_calls`` live already) and ``call_too_long`` (1008, more
-than ``ingest_max_call_s`` seconds of audio), each counted in ``stats.refused``. Only that call
-ends; whatever it produced is already in the store. Closes: 1000 after ``ingest_end``, 1001 at
-server shutdown. ``stream_close.reason``: ``end`` (ingest_end or a clean close),
-``disconnected`` (the connection dropped), ``idle_timeout``, ``max_length`` (the call reached
-``ingest_max_call_s``), ``error`` (rejected mid-call), ``shutdown``.
+frames, non-finite floats), 1009 for a frame over ``max_frame_bytes``; limits (of
+:class:`~server.config.IngestConfig`): ``too_many_calls`` (1013, ``max_calls`` live already)
+and ``call_too_long`` (1008, more than ``max_call_s`` seconds of audio), each counted in
+``stats.refused``. The formats, rates and channel counts allowed are those of
+:mod:`streamer.protocol.limits`. Only that call ends; whatever it produced is already in the
+store. Closes: 1000 after ``ingest_end``, 1001 at server shutdown. ``stream_close.reason``:
+``end`` (ingest_end or a clean close), ``disconnected`` (the connection dropped),
+``idle_timeout``, ``max_length`` (the call reached ``max_call_s``), ``error`` (rejected
+mid-call), ``shutdown``.
 
 Log lines a sender causes go through a :class:`~server.limits.ClientLog` (per address, the
 rest counted). Anyone allowed to push may take a call id that is not live yet; the real sender
@@ -38,12 +40,18 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
-from server.config import ServerConfig
+from server.config import IngestConfig
 from server.limits import ClientLog, ServerCounters, address_of
-from streamer.audio import int16_to_float32
+from streamer.audio import f32le_to_float32, s16le_to_float32
 from streamer.engine import Engine, StreamFeed
 from streamer.errors import StreamerError
-from streamer.protocol.limits import INGEST_FORMATS
+from streamer.protocol.limits import (
+    INGEST_BYTES_PER_SAMPLE,
+    INGEST_FORMATS,
+    MAX_INGEST_CHANNELS,
+    MAX_INGEST_RATE_HZ,
+    MIN_INGEST_RATE_HZ,
+)
 from streamer.protocol.messages import (
     ErrorMessage,
     IngestAck,
@@ -55,9 +63,7 @@ from streamer.protocol.messages import (
 )
 
 __all__ = [
-    "INGEST_PATH",
-    "MAX_RATE_HZ",
-    "MIN_RATE_HZ",
+    "RESERVED_METADATA",
     "IngestEndpoint",
     "IngestRejected",
     "IngestSpec",
@@ -67,14 +73,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-INGEST_PATH = "/ingest"
-MIN_RATE_HZ = 8_000
-MAX_RATE_HZ = 48_000
-MAX_CHANNELS = 2
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@+-]{0,127}")
 _MAX_METADATA = 32
 _MAX_METADATA_CHARS = 256
-_BYTES = {"s16le": 2, "f32le": 4}
 #: metadata keys the server sets on each channel's stream_open (a sender's own keys may not)
 RESERVED_METADATA = ("source", "call", "role", "channel", "channels", "format")
 
@@ -103,7 +104,7 @@ class IngestSpec:
     @property
     def frame_bytes(self) -> int:
         """Bytes of one sample frame (all channels)."""
-        return self.channels * _BYTES[self.format]
+        return self.channels * INGEST_BYTES_PER_SAMPLE[self.format]
 
     def stream_metadata(self, channel: int) -> dict[str, str]:
         """The stream_open metadata of one channel: the sender's, then ours."""
@@ -130,37 +131,61 @@ def check_start(start: IngestStart) -> IngestSpec:
             f"stream id {start.stream!r} not allowed: 1-128 characters, letters, digits and "
             "_ . : @ + - (no '/': the server appends '/<role>')",
         )
+    _check_audio(start)
+    roles = _check_roles(start)
+    metadata = _check_metadata(start)
+    return IngestSpec(
+        call=start.stream,
+        sample_rate_hz=start.sample_rate_hz,
+        channels=start.channels,
+        format=start.format,
+        streams=tuple(f"{start.stream}/{role}" for role in roles),
+        roles=roles,
+        metadata=metadata,
+    )
+
+
+def _check_audio(start: IngestStart) -> None:
+    """The sample format, rate and channel count: what streamer.protocol.limits allows."""
     if start.format not in INGEST_FORMATS:
         raise _unsupported(
             "unsupported_format",
             f"unsupported format {start.format!r}: allowed {', '.join(INGEST_FORMATS)}",
         )
-    if not MIN_RATE_HZ <= start.sample_rate_hz <= MAX_RATE_HZ:
+    if not MIN_INGEST_RATE_HZ <= start.sample_rate_hz <= MAX_INGEST_RATE_HZ:
         raise _unsupported(
             "unsupported_rate",
-            f"unsupported sample_rate_hz {start.sample_rate_hz}: allowed {MIN_RATE_HZ}.."
-            f"{MAX_RATE_HZ}",
+            f"unsupported sample_rate_hz {start.sample_rate_hz}: allowed {MIN_INGEST_RATE_HZ}.."
+            f"{MAX_INGEST_RATE_HZ}",
         )
-    if not 1 <= start.channels <= MAX_CHANNELS:
+    if not 1 <= start.channels <= MAX_INGEST_CHANNELS:
         raise _unsupported(
             "unsupported_channels",
-            f"unsupported channels {start.channels}: allowed 1..{MAX_CHANNELS}",
+            f"unsupported channels {start.channels}: allowed 1..{MAX_INGEST_CHANNELS}",
         )
+
+
+def _check_roles(start: IngestStart) -> tuple[str, ...]:
+    """One distinct role id per channel; ``ch0``, ``ch1`` ... when the sender gives none."""
     roles = start.roles
-    if roles:
-        if len(roles) != start.channels:
-            raise _unsupported(
-                "bad_roles",
-                f"{len(roles)} role(s) {list(roles)} for {start.channels} channel(s): give one "
-                "role per channel or none",
-            )
-        if len(set(roles)) != len(roles) or not all(_ID.fullmatch(r) for r in roles):
-            raise _unsupported(
-                "bad_roles",
-                f"roles {list(roles)} not allowed: distinct ids of letters, digits, _ . : @ + -",
-            )
-    else:
-        roles = tuple(f"ch{i}" for i in range(start.channels))
+    if not roles:
+        return tuple(f"ch{i}" for i in range(start.channels))
+    if len(roles) != start.channels:
+        raise _unsupported(
+            "bad_roles",
+            f"{len(roles)} role(s) {list(roles)} for {start.channels} channel(s): give one "
+            "role per channel or none",
+        )
+    if len(set(roles)) != len(roles) or not all(_ID.fullmatch(r) for r in roles):
+        raise _unsupported(
+            "bad_roles",
+            f"roles {list(roles)} not allowed: distinct ids of letters, digits, _ . : @ + -",
+        )
+    return tuple(roles)
+
+
+def _check_metadata(start: IngestStart) -> dict[str, str]:
+    """The sender's metadata: bounded in size, and none of the keys the server sets."""
     metadata = dict(start.metadata)
     if len(metadata) > _MAX_METADATA or any(
         len(k) > _MAX_METADATA_CHARS or len(v) > _MAX_METADATA_CHARS for k, v in metadata.items()
@@ -175,15 +200,7 @@ def check_start(start: IngestStart) -> IngestSpec:
         raise _unsupported(
             "bad_metadata", f"metadata keys {reserved} are set by the server; use other names"
         )
-    return IngestSpec(
-        call=start.stream,
-        sample_rate_hz=start.sample_rate_hz,
-        channels=start.channels,
-        format=start.format,
-        streams=tuple(f"{start.stream}/{role}" for role in roles),
-        roles=roles,
-        metadata=metadata,
-    )
+    return metadata
 
 
 def decode_audio(spec: IngestSpec, data: bytes) -> NDArray[np.float32]:
@@ -195,41 +212,56 @@ def decode_audio(spec: IngestSpec, data: bytes) -> NDArray[np.float32]:
             f"byte sample frames ({spec.channels} channel(s) x {spec.format})",
         )
     if spec.format == "s16le":
-        samples = int16_to_float32(np.frombuffer(data, dtype="<i2").astype(np.int16))
+        samples = s16le_to_float32(data)  # scaled to [-1, 1)
     else:
-        samples = np.frombuffer(data, dtype="<f4").astype(np.float32)
+        samples = f32le_to_float32(data)
         if not np.all(np.isfinite(samples)):
             raise _unsupported("bad_samples", "f32le samples must be finite (no NaN or inf)")
     return samples.reshape(-1, spec.channels)
 
 
+@dataclass(slots=True)
+class _Call:
+    """What one ``/ingest`` connection has so far (its handler's own state, never shared)."""
+
+    connection: ServerConnection
+    address: str
+    spec: IngestSpec | None = None
+    feeds: list[StreamFeed] = field(default_factory=list)
+    reason: str = "error"  # the stream_close reason if the call ended now
+
+    @property
+    def name(self) -> str:
+        return self.spec.call if self.spec is not None else "(not started)"
+
+
 class IngestEndpoint:
     """Serves ``/ingest`` connections into one engine. ``close()`` is idempotent.
 
-    ``handle(connection)`` runs one call (the server's handler for that path). Live call ids
-    are tracked here, so a second sender with a live id is refused. With a non-realtime engine
-    feeding may block (backpressure), so it runs in a worker thread.
+    ``handle(connection)`` runs one call (the server's handler for that path); what a call has
+    (its spec and feeds) lives in that handler, never here. Shared across calls: the live call
+    ids (a second sender with a live id is refused) and the handler tasks (for shutdown). With
+    a non-realtime engine feeding may block (backpressure), so it runs in a worker thread.
     """
 
-    def __init__(self, engine: Engine, config: ServerConfig) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        config: IngestConfig,
+        *,
+        log: ClientLog,
+        counters: ServerCounters,
+        shutdown_timeout_s: float = 5.0,
+    ) -> None:
         self.engine = engine
         self.config = config
-        self.calls_started = 0
-        self.calls_rejected = 0
-        self.counters = ServerCounters()
-        self.log = ClientLog(logger, self.counters, per_minute=config.client_log_lines_per_min)
+        #: refusals and rate-limited log lines, shared with the server
+        self.counters = counters
+        self.log = log
+        self.shutdown_timeout_s = shutdown_timeout_s
         self._live: set[str] = set()
         self._tasks: set[asyncio.Task[object]] = set()
         self._closing = False
-
-    def bind(self, counters: ServerCounters, log: ClientLog) -> None:
-        """Count refusals and limit log lines together with the server (called by it)."""
-        self.counters = counters
-        self.log = log
-
-    @property
-    def live_calls(self) -> tuple[str, ...]:
-        return tuple(sorted(self._live))
 
     async def close(self) -> None:
         """Close every ingest connection with 1001; their streams close with reason shutdown."""
@@ -238,81 +270,92 @@ class IngestEndpoint:
         for task in tasks:
             task.cancel()
         if tasks:
-            await asyncio.wait(tasks, timeout=self.config.shutdown_timeout_s)
+            await asyncio.wait(tasks, timeout=self.shutdown_timeout_s)
 
     async def handle(self, connection: ServerConnection) -> None:
         """One pushed call, start to end (the connection's handler task)."""
-        task = asyncio.current_task()
-        assert task is not None
-        peer = connection.remote_address
-        address = address_of(peer)
         if self._closing:
             await connection.close(CloseCode.GOING_AWAY, "server shutting down")
             return
+        task = asyncio.current_task()
+        assert task is not None
         self._tasks.add(task)
-        spec: IngestSpec | None = None
-        feeds: list[StreamFeed] = []
-        reason = "error"
+        call = _Call(connection, address_of(connection.remote_address))
         try:
-            spec = await self._start(connection)
-            feeds = self._open(spec)
-            await connection.send(encode(IngestAck(
-                stream=spec.call, streams=spec.streams,
-                max_frame_bytes=self.config.ingest_max_frame_bytes,
-                idle_timeout_s=self.config.ingest_idle_timeout_s,
-            )))
-            self.log.info(address, "ingest %s from %s: %s Hz, %s x %s -> %s", spec.call, peer,
-                          spec.sample_rate_hz, spec.channels, spec.format,
-                          ", ".join(spec.streams))
-            reason = await self._receive(connection, spec, feeds)
-            if reason == "end":
-                await self._close_feeds(feeds, reason)
-                feeds = []
+            await self._serve(call)
+        finally:
+            await self._close_feeds(call.feeds, call.reason)
+            if call.spec is not None:
+                self._live.discard(call.spec.call)
+            self._tasks.discard(task)
+
+    async def _serve(self, call: _Call) -> None:
+        """Run the call; every way it can end sets ``call.reason`` and closes the connection."""
+        connection, peer = call.connection, call.connection.remote_address
+        try:
+            spec = await self._accept(call)
+            call.reason = await self._receive(connection, spec, call.feeds)
+            if call.reason == "end":
+                await self._close_feeds(call.feeds, call.reason)
+                call.feeds = []
                 await connection.close(CloseCode.NORMAL_CLOSURE, "stream ended")
         except IngestRejected as exc:
-            self.calls_rejected += 1
-            reason = _CLOSE_REASONS.get(exc.code, "error")
-            if exc.code in _REFUSALS:
-                self.counters.refuse(_REFUSALS[exc.code])
-            self.log.warning(address, "ingest %s from %s rejected: %s (%s)",
-                             spec.call if spec else "(not started)", peer, exc, exc.code)
-            try:
-                await connection.send(encode(ErrorMessage(code=exc.code, message=str(exc))))
-                await connection.close(exc.close, exc.code)
-            except ConnectionClosed:
-                pass
+            await self._reject(call, exc)
         except ConnectionClosed as exc:
             clean = exc.rcvd is not None and exc.rcvd.code in (
                 CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY)
-            reason = "end" if clean else "disconnected"
-            if spec is not None:
-                self.log.info(address, "ingest %s: sender closed (%s)", spec.call, reason)
+            call.reason = "end" if clean else "disconnected"
+            if call.spec is not None:
+                self.log.info(call.address, "ingest %s: sender closed (%s)", call.name,
+                              call.reason)
         except asyncio.CancelledError:
-            reason = "shutdown"
-            await self._close_feeds(feeds, reason)
-            feeds = []
+            call.reason = "shutdown"
+            await self._close_feeds(call.feeds, call.reason)
+            call.feeds = []
             await connection.close(CloseCode.GOING_AWAY, "server shutting down")
             raise
         except Exception:
             logger.exception("ingest %s: handler failed; closing that call only",
-                             spec.call if spec else peer)
+                             call.spec.call if call.spec else peer)
             await connection.close(CloseCode.INTERNAL_ERROR, "internal error")
-        finally:
-            await self._close_feeds(feeds, reason)
-            if spec is not None:
-                self._live.discard(spec.call)
-            self._tasks.discard(task)
+
+    async def _accept(self, call: _Call) -> IngestSpec:
+        """Read and check ``ingest_start``, open the streams, answer ``ingest_ack``."""
+        call.spec = spec = await self._start(call.connection)
+        call.feeds = self._open(spec)
+        config = self.config
+        await call.connection.send(encode(IngestAck(
+            stream=spec.call, streams=spec.streams,
+            max_frame_bytes=config.max_frame_bytes, idle_timeout_s=config.idle_timeout_s,
+        )))
+        self.log.info(call.address, "ingest %s from %s: %s Hz, %s x %s -> %s", spec.call,
+                      call.connection.remote_address, spec.sample_rate_hz, spec.channels,
+                      spec.format, ", ".join(spec.streams))
+        return spec
+
+    async def _reject(self, call: _Call, exc: IngestRejected) -> None:
+        """Count and log a refusal, send its ``error`` frame and close with its code."""
+        call.reason = _CLOSE_REASONS.get(exc.code, "error")
+        if exc.code in _REFUSALS:
+            self.counters.refuse(_REFUSALS[exc.code])
+        self.log.warning(call.address, "ingest %s from %s rejected: %s (%s)", call.name,
+                         call.connection.remote_address, exc, exc.code)
+        try:
+            await call.connection.send(encode(ErrorMessage(code=exc.code, message=str(exc))))
+            await call.connection.close(exc.close, exc.code)
+        except ConnectionClosed:
+            pass
 
     async def _recv(self, connection: ServerConnection) -> str | bytes:
         # asyncio.timeout, not wait_for: no task per frame, so frames already received are
         # read without going round the loop (behind every client writer) once per frame
         try:  # recv is cancellation-safe: a timeout loses no frame (none had arrived)
-            async with asyncio.timeout(self.config.ingest_idle_timeout_s):
+            async with asyncio.timeout(self.config.idle_timeout_s):
                 return await connection.recv()
         except TimeoutError:
             raise IngestRejected(
                 "idle_timeout",
-                f"no frame for {self.config.ingest_idle_timeout_s:g} s (--ingest-idle-timeout-s)",
+                f"no frame for {self.config.idle_timeout_s:g} s (--ingest-idle-timeout-s)",
                 CloseCode.POLICY_VIOLATION,
             ) from None
 
@@ -342,7 +385,7 @@ class IngestEndpoint:
                 "duplicate_stream", f"stream {spec.call!r} is already live; use another id",
                 CloseCode.POLICY_VIOLATION,
             )
-        limit = self.config.max_ingest_calls
+        limit = self.config.max_calls
         if len(self._live) >= limit:
             raise IngestRejected(
                 "too_many_calls", f"{len(self._live)} calls are live, the most this server "
@@ -353,7 +396,6 @@ class IngestEndpoint:
     def _open(self, spec: IngestSpec) -> list[StreamFeed]:
         feeds: list[StreamFeed] = []
         self._live.add(spec.call)
-        self.calls_started += 1
         try:
             for channel, stream in enumerate(spec.streams):
                 feeds.append(self.engine.open_stream(
@@ -372,8 +414,8 @@ class IngestEndpoint:
     ) -> str:
         """Feed frames until ingest_end ("end"); raises for anything else."""
         blocking = not self.engine.config.realtime
-        limit = self.config.ingest_max_frame_bytes
-        max_frames = int(self.config.ingest_max_call_s * spec.sample_rate_hz)
+        limit = self.config.max_frame_bytes
+        max_frames = int(self.config.max_call_s * spec.sample_rate_hz)
         received = 0
         while True:
             frame = await self._recv(connection)
@@ -402,7 +444,7 @@ class IngestEndpoint:
             received += audio.shape[0]
             if received > max_frames:
                 raise IngestRejected(
-                    "call_too_long", f"the call passed {self.config.ingest_max_call_s:g} s of "
+                    "call_too_long", f"the call passed {self.config.max_call_s:g} s of "
                     "audio (--ingest-max-call-s); start a new call to go on",
                     CloseCode.POLICY_VIOLATION,
                 )

@@ -5,9 +5,9 @@ Pure parts with the clock passed in (:class:`TokenBucket`) and small loop-bound 
 :class:`ServerCounters` (published in ``stats.refused``) so nothing is dropped silently:
 
 - ``ws_clients``: a ``/ws`` connection over ``max_ws_clients`` (closed 1013);
-- ``ingest_calls``: an ``/ingest`` call over ``max_ingest_calls`` (``too_many_calls``, 1013);
+- ``ingest_calls``: an ``/ingest`` call over ``ingest.max_calls`` (``too_many_calls``, 1013);
 - ``per_address``: a connection over ``max_connections_per_address`` from one address (1008);
-- ``call_length``: a pushed call longer than ``ingest_max_call_s`` (``call_too_long``, 1008);
+- ``call_length``: a pushed call longer than ``ingest.max_call_s`` (``call_too_long``, 1008);
 - ``subscribe_size``: a ``subscribe`` over ``max_subscribe_streams`` entries or
   ``max_subscribe_chars`` characters (``subscribe_too_large`` error, connection stays);
 - ``message_rate``: a ``/ws`` client sending faster than ``client_messages_per_s`` for longer
@@ -27,13 +27,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from server.errors import ServerError
+
 __all__ = [
     "REFUSALS",
     "AddressSlots",
     "ClientLog",
+    "LimitsConfig",
     "ServerCounters",
     "TokenBucket",
     "address_of",
+    "check_ranges",
 ]
 
 #: the names refusals are counted under (``stats.refused`` keys)
@@ -48,6 +52,56 @@ def address_of(peer: Any) -> str:
     if isinstance(peer, (tuple, list)) and peer:
         return str(peer[0])
     return str(peer)
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """What one client may cost (``run`` limit flags; each refusal counted, see module doc).
+
+    - ``max_ws_clients``: concurrent ``/ws`` clients (more: 1013).
+    - ``max_connections_per_address``: open connections (both endpoints) from one IP address
+      (more: 1008; raise it behind a reverse proxy, where every client has the proxy's address).
+    - ``max_subscribe_streams`` / ``max_subscribe_chars``: entries / characters of one
+      ``subscribe`` (more: ``subscribe_too_large`` error, the connection stays).
+    - ``client_messages_per_s`` with a burst of ``client_message_burst``: frames of any kind a
+      ``/ws`` client may send (a flood: 1008).
+    - ``client_log_lines_per_min``: log lines one client address may cause (the rest counted).
+    - ``max_message_bytes``: larger client frames close the connection with 1009.
+    - ``max_client_errors``: bad frames one client may send before it is closed with 1008.
+    """
+
+    max_ws_clients: int = 1000
+    max_connections_per_address: int = 256
+    max_subscribe_streams: int = 256
+    max_subscribe_chars: int = 16 * 1024
+    client_messages_per_s: float = 10.0
+    client_message_burst: int = 50
+    client_log_lines_per_min: float = 30.0
+    max_message_bytes: int = 64 * 1024
+    max_client_errors: int = 100
+
+    def __post_init__(self) -> None:
+        check_ranges(self, (
+            ("max_ws_clients", 1, 1_000_000),
+            ("max_connections_per_address", 1, 1_000_000),
+            ("max_subscribe_streams", 1, 100_000),
+            ("max_subscribe_chars", 16, 64 * 1024 * 1024),
+            ("client_messages_per_s", 0.01, 1_000_000),
+            ("client_message_burst", 1, 1_000_000),
+            ("client_log_lines_per_min", 0.1, 1_000_000),
+            ("max_message_bytes", 256, 64 * 1024 * 1024),
+            ("max_client_errors", 1, 1_000_000),
+        ))
+
+
+def check_ranges(config: object, ranges: tuple[tuple[str, float, float], ...]) -> None:
+    """ServerError naming the first field of ``config`` outside its ``(low, high)`` range."""
+    for name, low, high in ranges:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            low <= value <= high
+        ):
+            raise ServerError(f"{name} must be {low:g}-{high:g}, got {value!r}")
 
 
 @dataclass(slots=True)

@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from client.errors import ClientError
 from server.config import DEFAULT_STORE_PATH
 from server.errors import ServerError
+from streamer.protocol.errors import TimelineError
 from streamer.protocol.messages import Hello, Message, MessageError, WindowMessage, decode
 from streamer.protocol.timeline import TimelineWriter
 
@@ -377,6 +377,6 @@ def export_timeline(
                 if session_id in wanted and isinstance(message, WindowMessage):
                     writer.write_window(message, session=session_id)
                     rows += 1
-    except ClientError as exc:
+    except TimelineError as exc:  # the timeline file (suffix, labels, folder): one ServerError
         raise ServerError(str(exc)) from exc
     return rows

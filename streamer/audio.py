@@ -1,7 +1,8 @@
 """Sample-format conversion and whole-file reading (pure functions, any thread).
 
-Inside the app audio is ``NDArray[np.float32]``, mono, in [-1, 1], at the model rate. Formats are
-converted here once, explicitly and with scaling; nothing else calls a bare ``astype``.
+Inside the app audio is ``NDArray[np.float32]``, mono, in [-1, 1], at the model rate. Sample
+formats (int16 PCM, the little-endian bytes pushed to ``/ingest``, float32) are converted here,
+once, explicitly and with scaling; the rest of the app calls these helpers instead of ``astype``.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from streamer.errors import AudioError
 __all__ = [
     "MODEL_RATE_HZ",
     "downmix",
+    "f32le_to_float32",
     "float32_to_int16",
     "int16_to_float32",
+    "s16le_to_float32",
     "read_audio",
     "resample",
 ]
@@ -33,6 +36,20 @@ def int16_to_float32(samples: NDArray[np.int16]) -> NDArray[np.float32]:
     if samples.dtype != np.int16:
         raise AudioError(f"expected int16 samples, got {samples.dtype}")
     return samples.astype(np.float32) / np.float32(_INT16_SCALE)
+
+
+def s16le_to_float32(data: bytes) -> NDArray[np.float32]:
+    """Little-endian int16 PCM bytes -> float32 in [-1, 1) (any host byte order)."""
+    if len(data) % 2:
+        raise AudioError(f"s16le data of {len(data)} bytes is not a whole number of samples")
+    return np.frombuffer(data, dtype="<i2").astype(np.float32) / np.float32(_INT16_SCALE)
+
+
+def f32le_to_float32(data: bytes) -> NDArray[np.float32]:
+    """Little-endian float32 bytes -> a native, writable float32 array (values unchanged)."""
+    if len(data) % 4:
+        raise AudioError(f"f32le data of {len(data)} bytes is not a whole number of samples")
+    return np.frombuffer(data, dtype="<f4").astype(np.float32)  # a copy: the bytes are read-only
 
 
 def float32_to_int16(samples: NDArray[np.float32]) -> NDArray[np.int16]:

@@ -9,6 +9,8 @@ Hand-off rule: a bounded queue of ``queue_blocks`` blocks; when full the oldest 
 and counted in ``blocks_dropped`` (low latency beats completeness). Driver-reported input
 overflows are counted in ``input_overflows``. Pass the :class:`MicrophoneSource` to
 ``Engine.open_stream(..., capture=source)`` to have both counters in ``Engine.stats()``.
+Settings are one :class:`CaptureConfig`, checked when made; the device itself is checked when
+the :class:`MicrophoneSource` is made.
 
 A device that stops delivering audio (unplugged, server gone) surfaces as an :class:`AudioError`
 from ``read``/``async for`` -- either because PortAudio finished the stream on its own or because
@@ -32,9 +34,11 @@ from numpy.typing import NDArray
 
 from streamer.audio import downmix
 from streamer.errors import AudioError
+from streamer.protocol.limits import MAX_INPUT_RATE_HZ, MIN_INPUT_RATE_HZ
 
 __all__ = [
     "CaptureBuffer",
+    "CaptureConfig",
     "InputDevice",
     "MicrophoneSource",
     "list_input_devices",
@@ -43,9 +47,54 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_MIN_RATE_HZ = 8_000
-_MAX_RATE_HZ = 192_000
 _NO_DEVICE = "no input device found: use --source FILE to analyse an audio file instead"
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureConfig:
+    """Settings of one microphone capture (``run --device`` sets ``device``).
+
+    - ``device``: index or (part of) a name; None = the system default input.
+    - ``sample_rate_hz``: capture rate; None = the device's default (the engine resamples).
+    - ``channels``: channels captured (downmixed to mono on the consumer's side).
+    - ``block_s``: audio per callback block.
+    - ``queue_blocks``: blocks the hand-off holds; when full the oldest is dropped (counted).
+    - ``stall_timeout_s`` / ``start_timeout_s``: silence from the device, after / before the
+      first block, that counts as a lost device.
+    - ``name``: the stream id.
+    """
+
+    device: int | str | None = None
+    sample_rate_hz: int | None = None
+    channels: int = 1
+    block_s: float = 0.05
+    queue_blocks: int = 64
+    stall_timeout_s: float = 2.0
+    start_timeout_s: float = 10.0
+    name: str = "mic"
+
+    def __post_init__(self) -> None:
+        if not 0.005 <= self.block_s <= 1.0:
+            raise ValueError(f"block_s must be between 0.005 and 1.0 s, got {self.block_s!r}")
+        if self.sample_rate_hz is not None and not (
+            MIN_INPUT_RATE_HZ <= self.sample_rate_hz <= MAX_INPUT_RATE_HZ
+        ):
+            raise AudioError(
+                f"unsupported sample rate {self.sample_rate_hz} Hz: allowed "
+                f"{MIN_INPUT_RATE_HZ}..{MAX_INPUT_RATE_HZ} Hz"
+            )
+        if isinstance(self.channels, bool) or not isinstance(self.channels, int) or (
+            self.channels < 1
+        ):
+            raise ValueError(f"channels must be a positive integer, got {self.channels!r}")
+        if not 1 <= self.queue_blocks <= 10_000:
+            raise ValueError(f"queue_blocks must be 1..10000, got {self.queue_blocks!r}")
+        if not self.stall_timeout_s > 0:
+            raise ValueError(f"stall_timeout_s must be > 0, got {self.stall_timeout_s!r}")
+        if not self.start_timeout_s > 0:
+            raise ValueError(f"start_timeout_s must be > 0, got {self.start_timeout_s!r}")
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"name must be a non-empty string, got {self.name!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,36 +325,30 @@ _EMPTY = object()
 class MicrophoneSource:
     """One input device as a stream of mono float32 blocks at its own rate.
 
-    The device is resolved (and its settings checked) on construction; audio flows between
-    ``start()`` (or ``with``) and ``close()``. ``close()`` is idempotent. ``name`` ("mic") is
-    the stream id; ``sample_rate_hz`` the capture rate (the engine resamples to 16 kHz).
+    The device of ``config`` is resolved (and its settings checked) on construction; audio
+    flows between ``start()`` (or ``with``) and ``close()``. ``close()`` is idempotent.
+    ``name`` ("mic") is the stream id; ``sample_rate_hz`` the capture rate (the engine
+    resamples to 16 kHz).
     """
 
-    def __init__(
-        self,
-        device: int | str | None = None,
-        *,
-        sample_rate_hz: int | None = None,
-        channels: int = 1,
-        block_s: float = 0.05,
-        queue_blocks: int = 64,
-        stall_timeout_s: float = 2.0,
-        start_timeout_s: float = 10.0,
-        name: str = "mic",
-    ) -> None:
-        if not 0.005 <= block_s <= 1.0:
-            raise ValueError(f"block_s must be between 0.005 and 1.0 s, got {block_s!r}")
+    def __init__(self, config: CaptureConfig | None = None) -> None:
+        config = CaptureConfig() if config is None else config
+        self.config = config
         self._sd = _sounddevice()
-        self.device = resolve_input_device(device, list_input_devices())
-        if not 1 <= channels <= self.device.channels:
+        self.device = resolve_input_device(config.device, list_input_devices())
+        channels = config.channels
+        if channels > self.device.channels:
             raise AudioError(
                 f"channels {channels} not available on {self.device.name!r}: "
                 f"allowed 1..{self.device.channels}"
             )
-        rate = self.device.default_rate_hz if sample_rate_hz is None else sample_rate_hz
-        if not _MIN_RATE_HZ <= rate <= _MAX_RATE_HZ:
+        rate = self.device.default_rate_hz if config.sample_rate_hz is None else (
+            config.sample_rate_hz
+        )
+        if not MIN_INPUT_RATE_HZ <= rate <= MAX_INPUT_RATE_HZ:
             raise AudioError(
-                f"unsupported sample rate {rate} Hz: allowed {_MIN_RATE_HZ}..{_MAX_RATE_HZ} Hz"
+                f"unsupported sample rate {rate} Hz: allowed "
+                f"{MIN_INPUT_RATE_HZ}..{MAX_INPUT_RATE_HZ} Hz"
             )
         try:
             self._sd.check_input_settings(
@@ -316,15 +359,15 @@ class MicrophoneSource:
                 f"input device {self.device.name!r} cannot capture {channels} channel(s) at "
                 f"{rate} Hz ({exc}); its default rate is {self.device.default_rate_hz} Hz"
             ) from exc
-        self.name = name
+        self.name = config.name
         self.sample_rate_hz = int(rate)
         self.channels = channels
-        self.block_s = block_s
+        self.block_s = config.block_s
         self.buffer = CaptureBuffer(
             channels=channels,
-            queue_blocks=queue_blocks,
-            stall_timeout_s=stall_timeout_s,
-            start_timeout_s=start_timeout_s,
+            queue_blocks=config.queue_blocks,
+            stall_timeout_s=config.stall_timeout_s,
+            start_timeout_s=config.start_timeout_s,
         )
         self._stream: Any = None
         self._closing = False

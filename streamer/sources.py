@@ -22,13 +22,12 @@ from numpy.typing import NDArray
 
 from streamer.audio import downmix
 from streamer.errors import AudioError
+from streamer.protocol.limits import MAX_INPUT_RATE_HZ, MIN_INPUT_RATE_HZ
 
 __all__ = ["FileSource"]
 
 logger = logging.getLogger(__name__)
 
-_MIN_RATE_HZ = 8_000
-_MAX_RATE_HZ = 192_000
 _READ_ERRORS = (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError)
 
 
@@ -65,10 +64,10 @@ class FileSource:
             self.frames = int(self._file.frames)
             if self.frames <= 0:
                 raise AudioError(f"{self.path}: the file holds no audio samples")
-            if not _MIN_RATE_HZ <= self.sample_rate_hz <= _MAX_RATE_HZ:
+            if not MIN_INPUT_RATE_HZ <= self.sample_rate_hz <= MAX_INPUT_RATE_HZ:
                 raise AudioError(
                     f"{self.path}: unsupported sample rate {self.sample_rate_hz} Hz: "
-                    f"allowed {_MIN_RATE_HZ}..{_MAX_RATE_HZ} Hz"
+                    f"allowed {MIN_INPUT_RATE_HZ}..{MAX_INPUT_RATE_HZ} Hz"
                 )
             if channel is not None and not 0 <= channel < self.channels:
                 raise AudioError(

@@ -17,7 +17,14 @@ import soundfile as sf
 from websockets.asyncio.client import connect
 
 from client.push import push_file
-from server.alerts import AlertEvaluator, AlertMonitor, AlertRule, bind_rules, parse_rule
+from server.alerts import (
+    AlertEvaluator,
+    AlertMonitor,
+    AlertRule,
+    AlertsConfig,
+    bind_rules,
+    parse_rule,
+)
 from server.config import ServerConfig
 from server.errors import ServerError
 from server.monitor import Monitor
@@ -170,7 +177,8 @@ def tiny_model(tiny_wav2vec2: Path) -> Any:
 async def alerting_monitor(model: Any, store: Path, url: str) -> AsyncIterator[Monitor]:
     config = ServerConfig(
         port=0, store_path=store, shutdown_timeout_s=TIMEOUT_S,
-        alerts=(parse_rule("neutral>=0.0 for 1s"),), webhook_url=url, webhook_max_attempts=3,
+        alerts=AlertsConfig(rules=(parse_rule("neutral>=0.0 for 1s"),)),
+        webhook=WebhookConfig(url, max_attempts=3),
     )
     async with Monitor(model, engine_config=EngineConfig(), server_config=config) as running:
         yield running

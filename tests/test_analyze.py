@@ -12,7 +12,9 @@ import pytest
 import soundfile as sf
 
 from server.cli import main
-from server.hub import EventHub, ModelInfo
+from server.hub import EventHub
+from server.recorder import StoreRecorder
+from server.session import ModelInfo
 from server.store import TimelineStore
 from streamer.events import StreamClosed, StreamOpened, WindowLabel
 from streamer.protocol.timeline import columns, read_timeline
@@ -109,7 +111,7 @@ def make_store(path: Path) -> None:
 
     async def session(windows: int) -> None:
         with TimelineStore(path) as store:
-            async with EventHub(INFO, store=store) as hub:
+            async with EventHub(INFO, recorder=StoreRecorder(store)) as hub:
                 for stream in ("a", "b"):
                     hub.publish_event(StreamOpened(stream, 16000, time.time()))
                     for seq in range(windows):

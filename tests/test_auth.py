@@ -23,6 +23,7 @@ from client.push import push_file
 from server.auth import (
     Credentials,
     OriginPolicy,
+    SecurityConfig,
     SessionStore,
     cookie_value,
     grants,
@@ -60,11 +61,11 @@ def bundled_model() -> Any:
 @asynccontextmanager
 async def monitor(model: Any, **overrides: Any) -> AsyncIterator[Monitor]:
     """A pushed-calls-only monitor on 127.0.0.1:0 (tokens unless overridden)."""
-    fields: dict[str, Any] = {"port": 0, "store_path": None, "shutdown_timeout_s": TIMEOUT_S,
-                              "credentials": CREDENTIALS}
-    fields.update(overrides)
-    async with Monitor(model, engine_config=EngineConfig(),
-                       server_config=ServerConfig(**fields)) as running:
+    security: dict[str, Any] = {"credentials": CREDENTIALS}
+    security.update(overrides)
+    config = ServerConfig(port=0, store_path=None, shutdown_timeout_s=TIMEOUT_S,
+                          security=SecurityConfig(**security))
+    async with Monitor(model, engine_config=EngineConfig(), server_config=config) as running:
         yield running
 
 
@@ -228,11 +229,12 @@ def test_config_refuses_exposed_binds_without_tokens() -> None:
     with pytest.raises(ServerError, match="no token is configured"):
         ServerConfig(host="0.0.0.0")
     with pytest.raises(ServerError, match="--allow-host"):
-        ServerConfig(host="0.0.0.0", credentials=CREDENTIALS)
-    ServerConfig(host="0.0.0.0", credentials=CREDENTIALS, allow_hosts=("mon.example.com",))
+        ServerConfig(host="0.0.0.0", security=SecurityConfig(credentials=CREDENTIALS))
+    ServerConfig(host="0.0.0.0", security=SecurityConfig(credentials=CREDENTIALS,
+                                                         allow_hosts=("mon.example.com",)))
     ServerConfig(host="::1")  # loopback without tokens is fine
     with pytest.raises(ServerError, match="go together"):
-        ServerConfig(tls_cert=Path("c.pem"))
+        SecurityConfig(tls_cert=Path("c.pem"))
 
 
 def test_cli_bad_security_flags_exit_2_with_one_line(

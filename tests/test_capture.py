@@ -12,6 +12,7 @@ from conftest import TIMEOUT_S
 
 from streamer.capture import (
     CaptureBuffer,
+    CaptureConfig,
     InputDevice,
     MicrophoneSource,
     _input_devices,
@@ -205,4 +206,15 @@ def test_list_and_open_on_this_machine() -> None:
         pytest.skip(f"this machine has input devices ({len(devices)}); the no-device path "
                     "is covered by test_no_input_device_suggests_a_file_source")
     with pytest.raises(AudioError, match=r"no input device found.*--source FILE"):
-        MicrophoneSource(None)
+        MicrophoneSource(CaptureConfig())
+
+
+def test_capture_config_names_a_bad_setting() -> None:
+    """CaptureConfig refuses a bad block length, rate or queue size when made, naming it."""
+    with pytest.raises(ValueError, match="block_s"):
+        CaptureConfig(block_s=5.0)
+    with pytest.raises(AudioError, match="4000 Hz.*8000..192000"):
+        CaptureConfig(sample_rate_hz=4000)
+    with pytest.raises(ValueError, match="queue_blocks"):
+        CaptureConfig(queue_blocks=0)
+    assert CaptureConfig(device="USB").name == "mic"

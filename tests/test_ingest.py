@@ -16,11 +16,11 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from client.push import push_file
-from server.config import ServerConfig
+from server.config import IngestConfig, ServerConfig
 from server.ingest import IngestRejected, IngestSpec, check_start, decode_audio
 from server.monitor import Monitor
 from server.store import read_events
-from streamer.audio import float32_to_int16
+from streamer.audio import f32le_to_float32, float32_to_int16, s16le_to_float32
 from streamer.engine import EngineConfig
 from streamer.models.loading import load_model
 from streamer.protocol.messages import (
@@ -152,6 +152,16 @@ def test_check_start_refuses_bad_fields(fields: dict[str, Any], code: str) -> No
     with pytest.raises(IngestRejected) as info:
         check_start(IngestStart(**start))
     assert info.value.code == code and info.value.close == 1003
+
+
+def test_wire_samples_convert_once_with_scaling() -> None:
+    """s16le bytes scale to [-1, 1); f32le bytes keep their values; both come out native float32."""
+    pcm16 = s16le_to_float32(b"\x00\x80\x00\x00\xff\x7f")  # -32768, 0, 32767 little-endian
+    assert pcm16.dtype == np.float32 and pcm16.tolist() == [-1.0, 0.0, 32767 / 32768]
+    floats = np.array([0.25, -0.5], dtype="<f4").tobytes()
+    native = f32le_to_float32(floats)
+    assert native.dtype == np.float32 and native.flags.writeable
+    assert native.tolist() == [0.25, -0.5]
 
 
 def test_decode_audio_deinterleaves_and_refuses_partial_frames() -> None:
@@ -355,7 +365,7 @@ def test_oversized_frame_is_refused_with_1009(tiny_model: Any) -> None:
     """A binary frame over --ingest-max-frame-bytes: error frame_too_big, then 1009."""
 
     async def scenario() -> tuple[ErrorMessage, int | None]:
-        async with monitor(tiny_model, ingest_max_frame_bytes=4096) as running:
+        async with monitor(tiny_model, ingest=IngestConfig(max_frame_bytes=4096)) as running:
             ws, ack = await open_call(running.ingest_url)
             assert isinstance(ack, IngestAck) and ack.max_frame_bytes == 4096
             await ws.send(bytes(4098))
@@ -398,7 +408,7 @@ def test_stalled_sender_is_closed_after_the_idle_timeout(tmp_path: Path, tiny_mo
     store = tmp_path / "store.sqlite3"
 
     async def scenario() -> tuple[ErrorMessage, int | None]:
-        async with monitor(tiny_model, store, ingest_idle_timeout_s=0.3) as running:
+        async with monitor(tiny_model, store, ingest=IngestConfig(idle_timeout_s=0.3)) as running:
             ws, ack = await open_call(running.ingest_url, stream="stall")
             assert isinstance(ack, IngestAck)
             await ws.send(pcm(speech_like(0.5)))

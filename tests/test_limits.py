@@ -14,10 +14,10 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from server.config import ServerConfig
+from server.config import IngestConfig
 from server.errors import ServerError
 from server.fanout import Backlog, FanOut, Frame
-from server.limits import ClientLog, ServerCounters, TokenBucket
+from server.limits import ClientLog, LimitsConfig, ServerCounters, TokenBucket
 from streamer.events import StreamClosed, StreamOpened
 from streamer.protocol.messages import (
     ErrorMessage,
@@ -150,9 +150,9 @@ def test_backlog_replay_fits_the_limit_and_keeps_every_stream_bracketed() -> Non
 def test_config_refuses_bad_limits_naming_the_field() -> None:
     """A limit out of range is a ServerError naming the field and its range."""
     with pytest.raises(ServerError, match="max_ws_clients must be 1-"):
-        ServerConfig(max_ws_clients=0)
+        LimitsConfig(max_ws_clients=0)
     with pytest.raises(ServerError, match="client_messages_per_s"):
-        ServerConfig(client_messages_per_s=-1.0)
+        LimitsConfig(client_messages_per_s=-1.0)
 
 
 # -- /ws --------------------------------------------------------------------------------------
@@ -162,7 +162,7 @@ def test_ws_client_over_the_limit_is_closed_1013_and_counted() -> None:
     """With --max-ws-clients 2 a third client gets too_many_clients and 1013; stats count it."""
 
     async def scenario() -> None:
-        async with running(max_ws_clients=2) as (hub, server):
+        async with running(limits=LimitsConfig(max_ws_clients=2)) as (hub, server):
             async with connect(server.ws_url) as a, connect(server.ws_url) as b:
                 assert isinstance(await receive(a), Hello)
                 assert isinstance(await receive(b), Hello)
@@ -181,7 +181,7 @@ def test_connections_per_address_over_the_limit_are_closed_1008() -> None:
     """With --max-connections-per-address 2 the third connection from 127.0.0.1 gets 1008."""
 
     async def scenario() -> None:
-        async with running(max_connections_per_address=2) as (hub, server):
+        async with running(limits=LimitsConfig(max_connections_per_address=2)) as (hub, server):
             async with connect(server.ws_url) as a, connect(server.ws_url) as b:
                 await receive(a), await receive(b)
                 async with connect(server.ws_url) as c:
@@ -198,7 +198,8 @@ def test_oversized_subscribe_is_refused_and_the_subscription_kept() -> None:
     """Too many entries or characters: subscribe_too_large; the old subscription stays."""
 
     async def scenario() -> None:
-        async with running(max_subscribe_streams=3, max_subscribe_chars=64) as (hub, server):
+        async with running(limits=LimitsConfig(max_subscribe_streams=3,
+                                                max_subscribe_chars=64)) as (hub, server):
             async with connect(server.ws_url) as ws:
                 assert isinstance(await receive(ws), Hello)
                 await ws.send(encode_subscribe(["a"]))
@@ -224,7 +225,8 @@ def test_message_flood_is_closed_1008_and_counted(caplog: pytest.LogCaptureFixtu
     """A client sending faster than its rate after the burst is closed with 1008."""
 
     async def scenario() -> None:
-        async with running(client_messages_per_s=1.0, client_message_burst=5) as (hub, server):
+        async with running(limits=LimitsConfig(client_messages_per_s=1.0,
+                                                client_message_burst=5)) as (hub, server):
             async with connect(server.ws_url) as ws:
                 assert isinstance(await receive(ws), Hello)
                 for _ in range(50):
@@ -276,7 +278,7 @@ def test_ingest_calls_over_the_limit_get_too_many_calls_1013(tiny_model: Any) ->
     """With --max-ingest-calls 1 a second live call is refused; the first goes on."""
 
     async def scenario() -> None:
-        async with monitor(tiny_model, max_ingest_calls=1) as mon:
+        async with monitor(tiny_model, ingest=IngestConfig(max_calls=1)) as mon:
             first, ack = await open_call(mon.ingest_url, stream="one")
             assert isinstance(ack, IngestAck)
             second, error = await open_call(mon.ingest_url, stream="two")
@@ -297,7 +299,7 @@ def test_call_longer_than_the_limit_is_ended_with_call_too_long(
     store = tmp_path / "s.sqlite3"
 
     async def scenario() -> None:
-        async with monitor(tiny_model, store=store, ingest_max_call_s=1.0) as mon:
+        async with monitor(tiny_model, store=store, ingest=IngestConfig(max_call_s=1.0)) as mon:
             async with connect(mon.ws_url) as events:
                 assert isinstance(await receive(events), Hello)
                 ws, ack = await open_call(mon.ingest_url, stream="long")

@@ -21,8 +21,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from server.config import ServerConfig
-from server.monitor import Monitor, analyze_files
+from server.monitor import Monitor
 from server.store import read_events
+from streamer.analyze import analyze_files
 from streamer.engine import EngineConfig
 from streamer.models.loading import load_model
 from streamer.protocol.messages import (

@@ -6,6 +6,7 @@ import asyncio
 import http.client
 import json
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -17,10 +18,15 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from server.app import EventServer
-from server.config import ServerConfig
+from server.auth import SecurityConfig
+from server.bridge import ThreadBridge
+from server.config import IngestConfig, ServerConfig
 from server.errors import ServerError
 from server.fanout import Backlog, FanOut
-from server.hub import EventHub, ModelInfo
+from server.hub import EventHub
+from server.limits import LimitsConfig
+from server.recorder import StoreRecorder
+from server.session import ModelInfo
 from server.store import TimelineStore, read_events
 from streamer.events import EngineStats, SpeechStart, StreamClosed, StreamOpened, WindowLabel
 from streamer.protocol.messages import (
@@ -65,7 +71,7 @@ async def running(
         INFO,
         fanout=FanOut(queue_size=config.client_queue_size,
                       backlog=Backlog(per_stream=config.backlog_per_stream)),
-        store=store,
+        recorder=StoreRecorder(store),
     )
     try:
         async with hub, EventServer(config, hub) as server:
@@ -203,7 +209,7 @@ def test_too_many_bad_frames_close_with_1008() -> None:
     """A client that keeps sending bad frames is closed with 1008 (policy)."""
 
     async def scenario() -> None:
-        async with running(max_client_errors=3) as (_, server):
+        async with running(limits=LimitsConfig(max_client_errors=3)) as (_, server):
             async with connect(server.ws_url) as ws:
                 assert isinstance(await receive(ws), Hello)
                 for _ in range(3):
@@ -220,7 +226,7 @@ def test_oversized_frame_closes_with_1009_and_others_stay() -> None:
     """A frame over max_message_bytes closes that client with 1009; another client stays."""
 
     async def scenario() -> None:
-        async with running(max_message_bytes=1024) as (hub, server):
+        async with running(limits=LimitsConfig(max_message_bytes=1024)) as (hub, server):
             async with connect(server.ws_url) as big, connect(server.ws_url) as other:
                 assert isinstance(await receive(big), Hello)
                 assert isinstance(await receive(other), Hello)
@@ -378,6 +384,44 @@ def test_config_validation_names_the_bad_value() -> None:
         ServerConfig(client_queue_size=0)
 
 
+def test_config_parts_refuse_bad_values_by_name() -> None:
+    """Each part of ServerConfig names a bad value when made; the defaults nest."""
+    with pytest.raises(ServerError, match="max_frame_bytes"):
+        IngestConfig(max_frame_bytes=10)
+    with pytest.raises(ServerError, match="max_calls must be 1-"):
+        IngestConfig(max_calls=0)
+    with pytest.raises(ServerError, match="max_client_errors"):
+        LimitsConfig(max_client_errors=0)
+    with pytest.raises(ServerError, match="session_ttl_s"):
+        SecurityConfig(session_ttl_s=1.0)
+    with pytest.raises(ServerError, match="limits must be LimitsConfig"):
+        ServerConfig(limits=5)  # type: ignore[arg-type]
+    config = ServerConfig()
+    assert config.ingest == IngestConfig() and config.limits == LimitsConfig()
+    assert config.webhook is None and not config.tls and config.alerts.rules == ()
+
+
+def test_thread_bridge_keeps_a_threads_order_and_counts_what_it_cannot_deliver() -> None:
+    """Events sunk on another thread reach the loop in order; before start or after close, lost."""
+
+    async def scenario() -> None:
+        got: list[Any] = []
+        bridge = ThreadBridge(got.append)
+        bridge.sink(stats())  # not started: no loop to deliver on
+        bridge.start()
+        thread = threading.Thread(target=lambda: [bridge.sink(label("a", i)) for i in range(50)])
+        thread.start()
+        await asyncio.to_thread(thread.join)
+        await bridge.flush()
+        assert [event.seq for event in got] == list(range(50))
+        bridge.close()
+        bridge.sink(label("a", 50))
+        await bridge.flush()
+        assert len(got) == 50 and bridge.events_lost == 2
+
+    run(scenario())
+
+
 def test_store_session_and_messages(tmp_path: Path) -> None:
     """The store registers the session with its labels and returns events as sent."""
     path = tmp_path / "s.sqlite3"
@@ -432,10 +476,10 @@ def test_store_failure_keeps_clients_served(tmp_path: Path) -> None:
         async with running(tmp_path) as (hub, server):
             async with connect(server.ws_url) as ws:
                 assert isinstance(await receive(ws), Hello)
-                assert hub.store is not None
-                hub.store.close()
+                assert hub.recorder.store is not None
+                hub.recorder.store.close()
                 hub.publish_event(label("a", 0))
                 assert isinstance(await receive(ws), WindowMessage)
-                assert hub.store_errors == 1 and hub.health()["ok"] is False
+                assert hub.recorder.errors == 1 and hub.health()["ok"] is False
 
     run(scenario())

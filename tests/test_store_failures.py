@@ -10,7 +10,7 @@ from typing import Any
 
 from websockets.asyncio.client import connect
 
-from server.store import TimelineStore, read_events
+from server.store import read_events
 from streamer.events import StreamOpened
 from streamer.protocol.messages import Hello, StatsMessage, WindowMessage
 from tests.conftest import TIMEOUT_S
@@ -42,8 +42,9 @@ def test_full_store_keeps_clients_and_stats_going_then_writes_resume(tmp_path: P
 
     async def scenario() -> None:
         async with running(tmp_path) as (hub, server):
-            store: TimelineStore = hub.store
-            hub.store_retry_s = 0.0  # retry on every event: the test drives the timing
+            store = hub.recorder.store
+            assert store is not None
+            hub.recorder.retry_s = 0.0  # retry on every event: the test drives the timing
             async with connect(server.ws_url) as ws:
                 assert isinstance(await receive(ws), Hello)
                 hub.publish_event(StreamOpened("a", 16000, 0.0, {}))
@@ -77,7 +78,7 @@ def test_locked_store_is_counted_then_resumes_and_stays_crash_safe(tmp_path: Pat
 
     async def scenario() -> None:
         async with running(tmp_path) as (hub, server):
-            hub.store_retry_s = 0.0
+            hub.recorder.retry_s = 0.0
             async with connect(server.ws_url) as ws:
                 assert isinstance(await receive(ws), Hello)
                 hub.publish_event(label("b", 0))
@@ -95,7 +96,7 @@ def test_locked_store_is_counted_then_resumes_and_stays_crash_safe(tmp_path: Pat
                 got = await windows_received(ws, 1)
                 # once the store can write, what a client received is stored first
                 assert got == [("b", 2)] and stored_windows(path) == [("b", n) for n in range(3)]
-                assert hub.health()["ok"] is True and hub.store_errors >= 1
+                assert hub.health()["ok"] is True and hub.recorder.errors >= 1
 
     run(scenario())
 
@@ -106,11 +107,11 @@ def test_retry_buffer_is_bounded_and_drops_are_counted(tmp_path: Path) -> None:
 
     async def scenario() -> None:
         async with running(tmp_path) as (hub, server):
-            hub.store_retry_events = 10
-            hub.store_retry_s = 0.0
-            hub.store.set_max_bytes(path.stat().st_size)
+            hub.recorder.retry_events = 10
+            hub.recorder.retry_s = 0.0
+            hub.recorder.store.set_max_bytes(path.stat().st_size)
             seq = 0
-            while hub.store_errors == 0:  # the file's free pages fill first
+            while hub.recorder.errors == 0:  # the file's free pages fill first
                 assert seq < 10_000
                 hub.publish_event(label("c", seq))
                 seq += 1
@@ -118,8 +119,8 @@ def test_retry_buffer_is_bounded_and_drops_are_counted(tmp_path: Path) -> None:
             for _ in range(24):  # 25 events in all since the first failure
                 hub.publish_event(label("c", seq))
                 seq += 1
-            assert hub.store_events_dropped == 15 and hub.health()["store_pending"] == 10
-            hub.store.set_max_bytes(None)
+            assert hub.recorder.events_dropped == 15 and hub.health()["store_pending"] == 10
+            hub.recorder.store.set_max_bytes(None)
             hub.publish_event(label("c", seq))
             assert hub.health()["ok"] is True
         kept = [*range(first_failed), *range(first_failed + 15, seq + 1)]

@@ -21,7 +21,7 @@ import soundfile as sf
 from client.api import EventClient
 from client.errors import ClientError
 from client.push import push_file
-from server.auth import Credentials
+from server.auth import Credentials, SecurityConfig
 from server.config import ServerConfig
 from server.errors import ServerError
 from server.monitor import Monitor
@@ -106,7 +106,8 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, P
 @asynccontextmanager
 async def tls_monitor(model: Any, cert: Path, key: Path) -> AsyncIterator[Monitor]:
     config = ServerConfig(port=0, store_path=None, shutdown_timeout_s=TIMEOUT_S,
-                          credentials=CREDENTIALS, tls_cert=cert, tls_key=key)
+                          security=SecurityConfig(credentials=CREDENTIALS, tls_cert=cert,
+                                                  tls_key=key))
     async with Monitor(model, engine_config=EngineConfig(), server_config=config) as running:
         yield running
 

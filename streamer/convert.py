@@ -2,16 +2,16 @@
 
 The engine speaks :mod:`streamer.events` (probabilities as a tuple in model label order); the
 wire speaks :mod:`streamer.protocol.messages` (probabilities as a label -> value mapping). This is
-the one
-place that maps one onto the other, used by the live server and by ``analyze`` alike, so both
-produce the same rows.
+the one place that maps one onto the other, used by the live server (``server.hub``) and by
+:mod:`streamer.analyze` alike, so both produce the same rows. A probability count that does not
+match the labels is a :class:`~streamer.errors.StreamerError` (a bug upstream, never user input).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from server.errors import ServerError
+from streamer.errors import StreamerError
 from streamer.events import (
     EngineStats,
     Event,
@@ -41,7 +41,7 @@ def _by_label(
 ) -> dict[str, float]:
     """Probabilities in model label order -> keyed by label; a length mismatch is a bug upstream."""
     if len(probabilities) != len(labels):
-        raise ServerError(
+        raise StreamerError(
             f"{what} has {len(probabilities)} probabilities for {len(labels)} labels {list(labels)}"
         )
     return {label: float(p) for label, p in zip(labels, probabilities, strict=True)}
@@ -138,4 +138,4 @@ def event_message(
         return stats_message(
             event, clients=clients, client_messages_dropped=client_messages_dropped
         )
-    raise ServerError(f"unknown engine event {type(event).__name__}")
+    raise StreamerError(f"unknown engine event {type(event).__name__}")
