@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from server.convert import event_message
+from streamer.convert import event_message
 from streamer.engine import Engine, EngineConfig
 from streamer.events import SpeechEnd, SpeechStart, StreamClosed, Utterance, WindowLabel
 from streamer.protocol.messages import UtteranceMessage, decode, encode
