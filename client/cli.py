@@ -272,7 +272,7 @@ def _log(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
-    from client.push import PushConfig, push
+    from client.push import PushConfig, send_file
 
     metadata = {}
     for item in args.meta:
@@ -291,7 +291,7 @@ def _push(args: argparse.Namespace) -> int:
         token=read_token(args.token_file, roles=_INGEST_ROLES, environ=os.environ),
         ca_file=args.ca_file,
     )
-    result = asyncio.run(push(args.file, config))
+    result = asyncio.run(send_file(args.file, config))
     print(f"pushed {result.seconds:.1f} s of {args.file} as {', '.join(result.streams)} "
           f"in {result.wall_s:.1f} s", flush=True)
     return 0

@@ -62,7 +62,7 @@ __all__ = [
     "PushResult",
     "ingest_url",
     "pcm_frames",
-    "push",
+    "send_file",
     "push_file",
 ]
 
@@ -176,15 +176,15 @@ async def push_file(
     token: str | None = None,
     ca_file: str | Path | None = None,
 ) -> PushResult:
-    """Send ``path`` to ``url`` as stream ``stream`` (keyword form of :func:`push`)."""
-    return await push(path, PushConfig(
+    """Send ``path`` to ``url`` as stream ``stream`` (keyword form of :func:`send_file`)."""
+    return await send_file(path, PushConfig(
         stream=stream, url=url, roles=tuple(roles), fast=fast, format=fmt, frame_ms=frame_ms,
         metadata=dict(metadata or {}), open_timeout_s=open_timeout_s, token=token,
         ca_file=ca_file,
     ))
 
 
-async def push(path: str | Path, config: PushConfig) -> PushResult:
+async def send_file(path: str | Path, config: PushConfig) -> PushResult:
     """Send the file at ``path`` as configured; see the module docstring."""
     path = Path(path)
     with _open_file(path) as audio:

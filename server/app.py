@@ -66,7 +66,15 @@ from server.limits import AddressSlots, ClientLog, TokenBucket, address_of
 from streamer.protocol.limits import EVENTS_PATH, INGEST_PATH
 from streamer.protocol.messages import ErrorMessage, MessageError, Subscribe, decode, encode
 
-__all__ = ["CONTENT_TYPES", "MAX_BODY_BYTES", "REFUSALS", "EventServer", "format_host"]
+__all__ = [
+    "CONTENT_TYPES",
+    "EventServer",
+    "LOGIN_PATH",
+    "LOGOUT_PATH",
+    "MAX_BODY_BYTES",
+    "HTTP_REFUSALS",
+    "format_host",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +92,6 @@ CONTENT_TYPES: dict[str, str] = {
     ".txt": "text/plain; charset=utf-8",
 }
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-WS_PATH = EVENTS_PATH
 #: the server pings every 20 s (websockets' default) and waits this long for the pong
 _PING_TIMEOUT_S = 60.0
 #: a client's unsent bytes above which frames wait in its queue instead (bounded, drop-oldest)
@@ -98,7 +105,7 @@ LOGOUT_PATH = "/logout"
 #: the largest request body read (a login form); a longer one is answered 413
 MAX_BODY_BYTES = 4096
 #: refusal counters in the admin /healthz ``refused`` object
-REFUSALS = ("auth", "origin", "host", "method", "body", "login")
+HTTP_REFUSALS = ("auth", "origin", "host", "method", "body", "login")
 _HTTP_METHODS = {LOGIN_PATH: "GET, POST", LOGOUT_PATH: "POST"}
 
 
@@ -371,8 +378,8 @@ class EventServer:
         self._closed = False
         #: dashboard logins (cookie sessions)
         self.sessions = SessionStore(ttl_s=config.security.session_ttl_s)
-        #: refused requests by reason (REFUSALS); shown in the admin /healthz
-        self.refused: dict[str, int] = dict.fromkeys(REFUSALS, 0)
+        #: refused requests by reason (HTTP_REFUSALS); shown in the admin /healthz
+        self.refused: dict[str, int] = dict.fromkeys(HTTP_REFUSALS, 0)
         self._policy: OriginPolicy | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -446,7 +453,7 @@ class EventServer:
     def ws_url(self) -> str:
         """The events URL, e.g. ``ws://127.0.0.1:8765/ws``."""
         scheme = "wss" if self.config.tls else "ws"
-        return f"{scheme}://{format_host(self.config.host)}:{self.port}{WS_PATH}"
+        return f"{scheme}://{format_host(self.config.host)}:{self.port}{EVENTS_PATH}"
 
     @property
     def ingest_url(self) -> str:
@@ -502,7 +509,7 @@ class EventServer:
         if body:
             return self._refuse("body", connection, request, HTTPStatus.BAD_REQUEST,
                                 f"a {request.method} request takes no body\n")
-        if path == WS_PATH or (path == INGEST_PATH and self.ingest is not None):
+        if path == EVENTS_PATH or (path == INGEST_PATH and self.ingest is not None):
             return self._upgrade(connection, request, path, policy)
         return self._get(request, path)
 
@@ -541,7 +548,7 @@ class EventServer:
                 "origin", connection, request, HTTPStatus.FORBIDDEN,
                 "WebSocket from another origin refused (see --allow-origin)\n",
             )
-        needed = "view" if path == WS_PATH else "ingest"
+        needed = "view" if path == EVENTS_PATH else "ingest"
         refused = self._check_role(connection, request, needed)
         if refused is not None:
             return refused
@@ -556,7 +563,7 @@ class EventServer:
         """A plain GET: health, the login page, the dashboard or a static file."""
         if "upgrade" in ", ".join(request.headers.get_all("Connection")).lower():
             return _text(HTTPStatus.NOT_FOUND,
-                         f"no WebSocket endpoint at {path}; use {WS_PATH}\n")
+                         f"no WebSocket endpoint at {path}; use {EVENTS_PATH}\n")
         configured = self.config.security.credentials.configured
         if path == "/healthz":
             body = json.dumps(self._health(request), separators=(",", ":")).encode()

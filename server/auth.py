@@ -37,12 +37,13 @@ from urllib.parse import parse_qs, urlsplit
 from server.errors import ServerError
 
 __all__ = [
+    "Credentials",
     "ENV_VARS",
+    "MAX_TOKEN_CHARS",
     "MIN_TOKEN_CHARS",
+    "OriginPolicy",
     "ROLES",
     "SESSION_COOKIE",
-    "Credentials",
-    "OriginPolicy",
     "SecurityConfig",
     "SessionStore",
     "bearer_token",

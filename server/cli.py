@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-__all__ = ["main"]
+__all__ = ["Handler", "OneLineParser", "build_parser", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,13 +46,11 @@ def build_parser() -> OneLineParser:
     from client.cli import register as register_client
     from server.commands import register as register_server
     from streamer.capture_command import register as register_capture
-    from streamer.offline.commands import register as register_streamer
-    from streamer.offline.optimize_command import register as register_optimize
+    from streamer.offline.commands import register as register_offline
 
     register_server(sub)
     register_capture(sub)
-    register_streamer(sub)
-    register_optimize(sub)
+    register_offline(sub)
     register_client(sub)
     return parser
 

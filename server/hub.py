@@ -52,7 +52,7 @@ from streamer.protocol.messages import (
     encode,
 )
 
-__all__ = ["EventHub", "backlog_role"]
+__all__ = ["AlertSink", "EventHub", "backlog_role"]
 
 logger = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from typing import Any
 from server.errors import ServerError
 
 __all__ = [
-    "REFUSALS",
+    "LIMIT_REFUSALS",
     "AddressSlots",
     "ClientLog",
     "LimitsConfig",
@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 #: the names refusals are counted under (``stats.refused`` keys)
-REFUSALS = (
+LIMIT_REFUSALS = (
     "ws_clients", "ingest_calls", "per_address", "call_length", "subscribe_size",
     "message_rate",
 )
@@ -108,11 +108,11 @@ def check_ranges(config: object, ranges: tuple[tuple[str, float, float], ...]) -
 class ServerCounters:
     """Totals since start of what the server refused or suppressed (event loop only)."""
 
-    refused: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REFUSALS, 0))
+    refused: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LIMIT_REFUSALS, 0))
     log_lines_suppressed: int = 0
 
     def refuse(self, name: str) -> None:
-        """Count one refusal under ``name`` (one of :data:`REFUSALS`)."""
+        """Count one refusal under ``name`` (one of :data:`LIMIT_REFUSALS`)."""
         self.refused[name] = self.refused.get(name, 0) + 1
 
 

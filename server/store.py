@@ -35,14 +35,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from server.config import DEFAULT_STORE_PATH
 from server.errors import ServerError
 from streamer.protocol.errors import TimelineError
 from streamer.protocol.messages import Hello, Message, MessageError, WindowMessage, decode
 from streamer.protocol.timeline import TimelineWriter
 
 __all__ = [
-    "DEFAULT_STORE_PATH",
     "SCHEMA_VERSION",
     "SessionInfo",
     "StoreRow",

@@ -67,13 +67,7 @@ from streamer.smoothing import SmoothingConfig
 from streamer.vad import GateClosed, GatedAudio, GateItem, GateOpened, VadConfig, VadGate
 from streamer.windows import SpeechWindow, Windower
 
-__all__ = [
-    "CaptureCounters",
-    "Engine",
-    "EngineConfig",
-    "StreamFeed",
-    "available_cpus",
-]
+__all__ = ["CaptureCounters", "Engine", "EngineConfig", "Sink", "StreamFeed", "available_cpus"]
 
 logger = logging.getLogger(__name__)
 

@@ -30,28 +30,28 @@ from streamer.windows import SpeechWindow
 
 __all__ = ["DropCounts", "QueuedWindow", "RoundRobinWindowScheduler", "TakenWindows"]
 
-K = TypeVar("K", bound=Hashable)
+_K = TypeVar("_K", bound=Hashable)
 
 
 @dataclass(frozen=True, slots=True)
-class QueuedWindow(Generic[K]):
+class QueuedWindow(Generic[_K]):
     """A window waiting for the model: its stream's key, the caller's ticket, when it came."""
 
-    stream: K  # the queue it waits in (the engine passes its per-stream object)
+    stream: _K  # the queue it waits in (the engine passes its per-stream object)
     ticket: int  # the caller's handle for the result (the stream outbox's slot)
     window: SpeechWindow
     submitted_s: float  # monotonic seconds, the clock ``take(now_s)`` is given
 
 
 @dataclass(frozen=True, slots=True)
-class TakenWindows(Generic[K]):
+class TakenWindows(Generic[_K]):
     """What one ``take`` hands a worker: stale windows to drop and same-length groups to run."""
 
-    stale: tuple[QueuedWindow[K], ...]
-    groups: tuple[tuple[QueuedWindow[K], ...], ...]
+    stale: tuple[QueuedWindow[_K], ...]
+    groups: tuple[tuple[QueuedWindow[_K], ...], ...]
 
     @property
-    def windows(self) -> tuple[QueuedWindow[K], ...]:
+    def windows(self) -> tuple[QueuedWindow[_K], ...]:
         """Every window taken (stale first, then the groups in order)."""
         return self.stale + tuple(job for group in self.groups for job in group)
 
@@ -72,7 +72,7 @@ class DropCounts:
         return self.queue_full + self.stale + self.cleared
 
 
-class RoundRobinWindowScheduler(Generic[K]):
+class RoundRobinWindowScheduler(Generic[_K]):
     """Bounded per-stream window queues served round-robin; see the module docstring."""
 
     def __init__(
@@ -89,8 +89,8 @@ class RoundRobinWindowScheduler(Generic[K]):
         self.realtime = realtime
         self.max_lag_s = max_lag_s
         # a stream is in _queues (and once in _rotation) exactly while it has waiting windows
-        self._queues: dict[K, deque[QueuedWindow[K]]] = {}
-        self._rotation: deque[K] = deque()
+        self._queues: dict[_K, deque[QueuedWindow[_K]]] = {}
+        self._rotation: deque[_K] = deque()
         self._queued = 0
         self._drops = DropCounts()
 
@@ -104,12 +104,12 @@ class RoundRobinWindowScheduler(Generic[K]):
         """Windows dropped so far, by rule."""
         return self._drops
 
-    def has_room(self, stream: K) -> bool:
+    def has_room(self, stream: _K) -> bool:
         """True when ``stream``'s queue can take a window without evicting one."""
         queue = self._queues.get(stream)
         return queue is None or len(queue) < self.queue_windows
 
-    def push(self, job: QueuedWindow[K]) -> QueuedWindow[K] | None:
+    def push(self, job: QueuedWindow[_K]) -> QueuedWindow[_K] | None:
         """Queue ``job``; return the window it evicted (realtime, queue full), else None."""
         queue = self._queues.get(job.stream)
         if queue is None:
@@ -129,9 +129,9 @@ class RoundRobinWindowScheduler(Generic[K]):
         queue.append(job)
         return evicted
 
-    def take(self, now_s: float) -> TakenWindows[K]:
+    def take(self, now_s: float) -> TakenWindows[_K]:
         """Up to ``max_batch`` windows, one per stream per turn; stale ones apart (realtime)."""
-        taken: list[QueuedWindow[K]] = []
+        taken: list[QueuedWindow[_K]] = []
         while self._rotation and len(taken) < self.max_batch:
             stream = self._rotation.popleft()
             queue = self._queues[stream]
@@ -141,8 +141,8 @@ class RoundRobinWindowScheduler(Generic[K]):
             else:
                 del self._queues[stream]
         self._queued -= len(taken)
-        stale: list[QueuedWindow[K]] = []
-        groups: dict[int, list[QueuedWindow[K]]] = {}  # samples per window -> windows
+        stale: list[QueuedWindow[_K]] = []
+        groups: dict[int, list[QueuedWindow[_K]]] = {}  # samples per window -> windows
         for job in taken:
             if self.realtime and now_s - job.submitted_s > self.max_lag_s:
                 stale.append(job)
@@ -155,7 +155,7 @@ class RoundRobinWindowScheduler(Generic[K]):
         """When the oldest waiting window was submitted (None when nothing waits)."""
         return min((queue[0].submitted_s for queue in self._queues.values()), default=None)
 
-    def clear(self) -> list[QueuedWindow[K]]:
+    def clear(self) -> list[QueuedWindow[_K]]:
         """Remove and return every waiting window (round-robin order of streams, then age)."""
         left = [job for stream in self._rotation for job in self._queues[stream]]
         self._queues.clear()

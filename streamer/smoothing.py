@@ -26,7 +26,7 @@ from numpy.typing import NDArray
 from streamer.protocol.limits import UNCERTAIN
 
 # UNCERTAIN is re-exported: its home is streamer.protocol.limits (the wire shares it)
-__all__ = ["UNCERTAIN", "Smoothed", "Smoother", "SmoothingConfig"]
+__all__ = ["Smoothed", "Smoother", "SmoothingConfig"]
 
 
 @dataclass(frozen=True, slots=True)

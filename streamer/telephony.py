@@ -25,6 +25,7 @@ from streamer.errors import AudioError
 
 __all__ = [
     "G711_LAWS",
+    "Law",
     "PHONE_RATE_HZ",
     "alaw_decode",
     "alaw_encode",

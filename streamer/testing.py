@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 
 from streamer.models.protocol import SingleWorkerCpuModel
 
-__all__ = ["FixedProbabilitiesModel", "speech_like", "tone"]
+__all__ = ["DEFAULT_LABELS", "FixedProbabilitiesModel", "speech_like", "tone"]
 
 DEFAULT_LABELS = ("Angry", "Happy", "Neutral", "Sad")
 

@@ -21,7 +21,7 @@ from streamer.events import (
     WindowLabel,
 )
 from streamer.models.protocol import SingleWorkerCpuModel
-from streamer.smoothing import UNCERTAIN
+from streamer.protocol.limits import UNCERTAIN
 from streamer.testing import FixedProbabilitiesModel, speech_like
 
 RATE = 16000

@@ -12,7 +12,8 @@ from numpy.typing import NDArray
 from streamer.engine import Engine, EngineConfig
 from streamer.events import Event, SpeechStart, StreamClosed, WindowLabel
 from streamer.models.protocol import SingleWorkerCpuModel
-from streamer.smoothing import UNCERTAIN, Smoother, SmoothingConfig
+from streamer.protocol.limits import UNCERTAIN
+from streamer.smoothing import Smoother, SmoothingConfig
 from streamer.testing import speech_like
 
 LABELS = ("Angry", "Happy", "Neutral", "Sad")

@@ -29,6 +29,7 @@ from streamer.models.settings import COMPACT_MODEL_TYPE
 __all__ = [
     "CompactEmotionConfig",
     "CompactEmotionForAudioClassification",
+    "CompactEmotionPreTrainedModel",
     "mel_filterbank",
     "register_compact",
 ]

@@ -42,6 +42,7 @@ from numpy.typing import NDArray
 
 __all__ = [
     "DEFAULT_CACHE_FRAMES",
+    "Encode",
     "EncoderGeometry",
     "FrameCache",
     "cache_exact_reason",

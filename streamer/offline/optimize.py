@@ -64,8 +64,19 @@ from streamer.models.settings import (
 from streamer.models.torch_runner import splittable, wav2vec2_head
 from streamer.offline.onnx_rewrite import quantize_before_taps, quantize_grouped_convs
 
-__all__ = ["Agreement", "InstanceNormAffine", "MatmulConv1d", "agreement", "agreement_windows",
-           "fold_weight_norm", "matmul_convs", "optimize_model", "prepare_for_export"]
+__all__ = [
+    "Agreement",
+    "BATCH_SIZES",
+    "InstanceNormAffine",
+    "MatmulConv1d",
+    "SETTINGS",
+    "agreement",
+    "agreement_windows",
+    "fold_weight_norm",
+    "matmul_convs",
+    "optimize_model",
+    "prepare_for_export",
+]
 
 logger = logging.getLogger(__name__)
 

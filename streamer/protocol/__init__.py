@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-# public name -> module that defines it
+# public name -> module that defines it (every public name of every module here)
 _EXPORTS: dict[str, str] = {
     "ProtocolError": "streamer.protocol.errors",
     "TimelineError": "streamer.protocol.errors",
@@ -52,6 +52,7 @@ _EXPORTS: dict[str, str] = {
     "stream_wanted": "streamer.protocol.messages",
     "BASE_COLUMNS": "streamer.protocol.timeline",
     "FORMATS": "streamer.protocol.timeline",
+    "TimelineFormat": "streamer.protocol.timeline",
     "TimelineWriter": "streamer.protocol.timeline",
     "columns": "streamer.protocol.timeline",
     "iter_timeline": "streamer.protocol.timeline",
@@ -60,6 +61,10 @@ _EXPORTS: dict[str, str] = {
     "row_key": "streamer.protocol.timeline",
     "timeline_format": "streamer.protocol.timeline",
     "window_row": "streamer.protocol.timeline",
+    "UrlError": "streamer.protocol.urls",
+    "endpoint_url": "streamer.protocol.urls",
+    "events_url": "streamer.protocol.urls",
+    "ingest_url": "streamer.protocol.urls",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -33,6 +33,7 @@ from streamer.protocol.messages import WindowMessage
 __all__ = [
     "BASE_COLUMNS",
     "FORMATS",
+    "TimelineFormat",
     "TimelineWriter",
     "columns",
     "iter_timeline",
