@@ -3,7 +3,9 @@
 ``server/cli.py`` calls :func:`register`, which imports nothing heavy (no numpy, torch or
 transformers), so commands such as ``watch`` start fast; each handler imports what it needs when
 it runs and returns an exit code. Bad input raises :class:`streamer.errors.StreamerError`, which
-the top-level command turns into one line on stderr and exit code 2.
+the top-level command turns into one line on stderr and exit code 2; so does a handler that
+needs the ``torch`` extra where it is not installed (:func:`streamer.extras.require_extra`,
+checked before anything heavy is imported).
 """
 
 from __future__ import annotations
@@ -324,6 +326,11 @@ def _compact_config(args: argparse.Namespace, **fixed: Any) -> Any:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from streamer.extras import require_extra
+
+    require_extra("torch", "transformers", purpose="training")
+    if args.base != "compact":
+        require_extra("accelerate", purpose="fine-tuning")  # transformers' Trainer needs it
     from streamer.errors import DataError
     from streamer.offline.training import FineTuneConfig, fine_tune, save_compact, train_compact
 
@@ -358,6 +365,11 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    # torch only for torch models: load_model asks for it on that path, not for ONNX graphs
+    if args.report is not None:
+        from streamer.extras import require_extra
+
+        require_extra("matplotlib", purpose="the confusion plots of --report")
     import numpy as np
 
     from streamer.models.loading import load_model
@@ -416,6 +428,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _crossval(args: argparse.Namespace) -> int:
+    from streamer.extras import require_extra
+
+    require_extra("torch", "transformers", purpose="cross-validation (it trains the compact model)")
     from streamer.offline.crossval import run_crossval
 
     started = time.monotonic()
@@ -817,6 +832,9 @@ def _add_optimize(subparsers: Any) -> None:
 
 
 def _optimize(args: argparse.Namespace) -> int:
+    from streamer.extras import require_extra
+
+    require_extra("torch", "transformers", "onnx", "onnxscript", purpose="ONNX export")
     from streamer.errors import ModelError
     from streamer.models.settings import within_bounds
     from streamer.offline.optimize import optimize_model
