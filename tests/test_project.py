@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -79,3 +80,24 @@ def test_no_audio_from_the_dataset_is_tracked() -> None:
     """The project tracks no audio other than its own synthetic demo recording."""
     tracked = _run("git", "ls-files", "*.wav", "*.flac", "*.mp3", "*.ogg").stdout.split()
     assert tracked in ([], ["docs/demo.flac"]), tracked
+
+
+def _requirement_names(requirements: list[str]) -> set[str]:
+    return {re.split(r"[\s\[<>=!~;]", r, maxsplit=1)[0].lower() for r in requirements}
+
+
+def test_core_dependencies_leave_torch_to_the_extra() -> None:
+    """The runtime installs without torch; the torch extra has it, and the tests get the extra."""
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is Python 3.11+")
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    core = _requirement_names(project["project"]["dependencies"])
+    extras = project["project"]["optional-dependencies"]
+    torch_only = {"torch", "transformers", "accelerate", "safetensors", "onnx", "onnxscript",
+                  "matplotlib"}
+    assert core & torch_only == set()
+    assert {"onnxruntime", "numpy", "soxr", "webrtcvad-wheels", "websockets", "sounddevice",
+            "soundfile", "rich"} <= core
+    assert torch_only <= _requirement_names(extras["torch"])
+    assert "emotion-monitor[torch]" in extras["test"]
+    bundled = project["tool"]["setuptools"]["package-data"]["streamer.bundled"]
+    assert "*.onnx" in bundled

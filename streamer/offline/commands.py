@@ -369,7 +369,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.report is not None:
         from streamer.extras import require_extra
 
-        require_extra("matplotlib", purpose="the confusion plots of --report")
+        require_extra("matplotlib", purpose="evaluate --report (confusion plots)")
     import numpy as np
 
     from streamer.models.loading import load_model
@@ -430,7 +430,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _crossval(args: argparse.Namespace) -> int:
     from streamer.extras import require_extra
 
-    require_extra("torch", "transformers", purpose="cross-validation (it trains the compact model)")
+    require_extra("torch", "transformers", purpose="cross-validation")
     from streamer.offline.crossval import run_crossval
 
     started = time.monotonic()
