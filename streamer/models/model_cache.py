@@ -31,7 +31,8 @@ only a ``.build-*`` folder, removed by the next build. Every load checks the gra
 Bad input: a cache folder that cannot be written runs the checkpoint uncached with torch (one
 warning); a checkpoint that fails to export, or whose ONNX graphs all miss the agreement bounds,
 runs with torch (one warning saying why), and the failure is remembered in the entry (same key)
-so later runs do not retry it until the checkpoint or the versions change.
+so later runs do not retry it until the checkpoint or the versions change. Without the export
+tools installed (:data:`EXPORT_PACKAGES`) it runs with torch, saying what is missing.
 
 Never imports :mod:`streamer.offline` (the runtime's layering rule): the build is a subprocess.
 """
@@ -92,6 +93,8 @@ _STEPS = 1 + 5
 _CHECKED = re.compile(r"\b((?:torch|onnx)/(?:fp32|bf16|int8)): ")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _REASON_CHARS = 400
+#: the folder holding streamer/ and server/ (the child runs this copy's ``server.cli``)
+_PACKAGES_ROOT = Path(__file__).resolve().parents[2]
 
 
 def default_cache_dir() -> Path:
@@ -113,12 +116,18 @@ def first_use_folder(
 ) -> Path | None:
     """The optimised copy of a plain checkpoint in ``cache_dir``, built on first use; None
     when the checkpoint is to run with torch as it is (module docstring: not asked for, not
-    on CPU, not downloaded, cache not writable, or optimising failed, each logged).
+    on CPU, export tools missing, not downloaded, cache not writable, or optimising failed, each
+    logged).
 
     ``source`` is what the user named (a folder or a hub id), ``folder`` its local folder (None
     for a hub id: its snapshot in the local Hugging Face cache is used).
     """
     if backend != "auto" or device != "cpu" or precision not in ("auto",) + ONNX_PRECISIONS:
+        return None
+    missing = [name for name, version in _versions().items() if version == "absent"]
+    if missing:
+        logger.warning("running %s with torch: optimising it on first use needs %s, not "
+                       "installed", source, ", ".join(missing))
         return None
     if folder is None:
         folder = _hub_snapshot(source)
@@ -297,7 +306,11 @@ def _optimize(folder: Path, out: Path) -> str | None:
     its progress; None when it succeeded, else why it failed (its error line)."""
     command = [sys.executable, "-m", "server.cli", "--log-level", "INFO", "optimize",
                "--model", str(folder), "--out", str(out)]
-    env = dict(os.environ, HF_HUB_DISABLE_PROGRESS_BARS="1", PYTHONUNBUFFERED="1")
+    # the child imports the same code as this process: our packages' folder comes first
+    path = os.pathsep.join([str(_PACKAGES_ROOT)] + [p for p in [os.environ.get("PYTHONPATH")]
+                                                    if p])
+    env = dict(os.environ, PYTHONPATH=path, HF_HUB_DISABLE_PROGRESS_BARS="1",
+               PYTHONUNBUFFERED="1")
     tail: list[str] = []
     with _Progress() as progress, subprocess.Popen(
         command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
