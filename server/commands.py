@@ -161,12 +161,26 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend", choices=["auto", "torch", "onnx"], default="auto",
         help="inference backend; auto = the fastest within the agreement bounds measured by "
-        "'emotion-monitor optimize' (torch for a plain checkpoint) (default: auto)",
+        "'emotion-monitor optimize', which a plain checkpoint gets on first use (cached, see "
+        "--cache-dir); torch = as it is, no export (default: auto)",
     )
     parser.add_argument(
         "--precision", choices=["auto", "fp32", "bf16", "int8"], default="auto",
         help="weights/arithmetic precision; auto as for --backend (default: auto)",
     )
+    parser.add_argument(
+        "--cache-dir", type=Path, default=None, metavar="DIR",
+        help="where --backend auto keeps the optimised (ONNX, int8) copies of plain "
+        "checkpoints, made on first use (default: $XDG_CACHE_HOME/emotion-monitor, else "
+        "~/.cache/emotion-monitor)",
+    )
+
+
+def _cache_dir(args: argparse.Namespace) -> Path:
+    """--cache-dir, or the user's cache folder (XDG)."""
+    from streamer.models.model_cache import default_cache_dir
+
+    return args.cache_dir if args.cache_dir is not None else default_cache_dir()
 
 
 def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
@@ -499,7 +513,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         model = load_model(
             args.model, device=args.model_device, backend=args.backend,
-            precision=args.precision,
+            precision=args.precision, cache_dir=_cache_dir(args),
         )
         _quiet_websockets()
         return asyncio.run(_serve(model, engine_config, server_config, sources, args))
@@ -587,7 +601,8 @@ def _analyze(args: argparse.Namespace) -> int:
     if args.out.parent and not args.out.parent.is_dir():
         raise ServerError(f"--out {args.out}: the folder does not exist")
     model = load_model(
-        args.model, device=args.model_device, backend=args.backend, precision=args.precision
+        args.model, device=args.model_device, backend=args.backend, precision=args.precision,
+        cache_dir=_cache_dir(args),
     )
     results = analyze_files(
         model, args.files, args.out, engine_config=engine_config, channel=args.channel

@@ -34,6 +34,7 @@ from streamer.audio import MODEL_RATE_HZ
 from streamer.errors import ModelError
 from streamer.models.calibration import config_temperature
 from streamer.models.encoder_cache import FrameCache, cache_exact_reason, encoder_geometry
+from streamer.models.model_cache import first_use_folder
 from streamer.models.onnx_runner import OnnxFiles, OnnxRunner
 from streamer.models.settings import (
     CUDA_BATCH,
@@ -111,6 +112,7 @@ def load_model(
     backend: Literal["torch"],
     precision: str | None = None,
     encoder_cache: bool | None = None,
+    cache_dir: Path | None = None,
 ) -> TorchRunner: ...
 
 
@@ -122,6 +124,7 @@ def load_model(
     backend: str | None = None,
     precision: str | None = None,
     encoder_cache: bool | None = None,
+    cache_dir: Path | None = None,
 ) -> TorchRunner | OnnxRunner: ...
 
 
@@ -132,6 +135,7 @@ def load_model(
     backend: str | None = None,
     precision: str | None = None,
     encoder_cache: bool | None = None,
+    cache_dir: Path | None = None,
 ) -> TorchRunner | OnnxRunner:
     """Load a model (folder, optimize folder or hub id; ``None`` = the bundled model).
 
@@ -145,12 +149,20 @@ def load_model(
     the fastest setting within the agreement bounds for an optimize folder.
     ``encoder_cache`` None = the frame cache on exactly where it is exact; True forces it (a
     ModelError where it is not exact), False leaves it off.
+    ``cache_dir`` (None = off): with backend auto on CPU, a plain checkpoint is optimised on
+    first use into this cache folder and loaded from there (:mod:`streamer.models.model_cache`).
     """
     backend, precision = backend or "auto", precision or "auto"
     check_choice(backend, precision)
     where = _locate(name_or_path)
     resolved = resolve_device(device)
     manifest = read_manifest(where.folder) if where.folder is not None else None
+    if cache_dir is not None and manifest is None and where.folder != BUNDLED_MODEL_DIR:
+        optimized = first_use_folder(where.source, where.folder, cache_dir=cache_dir,
+                                     backend=backend, precision=precision, device=resolved)
+        if optimized is not None:
+            where = _Where(str(optimized), where.name, optimized)
+            manifest = read_manifest(optimized)
     choice = choose_setting(backend, precision, resolved, manifest)
     check: dict[str, Any] | None = (manifest or {}).get("checks", {}).get(choice.key)
     if check is not None and "top1_agreement" in check and not within_bounds(check):
