@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,19 @@ TIMEOUT_S = float(os.environ.get("EMOTION_MONITOR_TEST_TIMEOUT_S", "30"))
 REPO = Path(__file__).resolve().parent.parent
 URDU_DIR = Path(os.environ.get("EMOTION_MONITOR_URDU", REPO.parent / "shared" / "data" / "urdu"))
 TINY_LABELS = ("Angry", "Happy", "Neutral", "Sad")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """XDG_CACHE_HOME in a temp folder: first-use optimisation never writes the user's cache."""
+    folder = tmp_path_factory.mktemp("xdg-cache")
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
 
 
 @pytest.fixture(scope="session")
