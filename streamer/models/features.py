@@ -94,30 +94,38 @@ class SparseFilterbank:
 
     bins: NDArray[np.intp]  # (nnz,) bin of each weight, band by band
     weights: NDArray[np.float64]  # (nnz,)
-    starts: NDArray[np.intp]  # (n_mels,) offset of each band's first weight (clipped)
-    empty: NDArray[np.bool_]  # (n_mels,) bands with no weight at all
+    starts: NDArray[np.intp]  # offset of each non-empty band's first weight (increasing)
+    bands: NDArray[np.intp]  # the non-empty bands, in order
+    n_mels: int
 
     @classmethod
     def from_dense(cls, filterbank: NDArray[np.floating]) -> SparseFilterbank:
         """From a dense (bins, n_mels) filterbank."""
         fb = np.asarray(filterbank, dtype=np.float64)
-        bins, weights, counts = [], [], []
-        for band in fb.T:
-            (nonzero,) = np.nonzero(band)
+        bins, weights, starts, bands = [], [], [], []
+        total = 0
+        for band, column in enumerate(fb.T):
+            (nonzero,) = np.nonzero(column)
+            if nonzero.size == 0:
+                continue
             bins.append(nonzero)
-            weights.append(band[nonzero])
-            counts.append(nonzero.size)
-        total = int(sum(counts))
-        if total == 0:
+            weights.append(column[nonzero])
+            starts.append(total)
+            bands.append(band)
+            total += nonzero.size
+        if not bands:
             raise ModelError("the mel filterbank has no non-zero weight")
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.intp)
         return cls(bins=np.concatenate(bins).astype(np.intp), weights=np.concatenate(weights),
-                   starts=np.minimum(starts, total - 1), empty=np.asarray(counts) == 0)
+                   starts=np.asarray(starts, np.intp), bands=np.asarray(bands, np.intp),
+                   n_mels=fb.shape[1])
 
     def apply(self, power: NDArray[np.float64]) -> NDArray[np.float64]:
-        """(..., bins) power -> (..., n_mels) band energies."""
-        mel = np.add.reduceat(power[..., self.bins] * self.weights, self.starts, axis=-1)
-        mel[..., self.empty] = 0.0  # reduceat gives the next band's first term there
+        """(..., bins) power -> (..., n_mels) band energies (0 in a band without weights)."""
+        sums = np.add.reduceat(power[..., self.bins] * self.weights, self.starts, axis=-1)
+        if self.bands.size == self.n_mels:
+            return sums
+        mel = np.zeros(power.shape[:-1] + (self.n_mels,), dtype=sums.dtype)
+        mel[..., self.bands] = sums
         return mel
 
 

@@ -98,7 +98,7 @@ def resolve_device(device: str = "auto") -> str:
     if device == "cpu":
         return device
     if device.startswith("cuda"):
-        if importlib.util.find_spec("torch") is None:
+        if not _installed("torch"):
             raise ModelError(f"device {device!r} needs torch, which is not installed")
         import torch
 
@@ -108,10 +108,18 @@ def resolve_device(device: str = "auto") -> str:
     raise ModelError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
 
 
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: blocked as None in sys.modules
+        return False
+
+
 def _cuda_possible() -> bool:
     """False when torch could not see a CUDA GPU: torch is not installed,
     ``CUDA_VISIBLE_DEVICES`` hides every device, or no NVIDIA driver lists a GPU."""
-    if importlib.util.find_spec("torch") is None:
+    if not _installed("torch"):
         return False
     if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
         return False

@@ -9,8 +9,9 @@ fastest ONNX setting within the documented bounds (:data:`MIN_TOP1_AGREEMENT`,
 :data:`MAX_REL_LOGIT_DIFF`), and a torch one only when no ONNX setting is within them: ONNX
 needs no torch in the process (an install without it runs every optimize folder, the bundled
 model included) and starts in a fraction of the time. A plain checkpoint has no such numbers,
-so ``auto`` keeps torch fp32 there. Explicit choices are honoured (the loader warns when a
-measured setting is outside the bounds). The manifest also holds each setting's time per
+so ``auto`` keeps torch fp32 there. ``--backend torch`` alone is fp32 torch everywhere (the
+reference). Explicit choices are honoured (the loader warns when a measured setting is
+outside the bounds). The manifest also holds each setting's time per
 window with 2 and 4 windows per call; :func:`preferred_batch` turns that into the model's
 ``preferred_batch`` on CPU.
 
@@ -131,6 +132,10 @@ def choose_setting(
     checks: dict[str, Any] = (manifest or {}).get("checks", {})
     if backend != "auto" and precision != "auto":
         return Choice(backend, precision, "as requested")
+    if backend == "torch" and precision == "auto":
+        # torch asked for by name is the reference, as for a plain checkpoint (training and
+        # evaluation load through it); a faster torch precision only when named
+        return Choice("torch", "fp32", "the reference")
     available = [
         key for key, check in checks.items()
         if within_bounds(check)

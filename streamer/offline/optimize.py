@@ -384,14 +384,15 @@ def optimize_model(
 def _checked_folders(model: str | Path | None, out: Path, *, overwrite: bool
                      ) -> tuple[Path, Path]:
     """The source checkpoint folder and ``out``, or a ModelError saying what is wrong. ``out``
-    may be ``source`` itself (in place, also again)."""
+    may be ``source`` itself (in place). A folder optimised in place (the bundled model) is
+    still a checkpoint; other optimize outputs are not."""
     source = BUNDLED_MODEL_DIR if model is None else Path(model).expanduser()
     if not (source / "config.json").is_file():
         raise ModelError(f"{source}: not a local checkpoint folder (optimize needs one)")
     out = Path(out)
     in_place = out.resolve() == source.resolve()
     manifest = read_manifest(source)
-    if manifest is not None and not (in_place and manifest.get("source") == "."):
+    if manifest is not None and manifest.get("source") != ".":
         raise ModelError(f"{source} is already an optimize output; pass its source checkpoint")
     if not in_place and out.exists() and any(out.iterdir()) and not overwrite:
         raise ModelError(f"--out {out}: exists and is not empty")
