@@ -33,7 +33,7 @@ Bundled start-up (``--startup``, also part of every full run): fresh ``python -c
 that import the loader and load the bundled model, alternating ``--backend torch`` (the
 training checkpoint, the way it loaded before the ONNX graph shipped) with the default (ONNX
 Runtime, no torch): wall time from the first import to a loaded model, peak resident memory
-(``ru_maxrss``) and whether torch got imported; then, in this process, the bundled model's time
+(``VmHWM``) and whether torch got imported; then, in this process, the bundled model's time
 per 2 s window on torch fp32 against ONNX fp32 (numpy log-mel + the CNN graph), one thread
 each, the two interleaved over the same windows.
 
@@ -384,14 +384,16 @@ def cache_speedup(folder: Path, audio: np.ndarray, windows: int) -> dict[str, An
     return found
 
 
+# peak RSS from VmHWM: ru_maxrss survives exec, so a child of this (torch-laden) process would
+# report this process's peak
 _LOAD_BUNDLED = """
-import resource, sys, time
+import sys, time
 started = time.perf_counter()
 from streamer.models.loading import load_model
 model = load_model(device="cpu", backend=sys.argv[1])
 seconds = time.perf_counter() - started
-peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(model.backend, seconds, peak_mb, "torch" in sys.modules)
+status = open("/proc/self/status").read().split("VmHWM:")[1]
+print(model.backend, seconds, int(status.split()[0]) / 1024, "torch" in sys.modules)
 """
 
 
