@@ -32,6 +32,7 @@ import logging
 import os
 import re
 import socket
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -78,8 +79,11 @@ BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "bundled"
 _HUB_HOST = ("huggingface.co", 443)
 _HUB_PROBE_TIMEOUT_S = 3.0
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
-# the NVIDIA driver lists one entry per GPU here; no entry, no CUDA device for torch either
+# Where a GPU that torch.cuda could use shows itself without torch: the NVIDIA driver lists one
+# entry per GPU under /proc/driver/nvidia/gpus; device nodes of NVIDIA's driver, of WSL's GPU
+# bridge and of ROCm (whose torch build answers torch.cuda too). None of them: no CUDA device.
 _NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
+_GPU_NODES = (Path("/dev/nvidiactl"), Path("/dev/dxg"), Path("/dev/kfd"))
 # feature extractors whose arithmetic streamer.models.features repeats in numpy
 _WAVEFORM_EXTRACTORS = ("Wav2Vec2FeatureExtractor",)
 
@@ -118,15 +122,20 @@ def _installed(module: str) -> bool:
 
 def _cuda_possible() -> bool:
     """False when torch could not see a CUDA GPU: torch is not installed,
-    ``CUDA_VISIBLE_DEVICES`` hides every device, or no NVIDIA driver lists a GPU."""
+    ``CUDA_VISIBLE_DEVICES`` hides every device, or (on Linux) no GPU driver shows one
+    (:data:`_GPU_NODES`). Elsewhere (Windows) torch is asked."""
     if not _installed("torch"):
         return False
     if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
         return False
+    if not sys.platform.startswith("linux"):
+        return sys.platform == "win32"  # macOS builds of torch have no CUDA
     try:
-        return any(_NVIDIA_GPUS.iterdir())
+        if any(_NVIDIA_GPUS.iterdir()):
+            return True
     except OSError:
-        return False
+        pass
+    return any(node.exists() for node in _GPU_NODES)
 
 
 def narrowband_ok(config: Any) -> bool:
