@@ -29,8 +29,17 @@ Encoder cache: for the large model it also times consecutive hop-aligned windows
 stream with and without the exact conv-frame cache (``streamer.models.encoder_cache``), with the
 feature extractor's per-window normalisation off (required for exactness).
 
+Bundled start-up (``--startup``, also part of every full run): fresh ``python -c`` processes
+that import the loader and load the bundled model, alternating ``--backend torch`` (the
+training checkpoint, the way it loaded before the ONNX graph shipped) with the default (ONNX
+Runtime, no torch): wall time from the first import to a loaded model, peak resident memory
+(``VmHWM``) and whether torch got imported; then, in this process, the bundled model's time
+per 2 s window on torch fp32 against ONNX fp32 (numpy log-mel + the CNN graph), one thread
+each, the two interleaved over the same windows.
+
     nice python bench/inference.py                       # everything, ~15-25 min on 2 cores
     nice python bench/inference.py --quick               # bundled + base, short runs
+    nice python bench/inference.py --startup             # bundled load time, memory, ms/window
     nice python bench/inference.py --models large --seconds 10 --json out.json
 """
 
@@ -43,6 +52,7 @@ import math
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -374,6 +384,81 @@ def cache_speedup(folder: Path, audio: np.ndarray, windows: int) -> dict[str, An
     return found
 
 
+# peak RSS from VmHWM: ru_maxrss survives exec, so a child of this (torch-laden) process would
+# report this process's peak
+_LOAD_BUNDLED = """
+import sys, time
+started = time.perf_counter()
+from streamer.models.loading import load_model
+model = load_model(device="cpu", backend=sys.argv[1])
+seconds = time.perf_counter() - started
+status = open("/proc/self/status").read().split("VmHWM:")[1]
+print(model.backend, seconds, int(status.split()[0]) / 1024, "torch" in sys.modules)
+"""
+
+
+def bundled_startup(repeats: int) -> list[dict[str, Any]]:
+    """Fresh processes loading the bundled model, torch and default (auto) alternating:
+    median load time and peak RSS of each (module docstring)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="")
+    runs: dict[str, list[tuple[float, float, bool]]] = {"torch": [], "auto": []}
+    for _ in range(repeats):
+        for backend in runs:
+            done = subprocess.run([sys.executable, "-c", _LOAD_BUNDLED, backend], env=env,
+                                  capture_output=True, text=True, timeout=600, check=True)
+            _, seconds, peak, torch_loaded = done.stdout.split()
+            runs[backend].append((float(seconds), float(peak), torch_loaded == "True"))
+    rows = []
+    for backend, found in runs.items():
+        rows.append({"backend": backend, "load_s": float(np.median([f[0] for f in found])),
+                     "load_s_min": min(f[0] for f in found),
+                     "peak_rss_mb": float(np.median([f[1] for f in found])),
+                     "torch_imported": any(f[2] for f in found), "runs": len(found)})
+        logging.info("bundled load, backend %s: median %.2f s, peak RSS %.0f MB", backend,
+                     rows[-1]["load_s"], rows[-1]["peak_rss_mb"])
+    return rows
+
+
+def bundled_window_times(audio: np.ndarray, windows: int) -> dict[str, float]:
+    """Median ms per 2 s window of the bundled model on torch fp32 and ONNX fp32 (one thread,
+    interleaved window by window) and their ratio."""
+    from streamer.models.loading import load_model
+
+    models = {"torch/fp32": load_model(device="cpu", backend="torch", precision="fp32"),
+              "onnx/fp32": load_model(device="cpu", backend="onnx", precision="fp32")}
+    times: dict[str, list[float]] = {key: [] for key in models}
+    for model in models.values():
+        model.set_worker_threads(1)
+        model.predict_proba(audio[None, :WINDOW])  # warm-up
+    for i in range(windows):
+        window = audio[None, (i * HOP) % (audio.size - WINDOW):][:, :WINDOW]
+        for key, model in models.items():
+            t = time.perf_counter()
+            model.predict_proba(window)
+            times[key].append(time.perf_counter() - t)
+    found = {key: float(np.median(t) * 1000) for key, t in times.items()}
+    found["torch_over_onnx"] = found["torch/fp32"] / found["onnx/fp32"]
+    logging.info("bundled ms/window: torch fp32 %.2f, onnx fp32 %.2f (x%.2f)",
+                 found["torch/fp32"], found["onnx/fp32"], found["torch_over_onnx"])
+    return found
+
+
+def report_startup(rows: list[dict[str, Any]], per_window: dict[str, float]) -> None:
+    """The bundled start-up table and the per-window comparison."""
+    print("\nbundled model, fresh process (python -c: import + load_model, median of "
+          f"{rows[0]['runs']}):")
+    print(f"  {'backend':<8} {'load s':>7} {'min s':>6} {'peak RSS MB':>11}  torch imported")
+    for row in rows:
+        print(f"  {row['backend']:<8} {row['load_s']:>7.2f} {row['load_s_min']:>6.2f} "
+              f"{row['peak_rss_mb']:>11.0f}  {row['torch_imported']}")
+    torch_row, auto_row = rows
+    print(f"  auto vs torch: x{torch_row['load_s'] / auto_row['load_s']:.1f} faster, "
+          f"x{torch_row['peak_rss_mb'] / auto_row['peak_rss_mb']:.1f} less memory")
+    print(f"bundled ms/window (one thread, interleaved): torch fp32 "
+          f"{per_window['torch/fp32']:.2f}, onnx fp32 {per_window['onnx/fp32']:.2f} "
+          f"(onnx x{per_window['torch_over_onnx']:.2f} faster)")
+
+
 def machine() -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     try:
@@ -410,6 +495,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="bundled and base only, 6 s runs, 4 probe windows, no retries")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--startup", action="store_true",
+                        help="only the bundled model's load time, memory and ms/window")
+    parser.add_argument("--startup-runs", type=int, default=5,
+                        help="fresh processes per backend for the load time")
     args = parser.parse_args()
     if args.quick:
         args.models, args.seconds, args.probe_windows, args.retries = "bundled,base", 6.0, 4, 0
@@ -461,6 +550,12 @@ def main() -> int:
     audio = voiced(60.0, seed=1)
     info = machine()
     logging.info("machine: %s", info)
+    startup = bundled_startup(args.startup_runs)
+    per_window = bundled_window_times(audio, 200)
+    if args.startup:
+        print(f"\nmachine: {info}")
+        report_startup(startup, per_window)
+        return 0
     all_results: list[Result] = []
     extras: dict[str, Any] = {}
     work = Path(tempfile.mkdtemp(prefix="bench-inference-"))
@@ -477,6 +572,7 @@ def main() -> int:
     info["load_after"] = list(os.getloadavg())
 
     report(info, args, all_results, extras)
+    report_startup(startup, per_window)
     return 0
 
 

@@ -116,21 +116,23 @@ def test_cli_rejects_a_bad_backend_in_one_line(capsys: pytest.CaptureFixture[str
     assert len(err.splitlines()) == 1 and "'auto', 'torch', 'onnx'" in err
 
 
-def test_onnx_on_a_plain_checkpoint_says_to_optimize(tmp_path: Path,
+def test_onnx_on_a_plain_checkpoint_says_to_optimize(tmp_path: Path, tiny_wav2vec2: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     """analyze --backend onnx on a checkpoint without ONNX files: one line, exit 2."""
     wav = tmp_path / "a.wav"
     sf.write(wav, speech_like(1.0), 16000)
-    code = main(["analyze", str(wav), "--out", str(tmp_path / "t.csv"), "--backend", "onnx"])
+    code = main(["analyze", str(wav), "--out", str(tmp_path / "t.csv"), "--backend", "onnx",
+                 "--model", str(tiny_wav2vec2)])
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "emotion-monitor optimize" in err
 
 
-def test_auto_on_a_plain_checkpoint_is_torch_fp32(caplog: pytest.LogCaptureFixture) -> None:
+def test_auto_on_a_plain_checkpoint_is_torch_fp32(tiny_wav2vec2: Path,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
     """Without optimize numbers, auto keeps fp32 torch on CPU and says so."""
     with caplog.at_level(logging.INFO, logger="streamer.models.loading"):
-        model = load_model(None, device="cpu", backend="auto", precision="auto")
+        model = load_model(tiny_wav2vec2, device="cpu", backend="auto", precision="auto")
     assert isinstance(model, TorchRunner)
     assert (model.backend, model.precision, model.encoder_cache) == ("torch", "fp32", None)
     assert "backend torch, precision fp32" in caplog.text
@@ -147,6 +149,14 @@ def test_auto_takes_the_fastest_setting_within_bounds() -> None:
     }}
     assert choose_setting("auto", "auto", "cpu", manifest).key == "onnx/fp32"
     assert choose_setting("torch", "auto", "cpu", manifest).key == "torch/fp32"
+    faster_torch = {"files": {}, "checks": {**manifest["checks"], "torch/bf16": {
+        "top1_agreement": 1.0, "rel_logit_diff": 0.01, "ms_per_window": 5.0}}}
+    # ONNX within bounds wins over a faster torch setting: no torch in the process
+    assert choose_setting("auto", "auto", "cpu", faster_torch).key == "onnx/fp32"
+    no_onnx = {"files": {}, "checks": {k: v for k, v in faster_torch["checks"].items()
+                                       if k.startswith("torch/")}}
+    assert choose_setting("auto", "auto", "cpu", no_onnx).key == "torch/bf16"
+    assert choose_setting("torch", "auto", "cpu", faster_torch).key == "torch/fp32"
     assert choose_setting("auto", "int8", "cpu", manifest).key == "onnx/int8"  # none in bounds
     assert choose_setting("torch", "bf16", "cpu", manifest).key == "torch/bf16"  # as asked
     assert choose_setting("auto", "auto", "cpu", None).key == "torch/fp32"
@@ -186,14 +196,20 @@ def test_onnx_export_matches_torch_and_int8_predicts(which: str,
                               .repeat(2, axis=1)])
     reference = load_model(folder, backend="torch", precision="fp32")
     onnx = load_model(folder, backend="onnx", precision="fp32")
-    int8 = load_model(folder, backend="onnx", precision="int8")
     assert isinstance(onnx, OnnxRunner) and isinstance(reference, TorchRunner)
     assert _relative(onnx.logits(windows), reference.logits(windows)) < 1e-3
     short = windows[:, :12000]  # a final window shorter than 2 s
     assert _relative(onnx.logits(short), reference.logits(short)) < 1e-3
-    probs = int8.predict_proba(windows)
-    assert probs.shape == (3, len(reference.labels)) and probs.dtype == np.float32
-    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    if manifest["model_type"] == "emotion-compact":  # a CNN: no int8 graph (optimize.py)
+        assert manifest["model_input"] == "log_mel" and manifest["files"]["int8"] is None
+        assert "unavailable" in manifest["checks"]["onnx/int8"]
+        with pytest.raises(ModelError, match="no ONNX int8 model"):
+            load_model(folder, backend="onnx", precision="int8")
+    else:
+        int8 = load_model(folder, backend="onnx", precision="int8")
+        probs = int8.predict_proba(windows)
+        assert probs.shape == (3, len(reference.labels)) and probs.dtype == np.float32
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
     auto = load_model(folder)  # an optimize folder loads with auto
     chosen = manifest["checks"][f"{auto.backend}/{auto.precision}"]
     assert chosen["top1_agreement"] >= 0.98 and chosen["rel_logit_diff"] <= 0.10
@@ -493,7 +509,7 @@ class _ThreadProbe:
     """The bundled torch runner, recording torch's intra-op thread count inside the worker."""
 
     def __init__(self) -> None:
-        self.runner = load_model(device="cpu")
+        self.runner = load_model(device="cpu", backend="torch")
         self.name, self.labels = "probe", self.runner.labels
         self.sample_rate_hz, self.device = self.runner.sample_rate_hz, self.runner.device
         self.preferred_batch, self.narrowband_ok = 1, self.runner.narrowband_ok
@@ -538,7 +554,7 @@ def test_torch_runner_sets_the_threads_of_its_caller() -> None:
     """set_worker_threads on a CPU torch runner is torch.set_num_threads in that thread."""
     import torch
 
-    model = load_model(device="cpu")
+    model = load_model(device="cpu", backend="torch")
     seen: list[int] = []
 
     def worker() -> None:
@@ -587,6 +603,7 @@ def test_workers_default_to_one_per_core_for_transformer_models(
     bundled = load_model()
     tiny = load_model(tiny_wav2vec2, backend="torch", precision="fp32")
     assert bundled.worker_count(16) == 1
+    assert load_model(backend="torch").worker_count(16) == 1
     assert load_model(optimized_bundled, backend="onnx", precision="fp32").worker_count(16) == 1
     assert (tiny.worker_count(1), tiny.worker_count(3), tiny.worker_count(16)) == (1, 3, 8)
     assert load_model(optimized_tiny, backend="onnx", precision="int8").worker_count(16) == 8

@@ -1,4 +1,5 @@
-"""load_model and the torch runner: the bundled model, any HF checkpoint, and bad input."""
+"""load_model and the runners: the bundled model (ONNX by default, torch on request), any HF
+checkpoint, and bad input."""
 
 from __future__ import annotations
 
@@ -32,8 +33,8 @@ def test_bundled_labels_rate_and_name(bundled) -> None:
 
 
 def test_bundled_has_every_member_of_the_model_protocol(bundled) -> None:
-    """The torch runner answers what the engine asks: batch, workers, thread settings."""
-    assert (bundled.backend, bundled.precision) == ("torch", "fp32")
+    """The bundled ONNX runner answers what the engine asks: batch, workers, thread settings."""
+    assert (bundled.backend, bundled.precision) == ("onnx", "fp32")
     assert bundled.preferred_batch == 1
     assert bundled.worker_count(8) == 1  # the compact model: one worker
     bundled.set_worker_threads(1)
@@ -50,14 +51,15 @@ def test_bundled_predict_proba_shape_and_sum(bundled) -> None:
     assert np.all(probs >= 0)
 
 
-def test_bundled_is_small_safetensors() -> None:
-    """The shipped weights are safetensors and a few MB at most."""
+def test_bundled_is_small_onnx_and_safetensors() -> None:
+    """The bundled folder holds the ONNX graph, its manifest and the training checkpoint
+    (safetensors), a few MB in all."""
     from streamer.models.loading import BUNDLED_MODEL_DIR
 
-    weights = BUNDLED_MODEL_DIR / "model.safetensors"
-    assert weights.is_file()
-    assert weights.stat().st_size < 5_000_000
-    assert (BUNDLED_MODEL_DIR / "preprocessor_config.json").is_file()
+    for name in ("model.onnx", "optimize.json", "model.safetensors", "config.json",
+                 "preprocessor_config.json"):
+        assert (BUNDLED_MODEL_DIR / name).is_file(), name
+    assert sum(p.stat().st_size for p in BUNDLED_MODEL_DIR.iterdir()) < 5_000_000
 
 
 def test_silence_and_short_windows_are_finite(bundled) -> None:
@@ -67,13 +69,16 @@ def test_silence_and_short_windows_are_finite(bundled) -> None:
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
 
 
-def test_save_load_round_trip(bundled, tmp_path: Path) -> None:
-    """Saving the bundled model and loading the copy gives the same labels and outputs."""
+def test_save_load_round_trip(tmp_path: Path) -> None:
+    """Saving the bundled torch model and loading the copy gives the same labels and outputs."""
     from streamer.models.loading import load_model
 
+    bundled = load_model(device="cpu", backend="torch")
+    assert (bundled.backend, bundled.precision) == ("torch", "fp32")
     bundled.model.save_pretrained(tmp_path)
     bundled.feature_extractor.save_pretrained(tmp_path)
     copy = load_model(tmp_path, device="cpu")
+    assert copy.backend == "torch"  # a plain checkpoint: no optimize.json
     assert copy.labels == bundled.labels
     assert copy.name == str(tmp_path)
     windows = np.stack([speech_like(1.5, seed=7), tone(220, 1.5)])

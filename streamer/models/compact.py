@@ -2,7 +2,8 @@
 
 ``CompactEmotionForAudioClassification`` takes raw mono 16 kHz audio (``input_values``, shape
 batch x samples, like wav2vec2) and computes a 64-band log-mel spectrogram inside the model
-(25 ms Hann window, 10 ms hop, torch.stft and a slaney-style triangular filterbank built here).
+(25 ms Hann window, 10 ms hop, torch.stft and the slaney-style triangular filterbank of
+:mod:`streamer.models.features`, whose numpy copy of this front end feeds the ONNX graph).
 By default the log-mel is only shifted and scaled by constants, so loudness and spectral tilt
 stay visible (per-utterance normalisation, per band or global, is a config option). A small
 1-D CNN (batch norm, dilated residual blocks, mean + standard-deviation pooling over time)
@@ -17,20 +18,19 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from streamer.models.features import mel_filterbank
 from streamer.models.settings import COMPACT_MODEL_TYPE
 
 __all__ = [
     "CompactEmotionConfig",
     "CompactEmotionForAudioClassification",
     "CompactEmotionPreTrainedModel",
-    "mel_filterbank",
     "register_compact",
 ]
 
@@ -85,27 +85,6 @@ class CompactEmotionConfig(PretrainedConfig):
         self.label_smoothing = label_smoothing
         self.initializer_range = initializer_range
         super().__init__(**kwargs)
-
-
-def mel_filterbank(
-    *, sample_rate_hz: int, n_fft: int, n_mels: int, f_min_hz: float, f_max_hz: float
-) -> np.ndarray:
-    """Triangular HTK-mel filterbank, shape (n_fft // 2 + 1, n_mels), area-normalised (slaney)."""
-
-    def hz_to_mel(f: np.ndarray | float) -> np.ndarray:
-        return 2595.0 * np.log10(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
-
-    def mel_to_hz(m: np.ndarray) -> np.ndarray:
-        return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
-
-    freqs = np.linspace(0.0, sample_rate_hz / 2, n_fft // 2 + 1)
-    edges = mel_to_hz(np.linspace(hz_to_mel(f_min_hz), hz_to_mel(f_max_hz), n_mels + 2))
-    lower, center, upper = edges[:-2], edges[1:-1], edges[2:]
-    up = (freqs[:, None] - lower[None, :]) / (center - lower)[None, :]
-    down = (upper[None, :] - freqs[:, None]) / (upper - center)[None, :]
-    fb = np.maximum(0.0, np.minimum(up, down))
-    fb *= (2.0 / (upper - lower))[None, :]
-    return fb.astype(np.float32)
 
 
 class _Block(nn.Module):
@@ -237,6 +216,17 @@ class CompactEmotionForAudioClassification(CompactEmotionPreTrainedModel):
         std = logmel.std(dim=dims, keepdim=True) if logmel.shape[-1] > 1 else torch.ones_like(mean)
         return (logmel - mean) / (std + 1e-5)
 
+    def classify(self, feats: torch.Tensor, fmask: torch.Tensor | None = None) -> torch.Tensor:
+        """Log-mel features (batch, n_mels, frames) -> logits: the network after the front end
+        (what ``emotion-monitor optimize`` exports to ONNX; the front end runs in numpy there,
+        :class:`streamer.models.features.LogMelFeatures`). ``fmask`` (batch, frames) keeps
+        padding frames out of the pooled statistics."""
+        if len(self.members) == 1:
+            return self.members[0](feats, fmask)
+        # Ensemble: average the members' probabilities; logits = log of that average.
+        probs = torch.stack([F.softmax(m(feats, fmask).float(), dim=-1) for m in self.members])
+        return torch.log(probs.mean(0).clamp(min=1e-12))
+
     def _spec_augment(self, feats: torch.Tensor) -> torch.Tensor:
         c = self.config
         batch, n_mels, frames = feats.shape
@@ -273,12 +263,7 @@ class CompactEmotionForAudioClassification(CompactEmotionPreTrainedModel):
             # Sample-level mask -> frame-level mask, so padding does not enter the pooled stats.
             valid = attention_mask.float().sum(-1) / self.config.hop_length + 1
             fmask = torch.arange(frames, device=feats.device)[None, :] < valid[:, None]
-        if len(self.members) == 1:
-            logits = self.members[0](feats, fmask)
-        else:
-            # Ensemble: average the members' probabilities; logits = log of that average.
-            probs = torch.stack([F.softmax(m(feats, fmask).float(), dim=-1) for m in self.members])
-            logits = torch.log(probs.mean(0).clamp(min=1e-12))
+        logits = self.classify(feats, fmask)
         loss = None
         if labels is not None:
             if labels.dim() == 2:

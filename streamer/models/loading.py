@@ -9,31 +9,48 @@ local folder, a hub id already in the local Hugging Face cache, or a folder writ
   (``AutoFeatureExtractor`` + ``AutoModelForAudioClassification``, the compact network
   included) in fp32, bf16/fp16 or dynamic int8;
 - :class:`~streamer.models.onnx_runner.OnnxRunner`: the ONNX Runtime graphs of an optimize
-  folder in fp32 or int8.
+  folder (the bundled model is one) in fp32 or int8.
 
 It reads the checkpoint's config here and hands the runner what it needs as plain values:
 label names (``config.id2label`` in id order), the sample rate, the calibration temperature,
 the ``"narrowband"`` flag, the frame cache (on exactly where it is exact) and the batch size.
 The runners never call back into this module. A loaded runner is used by the engine's worker
 threads, several at once (see :mod:`streamer.models.runner`).
+
+The ONNX path imports neither torch nor transformers: it reads ``config.json`` and
+``preprocessor_config.json`` with :mod:`json` and extracts features in numpy
+(:mod:`streamer.models.features`), and ``device="auto"`` asks torch about GPUs only where one
+can be there (:func:`resolve_device`). So the bundled model and any optimize folder run on an
+install without torch.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import logging
 import os
 import re
 import socket
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Literal, overload
 
 from streamer.audio import MODEL_RATE_HZ
 from streamer.errors import ModelError
+from streamer.extras import import_extra, require_extra
 from streamer.models.calibration import config_temperature
 from streamer.models.encoder_cache import FrameCache, cache_exact_reason, encoder_geometry
+from streamer.models.features import (
+    LOG_MEL_INPUT,
+    WAVEFORM_INPUT,
+    LogMelFeatures,
+    WaveformFeatures,
+)
 from streamer.models.model_cache import first_use_folder
 from streamer.models.onnx_runner import OnnxFiles, OnnxRunner
 from streamer.models.settings import (
@@ -64,23 +81,66 @@ BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "bundled"
 _HUB_HOST = ("huggingface.co", 443)
 _HUB_PROBE_TIMEOUT_S = 3.0
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+# Where a GPU that torch.cuda could use shows itself without torch: the NVIDIA driver lists one
+# entry per GPU under /proc/driver/nvidia/gpus; device nodes of NVIDIA's driver, of WSL's GPU
+# bridge and of ROCm (whose torch build answers torch.cuda too). None of them: no CUDA device.
+_NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
+_GPU_NODES = (Path("/dev/nvidiactl"), Path("/dev/dxg"), Path("/dev/kfd"))
+# feature extractors whose arithmetic streamer.models.features repeats in numpy
+_WAVEFORM_EXTRACTORS = ("Wav2Vec2FeatureExtractor",)
 
 
 def resolve_device(device: str = "auto") -> str:
-    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; other values are checked and kept."""
-    import torch
+    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; other values are checked and kept.
 
+    'auto' imports torch only where a CUDA GPU can be there (:func:`_cuda_possible`), so a
+    machine without one, or without torch, loads ONNX models without importing it."""
     if device == "auto":
+        if not _cuda_possible():
+            return "cpu"
+        import torch
+
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu" or device.startswith("cuda"):
-        if device.startswith("cuda") and not torch.cuda.is_available():
+    if device == "cpu":
+        return device
+    if device.startswith("cuda"):
+        torch = import_extra("torch", purpose=f"model device {device!r}")
+
+        if not torch.cuda.is_available():
             raise ModelError(f"device {device!r} requested but torch sees no CUDA GPU")
         return device
     raise ModelError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
 
 
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: blocked as None in sys.modules
+        return False
+
+
+def _cuda_possible() -> bool:
+    """False when torch could not see a CUDA GPU: torch is not installed,
+    ``CUDA_VISIBLE_DEVICES`` hides every device, or (on Linux) no GPU driver shows one
+    (:data:`_GPU_NODES`). Elsewhere (Windows) torch is asked."""
+    if not _installed("torch"):
+        return False
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    if not sys.platform.startswith("linux"):
+        return sys.platform == "win32"  # macOS builds of torch have no CUDA
+    try:
+        if any(_NVIDIA_GPUS.iterdir()):
+            return True
+    except OSError:
+        pass
+    return any(node.exists() for node in _GPU_NODES)
+
+
 def narrowband_ok(config: Any) -> bool:
-    """True when a model config says ``"narrowband": true`` (fit for 8 kHz phone audio)."""
+    """True when a model config (transformers' or one read from config.json) says
+    ``"narrowband": true`` (fit for 8 kHz phone audio)."""
     value = getattr(config, "narrowband", False)
     if not isinstance(value, bool):
         raise ModelError(f"config field narrowband must be true or false, got {value!r}")
@@ -146,7 +206,8 @@ def load_model(
     ``backend`` (auto, torch, onnx; None = auto) and ``precision`` (auto, fp32, bf16, int8;
     None = auto) pick the runner (:mod:`streamer.models.settings`): on CUDA torch in bfloat16
     (float16 where bfloat16 is not supported), on CPU fp32 torch for a plain checkpoint and
-    the fastest setting within the agreement bounds for an optimize folder.
+    the fastest setting within the agreement bounds for an optimize folder (ONNX first; the
+    bundled model is such a folder, so it loads without torch).
     ``encoder_cache`` None = the frame cache on exactly where it is exact; True forces it (a
     ModelError where it is not exact), False leaves it off.
     ``cache_dir`` (None = off): with backend auto on CPU, a plain checkpoint is optimised on
@@ -176,6 +237,7 @@ def load_model(
     if choice.backend == "onnx":
         model = _onnx_runner(where, manifest, choice.precision, batch=batch, cache=encoder_cache)
     else:
+        require_extra("torch", "transformers", purpose=f"running {where.name} with torch")
         source = where if manifest is None else _source_of(where, manifest)
         model = _torch_runner(source, where.name, resolved, choice.precision, batch=batch,
                               cache=encoder_cache)
@@ -226,14 +288,20 @@ def _locate(name_or_path: str | Path | None) -> _Where:
 
 
 def _source_of(where: _Where, manifest: dict[str, Any]) -> _Where:
-    """The torch checkpoint an optimize folder was made from (its graphs are ONNX only)."""
+    """The torch checkpoint an optimize folder was made from (its graphs are ONNX only). A
+    relative source is relative to the folder: ``"."`` (the bundled model) is the folder
+    itself, optimised in place."""
     source = manifest.get("source")
-    if not source or not (Path(source) / "config.json").is_file():
+    folder = where.folder
+    path = None if not source or folder is None else folder / str(source)
+    if path is None or folder is None or not (path / "config.json").is_file():
         raise ModelError(
             f"{where.source} holds ONNX models only and its source checkpoint {source!r} is "
             "gone: use --backend onnx, or --model the source checkpoint"
         )
-    return _Where(str(source), where.name, Path(source))
+    if path.resolve() == folder.resolve():
+        return where
+    return _Where(str(path), where.name, path)
 
 
 # -- building a runner ------------------------------------------------------------------------
@@ -263,40 +331,76 @@ def _onnx_runner(
     where: _Where, manifest: dict[str, Any] | None, precision: str, *, batch: int,
     cache: bool | None,
 ) -> OnnxRunner:
-    """Open the ONNX graphs of an optimize folder; its config.json gives labels and flags."""
+    """Open the ONNX graphs of an optimize folder; its config.json gives labels and flags,
+    read without transformers (:func:`_read_configs`), and the manifest's ``model_input`` the
+    numpy front end (:func:`_features`)."""
     folder = where.folder
     if manifest is None or folder is None:
         raise ModelError(
             f"{where.source}: no ONNX model here; write one with "
             f"'emotion-monitor optimize --model {where.source} --out DIR' and use --model DIR"
         )
-    if precision not in manifest["files"]:
-        raise ModelError(f"{folder}: no ONNX {precision} model in {MANIFEST_NAME}")
-    from transformers import AutoConfig, AutoFeatureExtractor
-
-    from streamer.models.compact import register_compact
-
-    register_compact()
-    try:
-        config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
-        extractor = AutoFeatureExtractor.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelError(f"{folder}: cannot read config/preprocessor ({exc})") from exc
+    if not manifest["files"].get(precision):
+        raise ModelError(f"{folder}: no ONNX {precision} model in {MANIFEST_NAME} (it lists "
+                         f"{', '.join(k for k in ('fp32', 'int8') if manifest['files'].get(k))})")
+    config, preprocessor = _read_configs(folder)
+    extractor = _features(manifest, config, preprocessor, folder)
+    settings = SimpleNamespace(**config)  # what the config helpers read, as attributes
     files = OnnxFiles.from_manifest(folder, manifest, precision)
     return OnnxRunner(
-        files, name=where.name, labels=_labels(config),
+        files, name=where.name, labels=_labels(settings),
         sample_rate_hz=_checked_rate(extractor, str(folder)), feature_extractor=extractor,
-        precision=precision, model_type=getattr(config, "model_type", None),
-        temperature=config_temperature(config), narrowband_ok=narrowband_ok(config),
-        encoder_cache=_frame_cache(config, extractor, files.encoder is not None, cache,
+        precision=precision, model_type=config.get("model_type"),
+        temperature=config_temperature(settings), narrowband_ok=narrowband_ok(settings),
+        encoder_cache=_frame_cache(settings, extractor, files.encoder is not None, cache,
                                    where.name),
         preferred_batch=batch,
     )
 
 
+def _read_configs(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``config.json`` and ``preprocessor_config.json`` of ``folder`` as dicts."""
+    found = []
+    for name in ("config.json", "preprocessor_config.json"):
+        path = folder / name
+        try:
+            value = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{path}: cannot read it ({_first_line(exc)})") from exc
+        if not isinstance(value, dict):
+            raise ModelError(f"{path}: not a JSON object")
+        found.append(value)
+    return found[0], found[1]
+
+
+def _features(manifest: dict[str, Any], config: dict[str, Any], preprocessor: dict[str, Any],
+              folder: Path) -> LogMelFeatures | WaveformFeatures:
+    """The numpy front end for the graph's input: ``log_mel`` (the compact model's CNN) or
+    ``input_values`` (raw samples, normalised per window where ``do_normalize``)."""
+    model_input = manifest.get("model_input", WAVEFORM_INPUT)
+    if model_input == LOG_MEL_INPUT:
+        return LogMelFeatures.from_config(config)
+    if model_input != WAVEFORM_INPUT:
+        raise ModelError(f"{folder}: unknown model_input {model_input!r} in {MANIFEST_NAME} "
+                         f"(expected {WAVEFORM_INPUT} or {LOG_MEL_INPUT})")
+    kind = preprocessor.get("feature_extractor_type", _WAVEFORM_EXTRACTORS[0])
+    if kind not in _WAVEFORM_EXTRACTORS:
+        raise ModelError(f"{folder}: feature extractor {kind!r} is not supported without "
+                         f"torch (supported: {', '.join(_WAVEFORM_EXTRACTORS)})")
+    return WaveformFeatures.from_preprocessor(preprocessor)
+
+
 def _labels(config: Any) -> tuple[str, ...]:
-    id2label = config.id2label
-    return tuple(str(id2label[i]) for i in sorted(int(k) for k in id2label))
+    """Label names in id order, from a transformers config or one read from config.json
+    (whose ``id2label`` keys are strings)."""
+    id2label = getattr(config, "id2label", None)
+    if not isinstance(id2label, dict) or not id2label:
+        raise ModelError("the model config has no id2label")
+    try:
+        ordered = sorted((int(k), str(v)) for k, v in id2label.items())
+    except ValueError as exc:
+        raise ModelError(f"id2label keys must be class ids, got {list(id2label)}") from exc
+    return tuple(label for _, label in ordered)
 
 
 def _checked_rate(extractor: Any, source: str) -> int:

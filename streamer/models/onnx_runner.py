@@ -1,8 +1,11 @@
 """The ONNX Runtime runner: the graphs of an ``emotion-monitor optimize`` folder on CPU (built
 on the main thread, run by the inference worker threads).
 
-One full graph from ``input_values``, or, for a wav2vec2 classifier, the conv encoder and the
-head from its features, so that the frame cache can skip the encoder for frames it has seen.
+One full graph from ``input_values`` (or, for the compact model, from its ``log_mel``
+features, computed in numpy by :class:`streamer.models.features.LogMelFeatures`), or, for a
+wav2vec2 classifier, the conv encoder and the head from its features, so that the frame cache
+can skip the encoder for frames it has seen. Neither this module nor the feature extractors
+import torch or transformers.
 :class:`OnnxFiles` names the graphs of one precision from the folder's manifest;
 :class:`OnnxRunner` opens and runs them. It imports nothing of the loader and reads no
 transformers config: ``streamer.models.loading`` reads the folder and passes what the runner
@@ -26,6 +29,7 @@ from numpy.typing import NDArray
 
 from streamer.errors import ModelError
 from streamer.models.encoder_cache import FrameCache
+from streamer.models.features import LOG_MEL_INPUT, WAVEFORM_INPUT
 from streamer.models.runner import Runner
 
 __all__ = ["DISABLED_OPTIMIZERS", "OnnxFiles", "OnnxRunner", "onnx_session"]
@@ -34,6 +38,9 @@ __all__ = ["DISABLED_OPTIMIZERS", "OnnxFiles", "OnnxRunner", "onnx_session"]
 # a wav2vec2-base window's 88 ms on one thread (25 calls), the unfused Add + LayerNormalization
 # about a quarter of that (docs/performance.md, session 3). Same arithmetic either way.
 DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
+# what a graph of an optimize folder takes: raw samples, the compact CNN's log-mel features
+# (computed in numpy, streamer.models.features), or a split wav2vec2's conv features
+_KNOWN_INPUTS = (WAVEFORM_INPUT, LOG_MEL_INPUT, "extract_features")
 
 
 def onnx_session(path: Path, options: Any) -> Any:
@@ -110,6 +117,7 @@ class OnnxRunner(Runner):
         self._session: Any = None
         self._encoder_session: Any = None
         self._full_encoder_session: Any = None
+        self._input_names: tuple[str, ...] = ()
         self.set_worker_threads(1)
 
     def __repr__(self) -> str:
@@ -151,14 +159,23 @@ class OnnxRunner(Runner):
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
             raise ModelError(f"{files.model}: cannot load ({first})") from exc
+        missing = [i.name for i in session.get_inputs() if i.name not in _KNOWN_INPUTS]
+        if missing:
+            raise ModelError(f"{files.model}: unknown graph input(s) {missing} (expected "
+                             f"{', '.join(_KNOWN_INPUTS)})")
+        self._input_names = tuple(i.name for i in session.get_inputs())
         self._session, self._encoder_session, self._full_encoder_session = session, encoder, full
 
     def full(self, inputs: dict[str, NDArray[Any]]) -> NDArray[np.float32]:
-        values = np.ascontiguousarray(inputs["input_values"], dtype=np.float32)
         if self.split:
+            values = np.ascontiguousarray(inputs["input_values"], dtype=np.float32)
             feats = self._full_encoder_session.run(None, {"input_values": values})[0]
             return self.head(np.asarray(feats, np.float32))
-        return np.asarray(self._session.run(None, {"input_values": values})[0], np.float32)
+        session = self._session
+        # the graph's own inputs: input_values, or log_mel for the compact model's CNN
+        feed = {name: np.ascontiguousarray(inputs[name], dtype=np.float32)
+                for name in self._input_names}
+        return np.asarray(session.run(None, feed)[0], np.float32)
 
     def encode(self, values: NDArray[np.float32]) -> NDArray[np.float32]:
         out = self._encoder_session.run(None, {"input_values": values})[0]

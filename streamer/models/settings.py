@@ -5,11 +5,15 @@ Choosing (``auto``): on CUDA, torch in half precision (bfloat16 where supported)
 engine batching windows across streams. On CPU, a folder written by ``emotion-monitor
 optimize`` holds an ``optimize.json`` with, for each backend/precision, its agreement with fp32
 torch and its measured time per window on the machine that optimised it; ``auto`` takes the
-fastest setting within the documented bounds (:data:`MIN_TOP1_AGREEMENT`,
-:data:`MAX_REL_LOGIT_DIFF`). A plain checkpoint has no such numbers, so ``auto`` keeps torch
-fp32 there. Explicit choices are honoured (the loader warns when a measured setting is outside
-the bounds). The manifest also holds each setting's time per window with 2 and 4 windows per
-call; :func:`preferred_batch` turns that into the model's ``preferred_batch`` on CPU.
+fastest ONNX setting within the documented bounds (:data:`MIN_TOP1_AGREEMENT`,
+:data:`MAX_REL_LOGIT_DIFF`), and a torch one only when no ONNX setting is within them: ONNX
+needs no torch in the process (an install without it runs every optimize folder, the bundled
+model included) and starts in a fraction of the time. A plain checkpoint has no such numbers,
+so ``auto`` keeps torch fp32 there. ``--backend torch`` alone is fp32 torch everywhere (the
+reference). Explicit choices are honoured (the loader warns when a measured setting is
+outside the bounds). The manifest also holds each setting's time per
+window with 2 and 4 windows per call; :func:`preferred_batch` turns that into the model's
+``preferred_batch`` on CPU.
 
 Imports none of the runners and no loader, so all of them can import it.
 """
@@ -128,6 +132,10 @@ def choose_setting(
     checks: dict[str, Any] = (manifest or {}).get("checks", {})
     if backend != "auto" and precision != "auto":
         return Choice(backend, precision, "as requested")
+    if backend == "torch" and precision == "auto":
+        # torch asked for by name is the reference, as for a plain checkpoint (training and
+        # evaluation load through it); a faster torch precision only when named
+        return Choice("torch", "fp32", "the reference")
     available = [
         key for key, check in checks.items()
         if within_bounds(check)
@@ -136,12 +144,14 @@ def choose_setting(
         and check.get("ms_per_window") is not None
     ]
     if available:
-        best = min(available, key=lambda key: float(checks[key]["ms_per_window"]))
+        onnx = [key for key in available if key.startswith("onnx/")]
+        best = min(onnx or available, key=lambda key: float(checks[key]["ms_per_window"]))
         b, p = best.split("/")
         c = checks[best]
         ref = checks.get("torch/fp32", {}).get("ms_per_window")
         return Choice(b, p, (
-            f"fastest within bounds: {c['ms_per_window']:.1f} ms/window "
+            f"fastest {'ONNX setting ' if onnx else ''}within bounds: "
+            f"{c['ms_per_window']:.1f} ms/window "
             f"(torch fp32 {ref if ref is None else round(float(ref), 1)}), top-1 agreement "
             f"{c['top1_agreement']:.3f}, rel logit diff {c['rel_logit_diff']:.4f}"
         ))

@@ -5,15 +5,22 @@ checks (main thread; one process, CPU).
 
 - ``config.json`` and ``preprocessor_config.json`` (labels and input settings, as a checkpoint);
 - ``model.onnx`` (fp32) and ``model.int8.onnx`` (ONNX Runtime ``quantize_dynamic``: int8
-  per-channel weights and per-batch int8 activations for MatMul). For a wav2vec2 classifier
+  per-channel weights and per-batch int8 activations for MatMul; none for the compact CNN,
+  whose convolutions it would leave in fp32). For a wav2vec2 classifier
   ``model.onnx`` starts at the conv features (input ``extract_features``) and
   ``feature_encoder.onnx`` / ``feature_encoder.int8.onnx`` hold the conv encoder, so its frames
-  can be cached (:mod:`streamer.models.encoder_cache`); other models are one graph from
-  ``input_values``;
+  can be cached (:mod:`streamer.models.encoder_cache`); the compact model's graph is its CNN
+  from ``log_mel`` features (its log-mel front end runs in numpy at load time,
+  :class:`streamer.models.features.LogMelFeatures`: the STFT inside ONNX Runtime took about 6x
+  torch's time per window); other models are one graph from ``input_values``;
 - ``optimize.json``: the files, the source checkpoint, and for each backend/precision its
   top-1 agreement and relative logit difference against fp32 torch on the checked windows and
-  its median time per window with one thread on this machine. ``auto`` reads it
-  (:mod:`streamer.models.settings`).
+  its median time per window with one thread on this machine, and the graphs' ``model_input``
+  (``input_values`` or ``log_mel``). ``auto`` reads it (:mod:`streamer.models.settings`).
+
+``out`` may be the checkpoint folder itself (in place): the graphs and ``optimize.json`` go
+beside the weights, the configs are left as they are and the manifest's source is ``"."``.
+The bundled model is made so, by ``emotion-monitor optimize --out streamer/bundled``.
 
 Export uses ``torch.onnx.export(dynamo=True)`` (needs onnxscript) at opset 20 (which has a
 native ``Gelu`` that ONNX Runtime runs fused), with a dynamic batch and sample axis; the
@@ -53,12 +60,15 @@ from numpy.typing import NDArray
 
 from streamer.audio import MODEL_RATE_HZ
 from streamer.errors import ModelError
+from streamer.models.features import LOG_MEL_INPUT, WAVEFORM_INPUT
 from streamer.models.loading import BUNDLED_MODEL_DIR, load_model
 from streamer.models.settings import (
+    COMPACT_MODEL_TYPE,
     MANIFEST_NAME,
     MAX_REL_LOGIT_DIFF,
     MIN_TOP1_AGREEMENT,
     preferred_batch,
+    read_manifest,
     within_bounds,
 )
 from streamer.models.torch_runner import splittable, wav2vec2_head
@@ -266,6 +276,17 @@ class _Full(torch.nn.Module):
         return self.model(input_values=input_values).logits
 
 
+class _LogMelHead(torch.nn.Module):
+    """The compact model after its front end: log-mel features -> logits."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, log_mel: torch.Tensor) -> torch.Tensor:
+        return self.model.classify(log_mel)
+
+
 class _Encoder(torch.nn.Module):
     """input_values -> wav2vec2 conv features (batch, channels, frames)."""
 
@@ -290,7 +311,7 @@ class _Head(torch.nn.Module):
 
 def _export(module: Any, example: Any, path: Path, input_name: str, axis_min: int) -> None:
     dims = {0: torch.export.Dim("batch", min=1, max=256),
-            1 if input_name == "input_values" else 2: torch.export.Dim("length", min=axis_min)}
+            1 if input_name == WAVEFORM_INPUT else 2: torch.export.Dim("length", min=axis_min)}
     with warnings.catch_warnings():
         # torch.export's pytree code warns about its own deprecated LeafSpec check
         warnings.filterwarnings("ignore", category=FutureWarning, message=r".*LeafSpec")
@@ -339,16 +360,19 @@ def optimize_model(
 ) -> dict[str, Any]:
     """Export, quantise, check and time; returns the manifest written to ``out``."""
     source, out = _checked_folders(model, out, overwrite=overwrite)
+    in_place = out.resolve() == source.resolve()
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     base = load_model(source, device="cpu", backend="torch", precision="fp32",
                       encoder_cache=False)
     hf = base.model
-    hf.config.save_pretrained(out)
-    base.feature_extractor.save_pretrained(out)
-    files = _export_graphs(hf, out)
+    if not in_place:
+        hf.config.save_pretrained(out)
+        base.feature_extractor.save_pretrained(out)
+    files, model_input = _export_graphs(hf, out)
     logger.info("exported %s to %s in %.0f s", source, out, time.monotonic() - started)
-    manifest = _new_manifest(source, hf.config.model_type, files)
+    manifest = _new_manifest(None if in_place else source, hf.config.model_type, files,
+                             model_input)
     (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
     windows, described = agreement_windows(data, max_windows=max_windows)
     manifest["checked_on"] = described
@@ -359,46 +383,59 @@ def optimize_model(
 
 def _checked_folders(model: str | Path | None, out: Path, *, overwrite: bool
                      ) -> tuple[Path, Path]:
-    """The source checkpoint folder and ``out``, or a ModelError saying what is wrong."""
+    """The source checkpoint folder and ``out``, or a ModelError saying what is wrong. ``out``
+    may be ``source`` itself (in place). A folder optimised in place (the bundled model) is
+    still a checkpoint; other optimize outputs are not."""
     source = BUNDLED_MODEL_DIR if model is None else Path(model).expanduser()
     if not (source / "config.json").is_file():
         raise ModelError(f"{source}: not a local checkpoint folder (optimize needs one)")
-    if (source / MANIFEST_NAME).is_file():
-        raise ModelError(f"{source} is already an optimize output; pass its source checkpoint")
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    in_place = out.resolve() == source.resolve()
+    manifest = read_manifest(source)
+    if manifest is not None and manifest.get("source") != ".":
+        raise ModelError(f"{source} is already an optimize output; pass its source checkpoint")
+    if not in_place and out.exists() and any(out.iterdir()) and not overwrite:
         raise ModelError(f"--out {out}: exists and is not empty")
-    if out.resolve() == source.resolve():
-        raise ModelError("--out must differ from --model")
     return source, out
 
 
-def _export_graphs(hf: Any, out: Path) -> dict[str, Any]:
+def _export_graphs(hf: Any, out: Path) -> tuple[dict[str, Any], str]:
     """Write the fp32 and int8 graphs of the loaded model ``hf``; returns the manifest's
-    ``files`` entry."""
+    ``files`` entry and the graphs' input (``input_values`` or ``log_mel``)."""
     example = torch.zeros(1, _WINDOW)
     files: dict[str, Any] = {"fp32": "model.onnx", "int8": "model.int8.onnx", "encoder": None}
     prepare_for_export(hf)  # the loaded copy only; the checkpoint is untouched
+    if hf.config.model_type == COMPACT_MODEL_TYPE:
+        with torch.no_grad():
+            feats = hf.log_mel(example)
+        _export(_LogMelHead(hf).eval(), feats, out / "model.onnx", LOG_MEL_INPUT, 2)
+        # no int8 graph: dynamic quantisation turns MatMuls into int8 and the CNN is
+        # convolutions, so only its last layer changed; as large and no faster (measured)
+        files["int8"] = None
+        return files, LOG_MEL_INPUT
     if splittable(hf):
         with torch.no_grad():  # not inference_mode: export must not see inference tensors
             feats = hf.wav2vec2.feature_extractor(example)
-        _export(_Encoder(hf).eval(), example, out / "feature_encoder.onnx", "input_values", 800)
+        _export(_Encoder(hf).eval(), example, out / "feature_encoder.onnx", WAVEFORM_INPUT, 800)
         _export(_Head(hf).eval(), feats, out / "model.onnx", "extract_features", 2)
         _quantize(out / "feature_encoder.onnx", out / "feature_encoder.int8.onnx")
         files["encoder"] = "feature_encoder.onnx"
         files["encoder_int8"] = "feature_encoder.int8.onnx"
     else:
-        _export(_Full(hf).eval(), example, out / "model.onnx", "input_values", 800)
+        _export(_Full(hf).eval(), example, out / "model.onnx", WAVEFORM_INPUT, 800)
     _quantize(out / "model.onnx", out / "model.int8.onnx")
-    return files
+    return files, WAVEFORM_INPUT
 
 
-def _new_manifest(source: Path, model_type: str, files: dict[str, Any]) -> dict[str, Any]:
-    """The manifest before any check: files, source, bounds and this machine."""
+def _new_manifest(source: Path | None, model_type: str, files: dict[str, Any],
+                  model_input: str) -> dict[str, Any]:
+    """The manifest before any check: files, source (None: in place, written ``"."``), the
+    graphs' input, bounds and this machine."""
     return {
         "format": 1,
-        "source": str(source.resolve()),
+        "source": "." if source is None else str(source.resolve()),
         "model_type": model_type,
+        "model_input": model_input,
         "files": files,
         "bounds": {"min_top1_agreement": MIN_TOP1_AGREEMENT,
                    "max_rel_logit_diff": MAX_REL_LOGIT_DIFF},
