@@ -255,15 +255,16 @@ def test_an_optimize_folder_loads_without_torch(tiny_wav2vec2: Path, tmp_path: P
                                atol=1e-6)
 
 
-def test_torch_checkpoints_without_torch_fail_with_a_model_error() -> None:
-    """Asking for a CUDA device without torch is a one-line ModelError, not an ImportError."""
+def test_cuda_without_torch_names_the_extra() -> None:
+    """Asking for a CUDA device without torch is one MissingExtraError naming the extra."""
     done = _torch_free(
-        "from streamer.errors import ModelError\n"
+        "from streamer.extras import MissingExtraError\n"
         "from streamer.models.loading import load_model\n"
         "try:\n"
         "    load_model(device='cuda')\n"
-        "except ModelError as exc:\n"
-        "    print('ModelError:', exc)\n"
+        "except MissingExtraError as exc:\n"
+        "    print('MissingExtraError:', exc)\n"
     )
     assert done.returncode == 0, done.stderr
     assert "needs torch, which is not installed" in done.stdout
+    assert "emotion-monitor[torch]" in done.stdout
