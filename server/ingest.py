@@ -346,18 +346,37 @@ class IngestEndpoint:
         except ConnectionClosed:
             pass
 
-    async def _recv(self, connection: ServerConnection) -> str | bytes:
-        # asyncio.timeout, not wait_for: no task per frame, so frames already received are
-        # read without going round the loop (behind every client writer) once per frame
-        try:  # recv is cancellation-safe: a timeout loses no frame (none had arrived)
-            async with asyncio.timeout(self.config.idle_timeout_s):
+    async def _recv(
+        self, connection: ServerConnection, idle: _IdleWatch | None = None
+    ) -> str | bytes:
+        """The next frame; IngestRejected ``idle_timeout`` when none comes for the timeout.
+
+        With ``idle`` (the call's watch, see :class:`_IdleWatch`) a frame costs no timer;
+        without, one ``asyncio.timeout`` (``ingest_start``). asyncio.timeout, not wait_for: no
+        task per frame, so frames already received are read without going round the loop.
+        recv is cancellation-safe: a timeout loses no frame (none had arrived).
+        """
+        if idle is not None:
+            idle.last = idle.loop.time()
+            idle.waiting = True
+            try:
                 return await connection.recv()
-        except TimeoutError:
-            raise IngestRejected(
-                "idle_timeout",
-                f"no frame for {self.config.idle_timeout_s:g} s (--ingest-idle-timeout-s)",
-                CloseCode.POLICY_VIOLATION,
-            ) from None
+            except asyncio.CancelledError:
+                if not idle.expired():
+                    raise
+            finally:
+                idle.waiting = False
+        else:
+            try:
+                async with asyncio.timeout(self.config.idle_timeout_s):
+                    return await connection.recv()
+            except TimeoutError:
+                pass
+        raise IngestRejected(
+            "idle_timeout",
+            f"no frame for {self.config.idle_timeout_s:g} s (--ingest-idle-timeout-s)",
+            CloseCode.POLICY_VIOLATION,
+        ) from None
 
     async def _start(self, connection: ServerConnection) -> IngestSpec:
         frame = await self._recv(connection)
@@ -413,12 +432,23 @@ class IngestEndpoint:
         self, connection: ServerConnection, spec: IngestSpec, feeds: list[StreamFeed]
     ) -> str:
         """Feed frames until ingest_end ("end"); raises for anything else."""
+        with _IdleWatch(self.config.idle_timeout_s) as idle:
+            return await self._receive_frames(connection, spec, feeds, idle)
+
+    async def _receive_frames(
+        self,
+        connection: ServerConnection,
+        spec: IngestSpec,
+        feeds: list[StreamFeed],
+        idle: _IdleWatch,
+    ) -> str:
         blocking = not self.engine.config.realtime
         limit = self.config.max_frame_bytes
         max_frames = int(self.config.max_call_s * spec.sample_rate_hz)
+        mono = feeds[0] if spec.channels == 1 else None
         received = 0
         while True:
-            frame = await self._recv(connection)
+            frame = await self._recv(connection, idle)
             if isinstance(frame, str):
                 try:
                     message = decode(frame)
@@ -448,8 +478,11 @@ class IngestEndpoint:
                     "audio (--ingest-max-call-s); start a new call to go on",
                     CloseCode.POLICY_VIOLATION,
                 )
-            channels = [np.ascontiguousarray(audio[:, i]) for i in range(spec.channels)]
             try:
+                if mono is not None and not blocking:  # the common case: no copies, no lists
+                    mono.feed(audio.reshape(-1))
+                    continue
+                channels = [np.ascontiguousarray(audio[:, i]) for i in range(spec.channels)]
                 if blocking:
                     await asyncio.to_thread(_feed_all, feeds, channels)
                 else:
@@ -465,6 +498,59 @@ class IngestEndpoint:
                 feed.close(reason=reason)
             else:  # the flush may wait for the inference queue: not on the loop
                 await asyncio.to_thread(feed.close, reason)
+
+
+class _IdleWatch:
+    """One call's idle timeout as one timer, not one per frame (a context manager, loop-bound).
+
+    The handler marks when it waits in ``recv`` (``waiting``) and when a frame came (``last``);
+    a single timer, moved on lazily when it fires early, cancels the handler task once it has
+    waited ``timeout_s`` for one frame, and :meth:`expired` tells that cancellation apart from
+    a shutdown's. Same rule as a timeout around each ``recv``, at a cost of two attribute
+    writes per frame instead of a timer armed and cancelled per frame.
+    """
+
+    __slots__ = ("timeout_s", "loop", "task", "waiting", "last", "_handle", "_fired")
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        self.task = task
+        self.waiting = False
+        self.last = self.loop.time()  # when the current (or last) wait for a frame began
+        self._handle: asyncio.TimerHandle | None = None
+        self._fired = False
+
+    def __enter__(self) -> _IdleWatch:
+        self._arm(self.last + self.timeout_s)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def expired(self) -> bool:
+        """True when the cancellation just caught was this watch's (and only that one)."""
+        if not self._fired:
+            return False
+        self._fired = False
+        return self.task.uncancel() == 0  # a shutdown's cancel as well: let that one win
+
+    def _arm(self, when: float) -> None:
+        self._handle = self.loop.call_at(when, self._check)
+
+    def _check(self) -> None:
+        due = self.last + self.timeout_s
+        if self.waiting and self.loop.time() >= due:
+            self._handle = None
+            self._fired = True
+            self.task.cancel()
+        else:  # a frame came since (or the handler is busy feeding): look again later
+            self._arm(max(due, self.loop.time() + 0.001) if self.waiting
+                      else self.loop.time() + self.timeout_s)
 
 
 #: rejection code -> stream_close reason (others: "error")
