@@ -442,53 +442,81 @@ class IngestEndpoint:
         feeds: list[StreamFeed],
         idle: _IdleWatch,
     ) -> str:
-        blocking = not self.engine.config.realtime
+        """Check each frame as it comes; feed the frames already received in one go.
+
+        Frames that were waiting together (a busy loop reads several per socket read) are fed
+        as one block: one decode-and-feed pass per burst instead of per frame, no waiting
+        added. Whatever came before a rejected frame or the ``ingest_end`` is fed first, so
+        the streams get exactly what they got frame by frame.
+        """
         limit = self.config.max_frame_bytes
         max_frames = int(self.config.max_call_s * spec.sample_rate_hz)
-        mono = feeds[0] if spec.channels == 1 else None
         received = 0
+        pending: list[NDArray[np.float32]] = []
         while True:
             frame = await self._recv(connection, idle)
-            if isinstance(frame, str):
-                try:
-                    message = decode(frame)
-                except MessageError as exc:
-                    raise IngestRejected(exc.code, str(exc), CloseCode.POLICY_VIOLATION) from exc
-                if isinstance(message, IngestEnd):
-                    return "end"
-                raise IngestRejected(
-                    "unexpected_type",
-                    f"after ingest_start only binary audio and ingest_end, not {message.TYPE!r}",
-                    CloseCode.POLICY_VIOLATION,
-                )
-            if len(frame) > limit:
-                raise IngestRejected(
-                    "frame_too_big",
-                    f"binary frame of {len(frame)} bytes over the {limit}-byte limit "
-                    "(--ingest-max-frame-bytes)",
-                    CloseCode.MESSAGE_TOO_BIG,
-                )
-            audio = decode_audio(spec, frame)
-            if audio.shape[0] == 0:
-                continue
-            received += audio.shape[0]
-            if received > max_frames:
-                raise IngestRejected(
-                    "call_too_long", f"the call passed {self.config.max_call_s:g} s of "
-                    "audio (--ingest-max-call-s); start a new call to go on",
-                    CloseCode.POLICY_VIOLATION,
-                )
             try:
-                if mono is not None and not blocking:  # the common case: no copies, no lists
-                    mono.feed(audio.reshape(-1))
+                if isinstance(frame, str):
+                    await self._feed(spec, feeds, pending)  # the audio before it first
+                    pending = []
+                    return self._text_after_start(frame)
+                if len(frame) > limit:
+                    raise IngestRejected(
+                        "frame_too_big",
+                        f"binary frame of {len(frame)} bytes over the {limit}-byte limit "
+                        "(--ingest-max-frame-bytes)",
+                        CloseCode.MESSAGE_TOO_BIG,
+                    )
+                audio = decode_audio(spec, frame)
+                if audio.shape[0] == 0:
                     continue
-                channels = [np.ascontiguousarray(audio[:, i]) for i in range(spec.channels)]
-                if blocking:
-                    await asyncio.to_thread(_feed_all, feeds, channels)
-                else:
-                    _feed_all(feeds, channels)
-            except StreamerError as exc:
-                raise _unsupported("bad_audio", str(exc)) from exc
+                received += audio.shape[0]
+                if received > max_frames:
+                    raise IngestRejected(
+                        "call_too_long", f"the call passed {self.config.max_call_s:g} s of "
+                        "audio (--ingest-max-call-s); start a new call to go on",
+                        CloseCode.POLICY_VIOLATION,
+                    )
+                pending.append(audio)
+            except IngestRejected:
+                await self._feed(spec, feeds, pending)  # what came before it counts
+                raise
+            if not _frame_waiting(connection):
+                await self._feed(spec, feeds, pending)
+                pending = []
+
+    def _text_after_start(self, frame: str) -> str:
+        """A text frame mid-call: ``ingest_end`` ends it ("end"); anything else is refused."""
+        try:
+            message = decode(frame)
+        except MessageError as exc:
+            raise IngestRejected(exc.code, str(exc), CloseCode.POLICY_VIOLATION) from exc
+        if isinstance(message, IngestEnd):
+            return "end"
+        raise IngestRejected(
+            "unexpected_type",
+            f"after ingest_start only binary audio and ingest_end, not {message.TYPE!r}",
+            CloseCode.POLICY_VIOLATION,
+        )
+
+    async def _feed(
+        self, spec: IngestSpec, feeds: list[StreamFeed], blocks: list[NDArray[np.float32]]
+    ) -> None:
+        """Feed decoded frames (frames x channels), in order, to the channels' streams."""
+        if not blocks:
+            return
+        audio = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+        try:
+            if spec.channels == 1 and self.engine.config.realtime:  # no copies, no lists
+                feeds[0].feed(audio.reshape(-1))
+                return
+            channels = [np.ascontiguousarray(audio[:, i]) for i in range(spec.channels)]
+            if not self.engine.config.realtime:  # backpressure: feeding may wait
+                await asyncio.to_thread(_feed_all, feeds, channels)
+            else:
+                _feed_all(feeds, channels)
+        except StreamerError as exc:
+            raise _unsupported("bad_audio", str(exc)) from exc
 
     async def _close_feeds(self, feeds: list[StreamFeed], reason: str) -> None:
         for feed in feeds:
@@ -557,6 +585,20 @@ class _IdleWatch:
 _CLOSE_REASONS = {"idle_timeout": "idle_timeout", "call_too_long": "max_length"}
 #: rejection code -> the stats.refused counter it counts in
 _REFUSALS = {"too_many_calls": "ingest_calls", "call_too_long": "call_length"}
+
+
+def _frame_waiting(connection: ServerConnection) -> bool:
+    """Whether ``recv`` would return a whole message at once (one is already received).
+
+    websockets has no public call for this; it reads the connection's frame queue, and says
+    False (feed now, frame by frame as before) where that is not there or a message is only
+    partly in.
+    """
+    try:
+        queued = connection.recv_messages.frames.queue
+    except AttributeError:
+        return False
+    return bool(queued) and bool(queued[0].fin)
 
 
 def _feed_all(feeds: list[StreamFeed], channels: list[NDArray[np.float32]]) -> None:

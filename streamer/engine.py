@@ -403,7 +403,10 @@ class Engine:
 
     def _predict(self, jobs: tuple[_Job, ...]) -> NDArray[np.float32] | None:
         """The model's probabilities for ``jobs``, or None (logged) when it fails or lies."""
-        windows = np.stack([job.window.samples for job in jobs])
+        if len(jobs) == 1:  # a view: no copy of the window for a batch of one
+            windows = jobs[0].window.samples[np.newaxis, :]
+        else:
+            windows = np.stack([job.window.samples for job in jobs])
         try:
             probs = np.asarray(self.model.predict_proba(windows), dtype=np.float32)
         except Exception:
