@@ -203,14 +203,21 @@ def _check_metadata(start: IngestStart) -> dict[str, str]:
     return metadata
 
 
-def decode_audio(spec: IngestSpec, data: bytes) -> NDArray[np.float32]:
-    """One binary frame -> float32 (frames, channels); IngestRejected for a bad frame."""
-    if len(data) % spec.frame_bytes:
+def _check_frame_size(spec: IngestSpec, data: bytes) -> int:
+    """The sample frames in one binary frame; IngestRejected when it is not whole frames."""
+    frames, rest = divmod(len(data), spec.frame_bytes)
+    if rest:
         raise _unsupported(
             "partial_frame",
             f"a binary frame of {len(data)} bytes is not a whole number of {spec.frame_bytes}-"
             f"byte sample frames ({spec.channels} channel(s) x {spec.format})",
         )
+    return frames
+
+
+def decode_audio(spec: IngestSpec, data: bytes) -> NDArray[np.float32]:
+    """One binary frame -> float32 (frames, channels); IngestRejected for a bad frame."""
+    _check_frame_size(spec, data)
     if spec.format == "s16le":
         samples = s16le_to_float32(data)  # scaled to [-1, 1)
     else:
@@ -451,8 +458,10 @@ class IngestEndpoint:
         """
         limit = self.config.max_frame_bytes
         max_frames = int(self.config.max_call_s * spec.sample_rate_hz)
+        # s16le: every value is valid, so frames wait as bytes and are decoded together
+        raw = spec.format == "s16le"
         received = 0
-        pending: list[NDArray[np.float32]] = []
+        pending: list[bytes | NDArray[np.float32]] = []
         while True:
             frame = await self._recv(connection, idle)
             try:
@@ -467,10 +476,11 @@ class IngestEndpoint:
                         "(--ingest-max-frame-bytes)",
                         CloseCode.MESSAGE_TOO_BIG,
                     )
-                audio = decode_audio(spec, frame)
-                if audio.shape[0] == 0:
+                audio = frame if raw else decode_audio(spec, frame)
+                count = _check_frame_size(spec, frame)
+                if count == 0:
                     continue
-                received += audio.shape[0]
+                received += count
                 if received > max_frames:
                     raise IngestRejected(
                         "call_too_long", f"the call passed {self.config.max_call_s:g} s of "
@@ -500,12 +510,17 @@ class IngestEndpoint:
         )
 
     async def _feed(
-        self, spec: IngestSpec, feeds: list[StreamFeed], blocks: list[NDArray[np.float32]]
+        self, spec: IngestSpec, feeds: list[StreamFeed], blocks: list[bytes | NDArray[np.float32]]
     ) -> None:
-        """Feed decoded frames (frames x channels), in order, to the channels' streams."""
+        """Feed checked frames (s16le bytes, or decoded arrays), in order, to the streams."""
         if not blocks:
             return
-        audio = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+        raw = [block for block in blocks if isinstance(block, bytes)]
+        if raw:  # all of them (s16le)
+            audio = decode_audio(spec, b"".join(raw))
+        else:
+            arrays = [block for block in blocks if not isinstance(block, bytes)]
+            audio = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
         try:
             if spec.channels == 1 and self.engine.config.realtime:  # no copies, no lists
                 feeds[0].feed(audio.reshape(-1))
