@@ -134,10 +134,23 @@ class VadGate:
         data = np.concatenate([pending, samples]) if pending.size else samples
         n_frames = data.size // frame
         whole = data[: n_frames * frame]
-        items: list[GateItem] = []
-        for i, voiced in enumerate(self._classify(whole.reshape(n_frames, frame))):
-            self._step(whole[i * frame : (i + 1) * frame], voiced, items)
+        voiced = self._classify(whole.reshape(n_frames, frame))
         self._pending = data[n_frames * frame :].copy()
+        if self._open and all(voiced):  # speech goes on: the whole block passes, as one
+            start_s = self._frames_seen * frame / MODEL_RATE_HZ
+            self._frames_seen += n_frames
+            self._unvoiced_run = 0
+            return [GatedAudio(start_s, whole.copy())]
+        if not self._open and not any(voiced):  # silence goes on: keep the pre-roll only
+            keep = self._history.maxlen or 0
+            self._history.extend(whole[i * frame : (i + 1) * frame]
+                                 for i in range(max(0, n_frames - keep), n_frames))
+            self._frames_seen += n_frames
+            self._voiced_run = 0
+            return []
+        items: list[GateItem] = []
+        for i, is_voiced in enumerate(voiced):
+            self._step(whole[i * frame : (i + 1) * frame], is_voiced, items)
         return _merge_audio(items)
 
     def flush(self) -> list[GateItem]:
