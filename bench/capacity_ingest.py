@@ -18,7 +18,10 @@ windows were lost, and the p95 label lag stays under ``--max-lag-s``. The ramp s
 first step that is not sustained; the result is the largest sustained step.
 
     nice python bench/capacity_ingest.py [--steps 10,20,30,40,60,80] [--seconds 20]
-        [--run-args "--model DIR --backend onnx --precision int8"]
+        [--run-args "--model DIR --backend onnx --precision int8"] [--model fixed]
+
+``--model fixed`` serves the zero-cost model instead (no model cost: the pipeline around it);
+``bench/pipeline.py`` measures that with senders cheap enough for 1,000 streams.
 """
 
 from __future__ import annotations
@@ -171,6 +174,10 @@ async def main() -> int:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--run-args", default="",
                         help="extra arguments for 'emotion-monitor run' (model, backend, workers)")
+    parser.add_argument("--model", choices=("bundled", "fixed"), default="bundled",
+                        help="fixed: the zero-cost FixedProbabilitiesModel in the same server "
+                        "(bench/pipeline.py serve; --run-args is ignored), so only the pipeline "
+                        "around the model is measured")
     args = parser.parse_args()
     steps = [int(s) for s in args.steps.split(",")]
     command = "nice python bench/capacity_ingest.py " + shlex.join(sys.argv[1:])
@@ -178,9 +185,13 @@ async def main() -> int:
     print(f"machine: {os.cpu_count()} CPU(s) ({cpu_model()}), no GPU used, "
           f"Python {platform.python_version()}, load average at start "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    if args.model == "fixed":
+        serve = [str(REPO / "bench" / "pipeline.py"), "serve"]
+    else:
+        serve = ["-m", "server", "--log-level", "WARNING", "run", "--source", "none",
+                 "--port", "0", "--no-store", *shlex.split(args.run_args)]
     server = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "server", "--log-level", "WARNING", "run", "--source", "none",
-        "--port", "0", "--no-store", *shlex.split(args.run_args), cwd=REPO,
+        sys.executable, *serve, cwd=REPO,
         stdout=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )

@@ -1,19 +1,25 @@
 """From the engine's threads to the event loop (``sink`` on any thread; the rest on the loop).
 
 The engine calls :meth:`ThreadBridge.sink` from its worker or feeding threads; ``sink`` only
-hands the event to the loop with ``call_soon_threadsafe``, so it is cheap and never blocks the
-engine. Events from one thread keep their order (``call_soon_threadsafe`` is FIFO), and
+appends the event to a queue and, when the queue was idle, asks the loop (one
+``call_soon_threadsafe``) to deliver what is queued, so it is cheap and never blocks the engine,
+and a burst of events (a batch of windows, 1,000 streams) costs one loop wake-up, not one each.
+Events keep the order they were handed over in (one queue, delivered first in first out), and
 :meth:`flush` waits until everything handed over before it has run on the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections import deque
 from collections.abc import Callable
 
 from streamer.events import Event
 
 __all__ = ["ThreadBridge"]
+
+logger = logging.getLogger(__name__)
 
 
 class ThreadBridge:
@@ -28,6 +34,8 @@ class ThreadBridge:
         self.events_lost = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._queue: deque[Event] = deque()  # handed over, not yet delivered (append/popleft)
+        self._scheduled = False  # a delivery is scheduled on the loop and has not started
 
     def start(self) -> ThreadBridge:
         """Bind to the running loop."""
@@ -44,10 +52,29 @@ class ThreadBridge:
         if loop is None or self._closed:
             self.events_lost += 1
             return
+        self._queue.append(event)
+        if self._scheduled:
+            return  # the delivery already scheduled has not started: it takes this one too
+        # set before scheduling: the delivery clears it before it takes the first event, so an
+        # event appended after that schedules a delivery of its own (at worst one too many)
+        self._scheduled = True
         try:
-            loop.call_soon_threadsafe(self.target, event)
+            loop.call_soon_threadsafe(self._deliver)
         except RuntimeError:  # the loop has been closed: too late to publish
-            self.events_lost += 1
+            self._scheduled = False
+            self.events_lost += len(self._queue)
+            self._queue.clear()
+
+    def _deliver(self) -> None:
+        """On the loop: hand every queued event to ``target``, in order."""
+        self._scheduled = False
+        queue, target = self._queue, self.target
+        while queue:
+            event = queue.popleft()
+            try:
+                target(event)
+            except Exception:
+                logger.exception("publishing %s failed", type(event).__name__)
 
     async def flush(self) -> None:
         """Wait until every event handed to :meth:`sink` before this call has been delivered."""

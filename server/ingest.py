@@ -203,14 +203,21 @@ def _check_metadata(start: IngestStart) -> dict[str, str]:
     return metadata
 
 
-def decode_audio(spec: IngestSpec, data: bytes) -> NDArray[np.float32]:
-    """One binary frame -> float32 (frames, channels); IngestRejected for a bad frame."""
-    if len(data) % spec.frame_bytes:
+def _check_frame_size(spec: IngestSpec, data: bytes) -> int:
+    """The sample frames in one binary frame; IngestRejected when it is not whole frames."""
+    frames, rest = divmod(len(data), spec.frame_bytes)
+    if rest:
         raise _unsupported(
             "partial_frame",
             f"a binary frame of {len(data)} bytes is not a whole number of {spec.frame_bytes}-"
             f"byte sample frames ({spec.channels} channel(s) x {spec.format})",
         )
+    return frames
+
+
+def decode_audio(spec: IngestSpec, data: bytes) -> NDArray[np.float32]:
+    """One binary frame -> float32 (frames, channels); IngestRejected for a bad frame."""
+    _check_frame_size(spec, data)
     if spec.format == "s16le":
         samples = s16le_to_float32(data)  # scaled to [-1, 1)
     else:
@@ -346,18 +353,37 @@ class IngestEndpoint:
         except ConnectionClosed:
             pass
 
-    async def _recv(self, connection: ServerConnection) -> str | bytes:
-        # asyncio.timeout, not wait_for: no task per frame, so frames already received are
-        # read without going round the loop (behind every client writer) once per frame
-        try:  # recv is cancellation-safe: a timeout loses no frame (none had arrived)
-            async with asyncio.timeout(self.config.idle_timeout_s):
+    async def _recv(
+        self, connection: ServerConnection, idle: _IdleWatch | None = None
+    ) -> str | bytes:
+        """The next frame; IngestRejected ``idle_timeout`` when none comes for the timeout.
+
+        With ``idle`` (the call's watch, see :class:`_IdleWatch`) a frame costs no timer;
+        without, one ``asyncio.timeout`` (``ingest_start``). asyncio.timeout, not wait_for: no
+        task per frame, so frames already received are read without going round the loop.
+        recv is cancellation-safe: a timeout loses no frame (none had arrived).
+        """
+        if idle is not None:
+            idle.last = idle.loop.time()
+            idle.waiting = True
+            try:
                 return await connection.recv()
-        except TimeoutError:
-            raise IngestRejected(
-                "idle_timeout",
-                f"no frame for {self.config.idle_timeout_s:g} s (--ingest-idle-timeout-s)",
-                CloseCode.POLICY_VIOLATION,
-            ) from None
+            except asyncio.CancelledError:
+                if not idle.expired():
+                    raise
+            finally:
+                idle.waiting = False
+        else:
+            try:
+                async with asyncio.timeout(self.config.idle_timeout_s):
+                    return await connection.recv()
+            except TimeoutError:
+                pass
+        raise IngestRejected(
+            "idle_timeout",
+            f"no frame for {self.config.idle_timeout_s:g} s (--ingest-idle-timeout-s)",
+            CloseCode.POLICY_VIOLATION,
+        ) from None
 
     async def _start(self, connection: ServerConnection) -> IngestSpec:
         frame = await self._recv(connection)
@@ -413,49 +439,99 @@ class IngestEndpoint:
         self, connection: ServerConnection, spec: IngestSpec, feeds: list[StreamFeed]
     ) -> str:
         """Feed frames until ingest_end ("end"); raises for anything else."""
-        blocking = not self.engine.config.realtime
+        with _IdleWatch(self.config.idle_timeout_s) as idle:
+            return await self._receive_frames(connection, spec, feeds, idle)
+
+    async def _receive_frames(
+        self,
+        connection: ServerConnection,
+        spec: IngestSpec,
+        feeds: list[StreamFeed],
+        idle: _IdleWatch,
+    ) -> str:
+        """Check each frame as it comes; feed the frames already received in one go.
+
+        Frames that were waiting together (a busy loop reads several per socket read) are fed
+        as one block: one decode-and-feed pass per burst instead of per frame, no waiting
+        added. Whatever came before a rejected frame or the ``ingest_end`` is fed first, so
+        the streams get exactly what they got frame by frame.
+        """
         limit = self.config.max_frame_bytes
         max_frames = int(self.config.max_call_s * spec.sample_rate_hz)
+        # s16le: every value is valid, so frames wait as bytes and are decoded together
+        raw = spec.format == "s16le"
         received = 0
+        pending: list[bytes | NDArray[np.float32]] = []
         while True:
-            frame = await self._recv(connection)
-            if isinstance(frame, str):
-                try:
-                    message = decode(frame)
-                except MessageError as exc:
-                    raise IngestRejected(exc.code, str(exc), CloseCode.POLICY_VIOLATION) from exc
-                if isinstance(message, IngestEnd):
-                    return "end"
-                raise IngestRejected(
-                    "unexpected_type",
-                    f"after ingest_start only binary audio and ingest_end, not {message.TYPE!r}",
-                    CloseCode.POLICY_VIOLATION,
-                )
-            if len(frame) > limit:
-                raise IngestRejected(
-                    "frame_too_big",
-                    f"binary frame of {len(frame)} bytes over the {limit}-byte limit "
-                    "(--ingest-max-frame-bytes)",
-                    CloseCode.MESSAGE_TOO_BIG,
-                )
-            audio = decode_audio(spec, frame)
-            if audio.shape[0] == 0:
-                continue
-            received += audio.shape[0]
-            if received > max_frames:
-                raise IngestRejected(
-                    "call_too_long", f"the call passed {self.config.max_call_s:g} s of "
-                    "audio (--ingest-max-call-s); start a new call to go on",
-                    CloseCode.POLICY_VIOLATION,
-                )
-            channels = [np.ascontiguousarray(audio[:, i]) for i in range(spec.channels)]
+            frame = await self._recv(connection, idle)
             try:
-                if blocking:
-                    await asyncio.to_thread(_feed_all, feeds, channels)
-                else:
-                    _feed_all(feeds, channels)
-            except StreamerError as exc:
-                raise _unsupported("bad_audio", str(exc)) from exc
+                if isinstance(frame, str):
+                    await self._feed(spec, feeds, pending)  # the audio before it first
+                    pending = []
+                    return self._text_after_start(frame)
+                if len(frame) > limit:
+                    raise IngestRejected(
+                        "frame_too_big",
+                        f"binary frame of {len(frame)} bytes over the {limit}-byte limit "
+                        "(--ingest-max-frame-bytes)",
+                        CloseCode.MESSAGE_TOO_BIG,
+                    )
+                audio = frame if raw else decode_audio(spec, frame)
+                count = _check_frame_size(spec, frame)
+                if count == 0:
+                    continue
+                received += count
+                if received > max_frames:
+                    raise IngestRejected(
+                        "call_too_long", f"the call passed {self.config.max_call_s:g} s of "
+                        "audio (--ingest-max-call-s); start a new call to go on",
+                        CloseCode.POLICY_VIOLATION,
+                    )
+                pending.append(audio)
+            except IngestRejected:
+                await self._feed(spec, feeds, pending)  # what came before it counts
+                raise
+            if not _frame_waiting(connection):
+                await self._feed(spec, feeds, pending)
+                pending = []
+
+    def _text_after_start(self, frame: str) -> str:
+        """A text frame mid-call: ``ingest_end`` ends it ("end"); anything else is refused."""
+        try:
+            message = decode(frame)
+        except MessageError as exc:
+            raise IngestRejected(exc.code, str(exc), CloseCode.POLICY_VIOLATION) from exc
+        if isinstance(message, IngestEnd):
+            return "end"
+        raise IngestRejected(
+            "unexpected_type",
+            f"after ingest_start only binary audio and ingest_end, not {message.TYPE!r}",
+            CloseCode.POLICY_VIOLATION,
+        )
+
+    async def _feed(
+        self, spec: IngestSpec, feeds: list[StreamFeed], blocks: list[bytes | NDArray[np.float32]]
+    ) -> None:
+        """Feed checked frames (s16le bytes, or decoded arrays), in order, to the streams."""
+        if not blocks:
+            return
+        raw = [block for block in blocks if isinstance(block, bytes)]
+        if raw:  # all of them (s16le)
+            audio = decode_audio(spec, b"".join(raw))
+        else:
+            arrays = [block for block in blocks if not isinstance(block, bytes)]
+            audio = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+        try:
+            if spec.channels == 1 and self.engine.config.realtime:  # no copies, no lists
+                feeds[0].feed(audio.reshape(-1))
+                return
+            channels = [np.ascontiguousarray(audio[:, i]) for i in range(spec.channels)]
+            if not self.engine.config.realtime:  # backpressure: feeding may wait
+                await asyncio.to_thread(_feed_all, feeds, channels)
+            else:
+                _feed_all(feeds, channels)
+        except StreamerError as exc:
+            raise _unsupported("bad_audio", str(exc)) from exc
 
     async def _close_feeds(self, feeds: list[StreamFeed], reason: str) -> None:
         for feed in feeds:
@@ -467,10 +543,77 @@ class IngestEndpoint:
                 await asyncio.to_thread(feed.close, reason)
 
 
+class _IdleWatch:
+    """One call's idle timeout as one timer, not one per frame (a context manager, loop-bound).
+
+    The handler marks when it waits in ``recv`` (``waiting``) and when a frame came (``last``);
+    a single timer, moved on lazily when it fires early, cancels the handler task once it has
+    waited ``timeout_s`` for one frame, and :meth:`expired` tells that cancellation apart from
+    a shutdown's. Same rule as a timeout around each ``recv``, at a cost of two attribute
+    writes per frame instead of a timer armed and cancelled per frame.
+    """
+
+    __slots__ = ("timeout_s", "loop", "task", "waiting", "last", "_handle", "_fired")
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        self.task = task
+        self.waiting = False
+        self.last = self.loop.time()  # when the current (or last) wait for a frame began
+        self._handle: asyncio.TimerHandle | None = None
+        self._fired = False
+
+    def __enter__(self) -> _IdleWatch:
+        self._arm(self.last + self.timeout_s)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def expired(self) -> bool:
+        """True when the cancellation just caught was this watch's (and only that one)."""
+        if not self._fired:
+            return False
+        self._fired = False
+        return self.task.uncancel() == 0  # a shutdown's cancel as well: let that one win
+
+    def _arm(self, when: float) -> None:
+        self._handle = self.loop.call_at(when, self._check)
+
+    def _check(self) -> None:
+        due = self.last + self.timeout_s
+        if self.waiting and self.loop.time() >= due:
+            self._handle = None
+            self._fired = True
+            self.task.cancel()
+        else:  # a frame came since (or the handler is busy feeding): look again later
+            self._arm(max(due, self.loop.time() + 0.001) if self.waiting
+                      else self.loop.time() + self.timeout_s)
+
+
 #: rejection code -> stream_close reason (others: "error")
 _CLOSE_REASONS = {"idle_timeout": "idle_timeout", "call_too_long": "max_length"}
 #: rejection code -> the stats.refused counter it counts in
 _REFUSALS = {"too_many_calls": "ingest_calls", "call_too_long": "call_length"}
+
+
+def _frame_waiting(connection: ServerConnection) -> bool:
+    """Whether ``recv`` would return a whole message at once (one is already received).
+
+    websockets has no public call for this; it reads the connection's frame queue, and says
+    False (feed now, frame by frame as before) where that is not there or a message is only
+    partly in.
+    """
+    try:
+        queued = connection.recv_messages.frames.queue
+    except AttributeError:
+        return False
+    return bool(queued) and bool(queued[0].fin)
 
 
 def _feed_all(feeds: list[StreamFeed], channels: list[NDArray[np.float32]]) -> None:

@@ -29,6 +29,7 @@ __all__ = [
 
 MODEL_RATE_HZ = 16_000
 _INT16_SCALE = 32768.0
+_INV_INT16_SCALE = np.float32(1.0 / _INT16_SCALE)
 
 
 def int16_to_float32(samples: NDArray[np.int16]) -> NDArray[np.float32]:
@@ -42,7 +43,9 @@ def s16le_to_float32(data: bytes) -> NDArray[np.float32]:
     """Little-endian int16 PCM bytes -> float32 in [-1, 1) (any host byte order)."""
     if len(data) % 2:
         raise AudioError(f"s16le data of {len(data)} bytes is not a whole number of samples")
-    return np.frombuffer(data, dtype="<i2").astype(np.float32) / np.float32(_INT16_SCALE)
+    # one ufunc: int16 -> float32 is exact and 1/32768 a power of two, so the same values as
+    # astype(float32) / 32768
+    return np.multiply(np.frombuffer(data, dtype="<i2"), _INV_INT16_SCALE, dtype=np.float32)
 
 
 def f32le_to_float32(data: bytes) -> NDArray[np.float32]:
@@ -56,8 +59,12 @@ def float32_to_int16(samples: NDArray[np.float32]) -> NDArray[np.int16]:
     """Scale float32 in [-1, 1] to int16 PCM, clipping out-of-range values."""
     if samples.dtype != np.float32:
         raise AudioError(f"expected float32 samples, got {samples.dtype}")
-    scaled = np.clip(samples * np.float32(_INT16_SCALE), -32768.0, 32767.0)
-    return np.round(scaled).astype(np.int16)
+    # in place, one ufunc each: the same values as np.round(np.clip(samples * 32768, ...))
+    scaled = np.multiply(samples, np.float32(_INT16_SCALE))
+    np.maximum(scaled, np.float32(-32768.0), out=scaled)
+    np.minimum(scaled, np.float32(32767.0), out=scaled)
+    np.rint(scaled, out=scaled)
+    return scaled.astype(np.int16)
 
 
 def downmix(samples: NDArray[np.float32], *, channel: int | None = None) -> NDArray[np.float32]:

@@ -403,7 +403,10 @@ class Engine:
 
     def _predict(self, jobs: tuple[_Job, ...]) -> NDArray[np.float32] | None:
         """The model's probabilities for ``jobs``, or None (logged) when it fails or lies."""
-        windows = np.stack([job.window.samples for job in jobs])
+        if len(jobs) == 1:  # a view: no copy of the window for a batch of one
+            windows = jobs[0].window.samples[np.newaxis, :]
+        else:
+            windows = np.stack([job.window.samples for job in jobs])
         try:
             probs = np.asarray(self.model.predict_proba(windows), dtype=np.float32)
         except Exception:
@@ -582,6 +585,8 @@ def _check_block(samples: object) -> None:
         raise AudioError(f"audio block dtype {samples.dtype} not allowed: use float32 in [-1, 1]")
     if samples.ndim != 1:
         raise AudioError(f"audio block shape {samples.shape} not allowed: use 1-D mono samples")
-    if not np.all(np.isfinite(samples)):
+    # one reduction: a float64 sum of finite float32 values is finite, and any NaN or inf
+    # makes it NaN or inf
+    if not math.isfinite(float(np.add.reduce(samples, dtype=np.float64))):
         raise AudioError("audio block holds NaN or infinite values: only finite samples allowed")
 

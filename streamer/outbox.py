@@ -151,17 +151,18 @@ class StreamOutbox:
     ) -> WindowLabel:
         self._segment_sum += probs
         self._segment_windows += 1
-        smoothed = self._smoother.update(probs)
-        top = int(np.argmax(probs))
+        row = probs.tolist()  # plain floats: the same values, fewer numpy calls
+        smoothed = self._smoother.update(row)
+        top = max(range(len(row)), key=row.__getitem__)  # the first largest, as np.argmax
         label = WindowLabel(
             stream=self.stream_id,
             seq=self._seq,
             start_s=window.start_s,
             end_s=window.end_s,
             wall_time=wall_time,
-            probabilities=tuple(float(p) for p in probs),
+            probabilities=tuple(row),
             label=self.labels[top],
-            confidence=float(probs[top]),
+            confidence=row[top],
             smoothed_label=smoothed.label,
             smoothed_confidence=smoothed.confidence,
             smoothed_probabilities=smoothed.probabilities,

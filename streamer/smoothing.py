@@ -83,26 +83,40 @@ class Smoother:
             raise ValueError(f"{UNCERTAIN!r} is reserved and cannot be a class label")
         self.labels = tuple(labels)
         self.config = config or SmoothingConfig()
-        self._ema: NDArray[np.float64] | None = None
+        self._ema: list[float] | None = None  # the EMA, in label order
         self._held: int | None = None
         self._speech_end_s: float | None = None  # end of the last finished segment
 
     def update(self, probabilities: Sequence[float] | NDArray[np.floating]) -> Smoothed:
         """Fold in one window's probabilities and return the rolling label."""
-        p = np.asarray(probabilities, dtype=np.float64)
-        if p.shape != (len(self.labels),) or not np.all(np.isfinite(p)):
+        # plain floats: a handful of classes costs less in Python than in numpy calls, and
+        # every step is the same IEEE double operation numpy did (the same results)
+        try:
+            if isinstance(probabilities, np.ndarray):
+                shape = probabilities.shape
+                p = [float(x) for x in probabilities.tolist()] if len(shape) == 1 else []
+            else:
+                p = [float(x) for x in probabilities]
+                shape = (len(p),)
+        except (TypeError, ValueError):
+            p, shape = [], (-1,)
+        if shape != (len(self.labels),) or not all(map(math.isfinite, p)):
             raise ValueError(
-                f"expected {len(self.labels)} finite probabilities, got shape {p.shape}"
+                f"expected {len(self.labels)} finite probabilities, got shape {shape}"
             )
         cfg = self.config
-        self._ema = p.copy() if self._ema is None else cfg.alpha * p + (1 - cfg.alpha) * self._ema
-        ema = self._ema
-        top = int(np.argmax(ema))
+        if self._ema is None:
+            ema = p
+        else:
+            a, b = cfg.alpha, 1 - cfg.alpha
+            ema = [a * x + b * e for x, e in zip(p, self._ema, strict=True)]
+        self._ema = ema
+        top = _argmax(ema)
         if self._held is None or ema[top] >= ema[self._held] + cfg.switch_margin:
             self._held = top
         held = self._held
         label = self.labels[held] if ema[top] >= cfg.uncertain_below else UNCERTAIN
-        return Smoothed(label, float(ema[held]), tuple(float(x) for x in ema))
+        return Smoothed(label, ema[held], tuple(ema))
 
     def speech_end(self, end_s: float) -> None:
         """A speech segment ended at stream time ``end_s`` (seconds)."""
@@ -125,7 +139,7 @@ class Smoother:
         elif cfg.gap_decay_s is not None and self._ema is not None and gap > 0.0:
             keep = math.exp(-gap / cfg.gap_decay_s)
             uniform = 1.0 / len(self.labels)
-            self._ema = uniform + keep * (self._ema - uniform)
+            self._ema = [uniform + keep * (e - uniform) for e in self._ema]
             self._held = None  # the next window's arg-max takes the label
 
     def reset(self) -> None:
@@ -133,3 +147,8 @@ class Smoother:
         self._ema = None
         self._held = None
         self._speech_end_s = None
+
+
+def _argmax(values: Sequence[float]) -> int:
+    """Index of the first largest value (what np.argmax gives)."""
+    return max(range(len(values)), key=values.__getitem__)

@@ -126,13 +126,31 @@ class VadGate:
             raise AudioError(
                 f"VAD expects 1-D float32 samples, got {samples.dtype} shape {samples.shape}"
             )
-        data = np.concatenate([self._pending, samples]) if self._pending.size else samples
-        n_frames = data.size // self._frame
+        frame = self._frame
+        pending = self._pending
+        if pending.size + samples.size < frame:  # no whole frame yet: keep it for later
+            self._pending = np.concatenate([pending, samples]) if pending.size else samples.copy()
+            return []
+        data = np.concatenate([pending, samples]) if pending.size else samples
+        n_frames = data.size // frame
+        whole = data[: n_frames * frame]
+        voiced = self._classify(whole.reshape(n_frames, frame))
+        self._pending = data[n_frames * frame :].copy()
+        if self._open and all(voiced):  # speech goes on: the whole block passes, as one
+            start_s = self._frames_seen * frame / MODEL_RATE_HZ
+            self._frames_seen += n_frames
+            self._unvoiced_run = 0
+            return [GatedAudio(start_s, whole.copy())]
+        if not self._open and not any(voiced):  # silence goes on: keep the pre-roll only
+            keep = self._history.maxlen or 0
+            self._history.extend(whole[i * frame : (i + 1) * frame]
+                                 for i in range(max(0, n_frames - keep), n_frames))
+            self._frames_seen += n_frames
+            self._voiced_run = 0
+            return []
         items: list[GateItem] = []
-        for i in range(n_frames):
-            frame = data[i * self._frame : (i + 1) * self._frame]
-            self._step(frame, self._is_voiced(frame), items)
-        self._pending = data[n_frames * self._frame :].copy()
+        for i, is_voiced in enumerate(voiced):
+            self._step(whole[i * frame : (i + 1) * frame], is_voiced, items)
         return _merge_audio(items)
 
     def flush(self) -> list[GateItem]:
@@ -151,13 +169,27 @@ class VadGate:
         self._open = False
         return items
 
-    def _is_voiced(self, frame: NDArray[np.float32]) -> bool:
+    def _classify(self, frames: NDArray[np.float32]) -> list[bool]:
+        """Voiced or not, per row of ``frames`` (n x frame): the floor first, then webrtcvad.
+
+        One conversion and one level measurement for all the rows (the same values, row by
+        row, as one frame at a time); webrtcvad runs only on the frames above the floor.
+        """
+        n = frames.shape[0]
         if self._floor_power >= 0.0:
-            mean_square = float(np.mean(np.square(frame, dtype=np.float64)))
-            if mean_square < self._floor_power:
-                return False
-        pcm = float32_to_int16(frame)
-        return bool(self._vad.is_speech(pcm.tobytes(), MODEL_RATE_HZ))
+            # add.reduce / n is what np.mean computes, without its Python wrapper
+            squares = np.add.reduce(np.square(frames, dtype=np.float64), axis=1)
+            loud = squares / frames.shape[1] >= self._floor_power
+            if not loud.any():
+                return [False] * n
+            rows = loud.tolist()
+        else:
+            rows = [True] * n
+        pcm = float32_to_int16(frames.reshape(-1)).tobytes()
+        step = 2 * self._frame
+        is_speech = self._vad.is_speech
+        return [bool(row) and bool(is_speech(pcm[i * step : (i + 1) * step], MODEL_RATE_HZ))
+                for i, row in enumerate(rows)]
 
     def _step(self, frame: NDArray[np.float32], voiced: bool, items: list[GateItem]) -> None:
         index = self._frames_seen
