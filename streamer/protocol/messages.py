@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar
 
 from streamer.protocol.errors import ProtocolError
@@ -325,7 +325,24 @@ _TYPES: dict[str, type[Any]] = {
 }
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))
+    return names
+
+
 def _plain(value: Any) -> Any:
+    """JSON-ready copy: dataclasses as objects, tuples as arrays, non-finite floats refused.
+
+    A direct walk over each dataclass's (cached) field names: ``dataclasses.asdict`` deep-copies
+    every value first, which was about a tenth of a busy server's time in encoding.
+    """
+    if hasattr(type(value), "__dataclass_fields__"):
+        return {name: _plain(getattr(value, name)) for name in _field_names(type(value))}
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (tuple, list)):
@@ -338,7 +355,7 @@ def _plain(value: Any) -> Any:
 def encode(message: Message) -> str:
     """Message -> JSON text frame."""
     body = {"type": message.TYPE, "v": PROTOCOL_VERSION}
-    body.update(_plain(asdict(message)))
+    body.update(_plain(message))
     return json.dumps(body, separators=(",", ":"), allow_nan=False)
 
 
