@@ -44,8 +44,9 @@ from server.session import ModelInfo, new_session_id
 from server.store import TimelineStore
 from server.ticker import StatsTicker
 from server.webhook import WebhookSender
-from streamer.engine import ClassifierModel, Engine, EngineConfig, StreamFeed
+from streamer.engine import Engine, EngineConfig, StreamFeed
 from streamer.errors import StreamerError
+from streamer.models.protocol import ClassifierModel
 
 __all__ = ["AudioSource", "Monitor"]
 

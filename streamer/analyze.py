@@ -16,9 +16,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from streamer.convert import window_message
-from streamer.engine import ClassifierModel, Engine, EngineConfig
+from streamer.engine import Engine, EngineConfig
 from streamer.errors import StreamerError
 from streamer.events import Event, SpeechStart, StreamClosed, WindowLabel
+from streamer.models.protocol import ClassifierModel
 from streamer.protocol.timeline import TimelineWriter, timeline_format
 from streamer.sources import FileSource
 
