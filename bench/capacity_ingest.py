@@ -154,6 +154,19 @@ async def run_step(ingest: str, events: str, n: int, step_no: int, seconds: floa
     return result
 
 
+async def server_urls(stdout: asyncio.StreamReader, timeout_s: float = 120.0) -> dict[str, str]:
+    """The ``events:`` and ``ingest:`` URLs a server started by a bench prints on stdout."""
+    urls: dict[str, str] = {}
+    while len(urls) < 2:
+        line = (await asyncio.wait_for(stdout.readline(), timeout_s)).decode()
+        if not line:
+            raise SystemExit("the server exited before printing its URLs")
+        match = re.match(r"^(events|ingest):\s+(\S+)", line)
+        if match:
+            urls[match.group(1)] = match.group(2)
+    return urls
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -198,12 +211,7 @@ async def main() -> int:
     results: list[Step] = []
     try:
         assert server.stdout is not None
-        urls: dict[str, str] = {}
-        while len(urls) < 2:
-            line = (await asyncio.wait_for(server.stdout.readline(), 120)).decode()
-            match = re.match(r"^(events|ingest):\s+(\S+)", line)
-            if match:
-                urls[match.group(1)] = match.group(2)
+        urls = await server_urls(server.stdout)
         print(f"{'streams':>7} {'windows':>9} {'expected':>8} {'lost':>6} {'dropped':>7} "
               f"{'starved':>7} {'lag p50':>8} {'p95':>6} {'max':>6} {'engine lag':>10}  ok")
         for k, n in enumerate(steps):

@@ -45,6 +45,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from capacity_ingest import server_urls  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 
@@ -263,12 +264,7 @@ async def main(args: argparse.Namespace) -> int:
     streams = {f"{c}/ch0" for c in calls}
     try:
         assert server.stdout is not None
-        urls: dict[str, str] = {}
-        while len(urls) < 2:
-            line = (await asyncio.wait_for(server.stdout.readline(), 120)).decode()
-            match = re.match(r"^(events|ingest):\s+(\S+)", line)
-            if match:
-                urls[match.group(1)] = match.group(2)
+        urls = await server_urls(server.stdout)
         t0 = time.monotonic()
         sampler = asyncio.create_task(_rss_sampler(server.pid, args.rss_every_s, rss, t0))
         per = [n // args.workers + (1 if i < n % args.workers else 0)

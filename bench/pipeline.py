@@ -36,7 +36,6 @@ import json
 import os
 import platform
 import pstats
-import re
 import shlex
 import signal
 import sys
@@ -53,7 +52,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from capacity_ingest import cpu_model, expected_windows  # noqa: E402
+from capacity_ingest import cpu_model, expected_windows, server_urls  # noqa: E402
 from websockets.asyncio.client import ClientConnection, connect  # noqa: E402
 from websockets.frames import Frame, Opcode  # noqa: E402
 
@@ -384,12 +383,7 @@ async def main(argv: list[str]) -> int:
     results: list[Step] = []
     try:
         assert server.stdout is not None
-        urls: dict[str, str] = {}
-        while len(urls) < 2:
-            line = (await asyncio.wait_for(server.stdout.readline(), 120)).decode()
-            match = re.match(r"^(events|ingest):\s+(\S+)", line)
-            if match:
-                urls[match.group(1)] = match.group(2)
+        urls = await server_urls(server.stdout)
         print(f"{'streams':>7} {'windows':>8} {'expected':>8} {'lost':>6} {'dropped':>7} "
               f"{'starved':>7} {'lag p50':>7} {'p95':>6} {'max':>6} {'eng lag':>7} "
               f"{'srv cpu':>7} {'us/str-s':>8} {'naive est':>9} {'bench cpu':>9} "
