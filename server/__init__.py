@@ -87,7 +87,6 @@ _EXPORTS: dict[str, str] = {
     "ModelInfo": "server.session",
     "StreamRegistry": "server.session",
     "hello": "server.session",
-    "new_session_id": "server.session",
     "SCHEMA_VERSION": "server.store",
     "SessionInfo": "server.store",
     "StoreRow": "server.store",

@@ -32,7 +32,7 @@ from server.errors import ServerError
 from server.fanout import Backlog, BacklogRole, FanOut, Frame, text_frame
 from server.limits import ServerCounters
 from server.recorder import StoreRecorder
-from server.session import ModelInfo, StreamRegistry, hello, new_session_id
+from server.session import ModelInfo, StreamRegistry, hello
 from streamer.convert import event_message
 from streamer.errors import StreamerError
 from streamer.events import EngineStats, Event, StreamClosed
@@ -51,6 +51,7 @@ from streamer.protocol.messages import (
     WindowMessage,
     encode,
 )
+from streamer.protocol.timeline import new_session_id
 
 __all__ = ["AlertSink", "EventHub", "backlog_role"]
 

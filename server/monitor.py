@@ -40,13 +40,14 @@ from server.hub import EventHub
 from server.ingest import IngestEndpoint
 from server.limits import ClientLog, ServerCounters
 from server.recorder import StoreRecorder
-from server.session import ModelInfo, new_session_id
+from server.session import ModelInfo
 from server.store import TimelineStore
 from server.ticker import StatsTicker
 from server.webhook import WebhookSender
 from streamer.engine import Engine, EngineConfig, StreamFeed
 from streamer.errors import StreamerError
 from streamer.models.protocol import ClassifierModel
+from streamer.protocol.timeline import new_session_id
 
 __all__ = ["AudioSource", "Monitor"]
 

@@ -8,7 +8,6 @@ they make the ``hello`` a new client gets first (:func:`hello`).
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,12 +20,7 @@ from streamer.protocol.messages import (
     StreamOpenMessage,
 )
 
-__all__ = ["ModelInfo", "StreamRegistry", "hello", "new_session_id"]
-
-
-def new_session_id() -> str:
-    """A random id for one server run (12 hex digits)."""
-    return secrets.token_hex(6)
+__all__ = ["ModelInfo", "StreamRegistry", "hello"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -10,7 +10,6 @@ events (``Engine.drain``) before writing its rows, so rows come in window order 
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,7 +19,7 @@ from streamer.engine import Engine, EngineConfig
 from streamer.errors import StreamerError
 from streamer.events import Event, SpeechStart, StreamClosed, WindowLabel
 from streamer.models.protocol import ClassifierModel
-from streamer.protocol.timeline import TimelineWriter, timeline_format
+from streamer.protocol.timeline import TimelineWriter, new_session_id, timeline_format
 from streamer.sources import FileSource
 
 __all__ = ["AnalyzeResult", "analyze_files"]
@@ -28,9 +27,6 @@ __all__ = ["AnalyzeResult", "analyze_files"]
 logger = logging.getLogger(__name__)
 
 
-def _new_session_id() -> str:
-    # the same shape as a live server's session id (12 hex digits, see server.session)
-    return secrets.token_hex(6)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +59,7 @@ def analyze_files(
     if not paths:
         raise StreamerError("no audio files given")
     config = replace(engine_config, realtime=False)
-    session = session or _new_session_id()
+    session = session or new_session_id()
     sources: list[FileSource] = []
     try:
         for path, name in zip(paths, _stream_names(paths), strict=True):

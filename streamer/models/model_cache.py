@@ -87,9 +87,8 @@ _KEY_NAMES = ("config.json", "preprocessor_config.json")
 _KEY_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack",
                  ".index.json")
 _CHUNK = 1 << 20
-#: optimize's steps as its log shows them: the export, then one check per setting
-#: (streamer.offline.optimize.SETTINGS: torch fp32/bf16/int8, onnx fp32/int8)
-_STEPS = 1 + 5
+#: optimize's log line announcing its checks; the bar's steps are the export plus one per setting
+_CHECKING = re.compile(r"checking (\d+) settings")
 _CHECKED = re.compile(r"\b((?:torch|onnx)/(?:fp32|bf16|int8)): ")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _REASON_CHARS = 400
@@ -375,6 +374,7 @@ class _Progress:
         self._bar: Any = None
         self._task: Any = None
         self._done = 0
+        self._total: int | None = None  # known once optimize says how many settings it checks
 
     def __enter__(self) -> _Progress:
         if sys.stderr.isatty():
@@ -386,7 +386,7 @@ class _Progress:
                                  TimeElapsedColumn(), console=Console(stderr=True),
                                  transient=True)
             self._bar.start()
-            self._task = self._bar.add_task("optimising: exporting to ONNX", total=_STEPS)
+            self._task = self._bar.add_task("optimising: exporting to ONNX", total=None)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -395,6 +395,12 @@ class _Progress:
 
     def saw(self, line: str) -> None:
         """Advance on the lines that end a step (the export, each setting's check)."""
+        checking = _CHECKING.search(line)
+        if checking is not None:
+            self._total = 1 + int(checking.group(1))
+            if self._bar is not None:
+                self._bar.update(self._task, total=self._total)
+            return
         checked = _CHECKED.search(line)
         if " exported " in line and " in " in line:
             self._step("optimising: checking agreement", "exported to ONNX")
@@ -402,11 +408,13 @@ class _Progress:
             self._step(f"optimising: checked {checked.group(1)}", f"checked {checked.group(1)}")
 
     def _step(self, description: str, done: str) -> None:
-        self._done = min(self._done + 1, _STEPS)
+        self._done += 1
+        if self._total is not None:
+            self._done = min(self._done, self._total)
         if self._bar is not None:
             self._bar.update(self._task, completed=self._done, description=description)
         else:
-            logger.info("optimising: %s (%d/%d)", done, self._done, _STEPS)
+            logger.info("optimising: %s (%d/%s)", done, self._done, self._total or "?")
 
 
 # -- small helpers ---------------------------------------------------------------------------

@@ -459,6 +459,8 @@ def _check_settings(out: Path, windows: NDArray[np.float32], *, repeats: int
     torch.set_num_threads(1)
     try:
         reference: NDArray[np.float32] | None = None
+        # first-use optimisation (streamer.models.model_cache) sizes its progress bar from this
+        logger.info("checking %d settings: %s", len(SETTINGS), ", ".join(SETTINGS))
         for key in SETTINGS:
             backend, precision = key.split("/")
             try:

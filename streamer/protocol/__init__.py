@@ -58,6 +58,7 @@ _EXPORTS: dict[str, str] = {
     "iter_timeline": "streamer.protocol.timeline",
     "probability_column": "streamer.protocol.timeline",
     "read_timeline": "streamer.protocol.timeline",
+    "new_session_id": "streamer.protocol.timeline",
     "row_key": "streamer.protocol.timeline",
     "timeline_format": "streamer.protocol.timeline",
     "window_row": "streamer.protocol.timeline",

@@ -22,6 +22,7 @@ import csv
 import io
 import json
 import math
+import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -39,6 +40,7 @@ __all__ = [
     "iter_timeline",
     "probability_column",
     "read_timeline",
+    "new_session_id",
     "row_key",
     "timeline_format",
     "window_row",
@@ -63,6 +65,12 @@ BASE_COLUMNS: tuple[str, ...] = (
 _INT_COLUMNS = frozenset({"seq"})
 _FLOAT_COLUMNS = frozenset({"start_s", "end_s", "confidence", "smoothed_confidence", "wall_time"})
 
+
+
+def new_session_id() -> str:
+    """A random id for one run of a server or of ``analyze`` (12 hex digits): the ``session``
+    column that, with stream and seq, names a window uniquely."""
+    return secrets.token_hex(6)
 
 def probability_column(label: str) -> str:
     """The column holding the probability of ``label``: ``p_<label>``."""
