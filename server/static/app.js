@@ -57,6 +57,7 @@
     selected: null,     // the stream shown in "Now"; its call is the call shown
     pinned: false,      // the user (or the URL) chose the selection: never move it for them
     stats: null,
+    replaying: false,   // between a hello and this connection's first stats: the backlog
     alerts: [],         // alert records, newest first, at most MAX_ALERTS
     alertIndex: new Map(), // session + "/" + alert_id -> alert record
     maxWall: 0,         // the latest server wall_time seen (to age replayed events)
@@ -122,6 +123,7 @@
   function onHello(m) {
     var newRun = !state.hello || state.hello.session !== m.session;
     state.hello = m;
+    state.replaying = true;
     state.labels = m.labels.slice();
     state.uncertain = typeof m.uncertain_label === "string" ? m.uncertain_label : null;
     var live = new Set(m.streams.map(function (info) { return info.stream; }));
@@ -234,7 +236,7 @@
       case "stream_close": onClose(m); break;
       case "utterance": onUtterance(m); break;
       case "alert": onAlert(m); break;
-      case "stats": state.stats = m; break;
+      case "stats": state.stats = m; state.replaying = false; break;
       case "error": console.warn("server error", m.code, m.message); break;
       default: return; // unknown types are ignored (forward compatible)
     }
@@ -411,6 +413,9 @@
     if (state.selected === null && initialCall && calls.has(initialCall)) {
       state.selected = calls.get(initialCall).streams[0].name;
     }
+    // Mid-backlog, a call not replayed to its end yet looks live: choose by default only
+    // once the backlog is in (the first stats frame), so a reload shows what was shown.
+    if (state.replaying) return;
     var current = state.selected !== null ? calls.get(callName(state.selected)) : null;
     if (state.selected === null || (!state.pinned && current && !current.open)) {
       // nothing chosen yet, or the call shown by default ended: follow a live call
