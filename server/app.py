@@ -26,7 +26,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator, Sequence
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,7 @@ from server.auth import (
     session_cookie,
 )
 from server.config import ServerConfig
+from server.connectors.base import WebSocketConnector
 from server.errors import ServerError
 from server.fanout import ClientQueue, Frame, QueueClosed
 from server.hub import EventHub
@@ -363,10 +364,20 @@ class EventServer:
         *,
         ingest: IngestEndpoint | None = None,
         client_log: ClientLog | None = None,
+        connectors: Sequence[WebSocketConnector] = (),
+        connector_stats: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.config = config
         self.hub = hub
         self.ingest = ingest
+        #: every connector's counters (``/healthz`` ``connectors``), TCP ones included
+        self._connector_stats = connector_stats
+        #: telephony connectors by path (each checks its platform's own credential)
+        self.connectors: dict[str, WebSocketConnector] = {c.path: c for c in connectors}
+        reserved = {EVENTS_PATH, INGEST_PATH, LOGIN_PATH, LOGOUT_PATH, "/", "/healthz"}
+        if len(self.connectors) != len(connectors) or reserved & set(self.connectors):
+            raise ServerError(f"connector paths must be distinct and free, got "
+                              f"{[c.path for c in connectors]}")
         self.counters = hub.counters
         #: client-caused log lines, rate-limited per address (shared with ingest when given)
         self.client_log = client_log if client_log is not None else ClientLog(
@@ -511,6 +522,8 @@ class EventServer:
                                 f"a {request.method} request takes no body\n")
         if path == EVENTS_PATH or (path == INGEST_PATH and self.ingest is not None):
             return self._upgrade(connection, request, path, policy)
+        if path in self.connectors:
+            return self._upgrade_connector(connection, request, self.connectors[path], policy)
         return self._get(request, path)
 
     def _check_request(
@@ -558,6 +571,32 @@ class EventServer:
             # connection's own protocol before any frame of it is read.
             connection.protocol.max_message_size = 4 * self.config.ingest.max_frame_bytes
         return None  # the WebSocket handshake (websockets answers 426 to a plain GET)
+
+    def _upgrade_connector(
+        self,
+        connection: ServerConnection,
+        request: Request,
+        connector: WebSocketConnector,
+        policy: OriginPolicy,
+    ) -> Response | None:
+        """A platform's WebSocket: origin, then the connector's own credential check."""
+        if not policy.origin_allowed(_origin(request.headers)):
+            return self._refuse(
+                "origin", connection, request, HTTPStatus.FORBIDDEN,
+                "WebSocket from another origin refused (see --allow-origin)\n",
+            )
+        if "upgrade" not in ", ".join(request.headers.get_all("Connection")).lower():
+            return _text(HTTPStatus.UPGRADE_REQUIRED,
+                         f"{request.path[:200]} is a WebSocket endpoint ({connector.name})\n")
+        refusal = connector.authorize(connection, request)
+        if refusal is not None:
+            response = self._refuse(refusal.reason, connection, request, refusal.status,
+                                    refusal.text)
+            for name, value in refusal.headers.items():
+                response.headers[name] = value
+            return response
+        connection.protocol.max_message_size = connector.max_message_bytes
+        return None
 
     def _get(self, request: Request, path: str) -> Response:
         """A plain GET: health, the login page, the dashboard or a static file."""
@@ -645,7 +684,7 @@ class EventServer:
         text: str,
     ) -> Response:
         """Count and log a refused request (never its headers: they may hold credentials)."""
-        self.refused[reason] += 1
+        self.refused[reason] = self.refused.get(reason, 0) + 1
         logger.warning("refused %s %s from %s: %s (%d %s)", request.method[:16],
                        urlsplit(request.path).path[:200], _peer(connection), reason,
                        status.value, status.phrase)
@@ -660,8 +699,12 @@ class EventServer:
         ):
             return public
         # the hub's limit refusals (ws_clients, per_address, ...) and ours (auth, origin, ...)
-        return {**health, **public, "refused": {**health.get("refused", {}), **self.refused},
-                "sessions": len(self.sessions)}
+        details = {**health, **public,
+                   "refused": {**health.get("refused", {}), **self.refused},
+                   "sessions": len(self.sessions)}
+        if self._connector_stats is not None:
+            details["connectors"] = self._connector_stats()
+        return details
 
     def _static(self, name: str) -> Response:
         """A file of the static folder by plain name only (no folders, no dot files)."""
@@ -700,6 +743,11 @@ class EventServer:
                 urlsplit(request.path).path == INGEST_PATH
             ):
                 await self.ingest.handle(connection)
+                return
+            connector = None if request is None else self.connectors.get(
+                urlsplit(request.path).path)
+            if connector is not None:
+                await connector.handle(connection)
                 return
             await self._serve_client(connection, address)
         finally:

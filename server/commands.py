@@ -31,6 +31,7 @@ from typing import Any
 from server.alerts import AlertsConfig
 from server.auth import SecurityConfig, load_credentials
 from server.config import DEFAULT_STORE_PATH, IngestConfig, ServerConfig
+from server.connectors.registry import add_connector_flags, connector_configs
 from server.errors import ServerError
 from server.limits import LimitsConfig
 from server.webhook import WebhookConfig
@@ -102,6 +103,7 @@ def _register_run(subparsers: Any) -> None:
     _add_limit_flags(run)
     _add_alert_flags(run)
     _add_security_flags(run)
+    add_connector_flags(run)
     run.set_defaults(handler=_run)
 
 
@@ -423,6 +425,7 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
             tls_proxy=args.tls_proxy,
             session_ttl_s=args.session_ttl_s,
         ),
+        connectors=connector_configs(args),
     )
 
 

@@ -4,8 +4,8 @@
 one part per component: :class:`IngestConfig` (``WS /ingest``),
 :class:`~server.limits.LimitsConfig` (what one client may cost),
 :class:`~server.alerts.AlertsConfig` (the rules), :class:`~server.webhook.WebhookConfig`
-(where alerts are POSTed; None = no webhook) and :class:`~server.auth.SecurityConfig` (tokens,
-TLS, allowed hosts and origins). ``emotion-monitor run`` flags map one to one onto these fields
+(where alerts are POSTed; None = no webhook), :class:`~server.auth.SecurityConfig` (tokens,
+TLS, allowed hosts and origins) and ``connectors`` (telephony platforms, :mod:`server.connectors`). ``emotion-monitor run`` flags map one to one onto these fields
 (``--store``/``--no-store`` onto ``store_path``, ``--max-ws-clients`` onto
 ``limits.max_ws_clients``, ...). Defaults: listen on 127.0.0.1:8765, record to
 ``./emotion-monitor.sqlite3``.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from server.alerts import AlertsConfig
 from server.auth import OriginPolicy, SecurityConfig, is_loopback, is_wildcard
@@ -84,6 +85,8 @@ class ServerConfig:
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     webhook: WebhookConfig | None = None
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    #: telephony connectors turned on (configs of :mod:`server.connectors`; none by default)
+    connectors: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host.strip():
@@ -108,6 +111,12 @@ class ServerConfig:
                            ("alerts", AlertsConfig), ("security", SecurityConfig)):
             if not isinstance(getattr(self, name), kind):
                 raise ServerError(f"{name} must be {kind.__name__}, got {getattr(self, name)!r}")
+        names = [getattr(c, "name", None) for c in self.connectors]
+        if not all(isinstance(n, str) and callable(getattr(c, "build", None))
+                   for n, c in zip(names, self.connectors, strict=True)):
+            raise ServerError(f"connectors must be connector configs, got {self.connectors!r}")
+        if len(set(names)) != len(names):
+            raise ServerError(f"each connector may be configured once, got {names}")
         if self.webhook is not None and not isinstance(self.webhook, WebhookConfig):
             raise ServerError(f"webhook must be WebhookConfig or None, got {self.webhook!r}")
         self._check_exposure()

@@ -41,6 +41,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
 from server.config import IngestConfig
+from server.connectors.calls import CallDesk, CallRefused
 from server.limits import ClientLog, ServerCounters, address_of
 from streamer.audio import f32le_to_float32, s16le_to_float32
 from streamer.engine import Engine, StreamFeed
@@ -236,6 +237,7 @@ class _Call:
     spec: IngestSpec | None = None
     feeds: list[StreamFeed] = field(default_factory=list)
     reason: str = "error"  # the stream_close reason if the call ended now
+    reserved: bool = False  # whether the call id is taken on the desk
 
     @property
     def name(self) -> str:
@@ -259,6 +261,7 @@ class IngestEndpoint:
         log: ClientLog,
         counters: ServerCounters,
         shutdown_timeout_s: float = 5.0,
+        desk: CallDesk | None = None,
     ) -> None:
         self.engine = engine
         self.config = config
@@ -266,7 +269,8 @@ class IngestEndpoint:
         self.counters = counters
         self.log = log
         self.shutdown_timeout_s = shutdown_timeout_s
-        self._live: set[str] = set()
+        #: the live call ids and call limits, shared with the connectors
+        self.desk = desk if desk is not None else CallDesk(engine, config, counters)
         self._tasks: set[asyncio.Task[object]] = set()
         self._closing = False
 
@@ -292,8 +296,8 @@ class IngestEndpoint:
             await self._serve(call)
         finally:
             await self._close_feeds(call.feeds, call.reason)
-            if call.spec is not None:
-                self._live.discard(call.spec.call)
+            if call.spec is not None and call.reserved:
+                self.desk.release(call.spec.call)
             self._tasks.discard(task)
 
     async def _serve(self, call: _Call) -> None:
@@ -329,6 +333,15 @@ class IngestEndpoint:
     async def _accept(self, call: _Call) -> IngestSpec:
         """Read and check ``ingest_start``, open the streams, answer ``ingest_ack``."""
         call.spec = spec = await self._start(call.connection)
+        if self._closing:
+            raise IngestRejected("shutting_down", "the server is shutting down",
+                                 CloseCode.GOING_AWAY)
+        try:
+            self.desk.reserve(spec.call, spec.streams)
+        except CallRefused as exc:
+            close = _DESK_CLOSE.get(exc.code, CloseCode.POLICY_VIOLATION)
+            raise IngestRejected(exc.code, str(exc), close) from exc
+        call.reserved = True
         call.feeds = self._open(spec)
         config = self.config
         await call.connection.send(encode(IngestAck(
@@ -401,27 +414,10 @@ class IngestEndpoint:
                 "expected_start", f"the first frame must be ingest_start, not {message.TYPE!r}",
                 CloseCode.POLICY_VIOLATION,
             )
-        spec = check_start(message)
-        if self._closing:
-            raise IngestRejected("shutting_down", "the server is shutting down",
-                                 CloseCode.GOING_AWAY)
-        busy = spec.call in self._live or set(spec.streams) & set(self.engine.stream_ids)
-        if busy:
-            raise IngestRejected(
-                "duplicate_stream", f"stream {spec.call!r} is already live; use another id",
-                CloseCode.POLICY_VIOLATION,
-            )
-        limit = self.config.max_calls
-        if len(self._live) >= limit:
-            raise IngestRejected(
-                "too_many_calls", f"{len(self._live)} calls are live, the most this server "
-                f"takes (--max-ingest-calls {limit}); try again later", CloseCode.TRY_AGAIN_LATER,
-            )
-        return spec
+        return check_start(message)
 
     def _open(self, spec: IngestSpec) -> list[StreamFeed]:
         feeds: list[StreamFeed] = []
-        self._live.add(spec.call)
         try:
             for channel, stream in enumerate(spec.streams):
                 feeds.append(self.engine.open_stream(
@@ -431,7 +427,6 @@ class IngestEndpoint:
         except StreamerError as exc:
             for feed in feeds:
                 feed.close(reason="error")
-            self._live.discard(spec.call)
             raise IngestRejected("duplicate_stream", str(exc), CloseCode.POLICY_VIOLATION) from exc
         return feeds
 
@@ -598,8 +593,11 @@ class _IdleWatch:
 
 #: rejection code -> stream_close reason (others: "error")
 _CLOSE_REASONS = {"idle_timeout": "idle_timeout", "call_too_long": "max_length"}
-#: rejection code -> the stats.refused counter it counts in
-_REFUSALS = {"too_many_calls": "ingest_calls", "call_too_long": "call_length"}
+#: rejection code -> the stats.refused counter it counts in (too_many_calls: by the desk)
+_REFUSALS = {"call_too_long": "call_length"}
+#: a desk refusal's code -> the close code /ingest answers it with
+_DESK_CLOSE = {"too_many_calls": CloseCode.TRY_AGAIN_LATER, "shutting_down": CloseCode.GOING_AWAY,
+               "bad_call_id": CloseCode.UNSUPPORTED_DATA}
 
 
 def _frame_waiting(connection: ServerConnection) -> bool:

@@ -9,12 +9,15 @@
 4. the :class:`~server.bridge.ThreadBridge` and the :class:`~streamer.engine.Engine` (its
    inference worker threads hand events to the bridge, the bridge to the hub on the loop);
 5. the :class:`~server.ticker.StatsTicker` (engine and server counters every interval);
-6. the :class:`~server.ingest.IngestEndpoint` (``WS /ingest``) and the
-   :class:`~server.app.EventServer` (HTTP + WebSocket on one port);
+6. the :class:`~server.connectors.calls.CallDesk` (live call ids and call limits, shared by
+   every push path), the :class:`~server.ingest.IngestEndpoint` (``WS /ingest``), the
+   telephony connectors configured (:mod:`server.connectors`), and the
+   :class:`~server.app.EventServer` (HTTP + WebSocket on one port; TCP connectors listen on
+   their own);
 7. one task per audio source (a tracked set) feeding the source's blocks to its engine stream.
 
 :meth:`Monitor.close` shuts down from source to sink, each wait bounded: stop the sources and
-the pushed calls (their streams close and flush; ingest senders get 1001), drain the engine,
+the pushed calls and connectors (their streams close and flush; senders get 1001), drain the engine,
 publish what it produced and the final stats, let clients receive their queues and close them
 with 1001, stop the engine, send the webhook's queued alerts, close the store. ``close()`` is
 idempotent. Offline analysis of files (no server) is :mod:`streamer.analyze`.
@@ -34,6 +37,8 @@ from server.alerts import AlertMonitor
 from server.app import EventServer
 from server.bridge import ThreadBridge
 from server.config import ServerConfig
+from server.connectors.base import ConnectorContext, TcpConnector, WebSocketConnector
+from server.connectors.calls import CallDesk
 from server.errors import ServerError
 from server.fanout import Backlog, FanOut
 from server.hub import EventHub
@@ -109,6 +114,8 @@ class Monitor:
         self.engine: Engine | None = None
         self.ticker: StatsTicker | None = None
         self.ingest: IngestEndpoint | None = None
+        self.desk: CallDesk | None = None
+        self.connectors: list[WebSocketConnector | TcpConnector] = []
         self.server: EventServer | None = None
         self._pumps: set[asyncio.Task[None]] = set()
         self._stopping = False
@@ -139,10 +146,21 @@ class Monitor:
         self.engine = engine = Engine(self.model, self.engine_config, bridge.sink)
         self.ticker = StatsTicker(lambda: hub.publish_stats(engine.stats()),
                                   interval_s=config.stats_interval_s).start()
+        self.desk = desk = CallDesk(engine, config.ingest, counters)
         self.ingest = IngestEndpoint(engine, config.ingest, log=client_log, counters=counters,
-                                     shutdown_timeout_s=config.shutdown_timeout_s)
-        self.server = await EventServer(config, hub, ingest=self.ingest,
-                                        client_log=client_log).start()
+                                     shutdown_timeout_s=config.shutdown_timeout_s, desk=desk)
+        context = ConnectorContext(desk=desk, ingest=config.ingest, log=client_log,
+                                   counters=counters, host=config.host,
+                                   shutdown_timeout_s=config.shutdown_timeout_s)
+        self.connectors = [connector.build(context) for connector in config.connectors]
+        self.server = await EventServer(
+            config, hub, ingest=self.ingest, client_log=client_log,
+            connectors=[c for c in self.connectors if isinstance(c, WebSocketConnector)],
+            connector_stats=self.connector_stats if self.connectors else None,
+        ).start()
+        for connector in self.connectors:
+            if isinstance(connector, TcpConnector):
+                await connector.start()
         for source in self.sources:
             task = asyncio.create_task(self._pump(source), name=f"source-{source.name}")
             self._pumps.add(task)
@@ -197,6 +215,17 @@ class Monitor:
         """The audio ingest URL (``ws://HOST:PORT/ingest``)."""
         return self._server().ingest_url
 
+    def connector_stats(self) -> dict[str, object]:
+        """Every connector's counters by name (``/healthz`` ``connectors``)."""
+        return {connector.name: connector.stats() for connector in self.connectors}
+
+    def connector(self, name: str) -> WebSocketConnector | TcpConnector:
+        """The connector of that name (ServerError when it is not configured)."""
+        for connector in self.connectors:
+            if connector.name == name:
+                return connector
+        raise ServerError(f"connector {name!r} is not configured")
+
     def _server(self) -> EventServer:
         if self.server is None:
             raise ServerError("the monitor is not started")
@@ -211,8 +240,12 @@ class Monitor:
         self._closed = True
         self._stopping = True
         await self._stop_sources()
+        if self.desk is not None:
+            self.desk.closing = True
         if self.ingest is not None:
             await self.ingest.close()
+        for connector in self.connectors:
+            await connector.close()
         await self._drain_engine()
         if self.ticker is not None:
             await self.ticker.close()
