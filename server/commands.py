@@ -226,6 +226,9 @@ def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
     smooth.add_argument("--gap-decay-s", type=_seconds_or_off, metavar="SECONDS|off",
                         help="time constant of the decay toward uniform over shorter silences "
                         "(default: off)")
+    smooth.add_argument("--smoothing-warmup", action=argparse.BooleanOptionalAction,
+                        help="average the first windows of a speech segment evenly until their "
+                        "weight falls to --alpha (default: on)")
 
 
 def _seconds_or_off(text: str) -> float | str:
@@ -381,7 +384,7 @@ def _engine_config(args: argparse.Namespace, *, realtime: bool) -> Any:
             for field, value in _given(args, {
                 "alpha": "alpha", "switch_margin": "switch_margin",
                 "uncertain_below": "uncertain_below", "gap_reset_s": "gap_reset_s",
-                "gap_decay_s": "gap_decay_s",
+                "gap_decay_s": "gap_decay_s", "smoothing_warmup": "warmup",
             }).items()
         }
         smoothing = SmoothingConfig(**smoothing_fields)
