@@ -10,12 +10,14 @@ from typing import Any
 
 # public name -> module that defines it (every public name of every module here)
 _EXPORTS: dict[str, str] = {
+    "DEFAULT_MAX_GAP_S": "server.alerts",
     "AlertChange": "server.alerts",
     "AlertEvaluator": "server.alerts",
     "AlertMonitor": "server.alerts",
     "AlertRule": "server.alerts",
     "AlertsConfig": "server.alerts",
     "bind_rules": "server.alerts",
+    "close_reason": "server.alerts",
     "parse_rule": "server.alerts",
     "CONTENT_TYPES": "server.app",
     "EventServer": "server.app",

@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from server.alerts import AlertsConfig
+from server.alerts import DEFAULT_MAX_GAP_S, AlertsConfig
 from server.auth import SecurityConfig, load_credentials
 from server.config import DEFAULT_STORE_PATH, IngestConfig, ServerConfig
 from server.connectors.registry import add_connector_flags, connector_configs
@@ -333,7 +333,12 @@ def _add_alert_flags(parser: argparse.ArgumentParser) -> None:
                         metavar="RULE",
                         help="raise an alert when a label's smoothed probability stays at or "
                         "above a threshold, e.g. 'angry>=0.7 for 5s' (label case-insensitive; "
-                        "repeat for several rules)")
+                        "repeat for several rules); the duration counts speech only")
+    alerts.add_argument("--alert-max-gap-s", type=float, default=DEFAULT_MAX_GAP_S,
+                        metavar="SECONDS",
+                        help="a pause without speech up to this long keeps an alert's speech "
+                        "time; a longer one resets it and ends the alert (reason 'silence') "
+                        f"(default: {DEFAULT_MAX_GAP_S:g})")
     alerts.add_argument("--webhook", dest="webhook_url", default=None, metavar="URL",
                         help="POST every alert message (JSON) to this http(s) URL")
     alerts.add_argument("--webhook-queue-size", type=int, default=d["queue_size"],
@@ -417,7 +422,7 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
         ingest=IngestConfig(**{field: getattr(args, dest)
                                for dest, field in _INGEST_FLAGS.items()}),
         limits=LimitsConfig(**{name: getattr(args, name) for name in limit_fields}),
-        alerts=AlertsConfig(rules=tuple(args.alerts)),
+        alerts=AlertsConfig(rules=tuple(args.alerts), max_gap_s=args.alert_max_gap_s),
         webhook=_webhook_config(args),
         security=SecurityConfig(
             credentials=load_credentials(args.token_file, os.environ),

@@ -171,7 +171,8 @@ class Monitor:
         """The store, the webhook and the hub that records to and posts through them."""
         config, model = self.server_config, self.model
         rules = config.alerts.rules
-        alerts = AlertMonitor(rules, model.labels) if rules else None
+        alerts = (AlertMonitor(rules, model.labels, max_gap_s=config.alerts.max_gap_s)
+                  if rules else None)
         if config.store_path is not None:
             self.store = TimelineStore(config.store_path).open()
         if config.webhook is not None:

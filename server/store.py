@@ -6,6 +6,13 @@ One file can hold many server runs ("sessions"). Schema (``PRAGMA user_version``
              window_s REAL, hop_s REAL, sample_rate_hz INTEGER)
     events(id INTEGER PRIMARY KEY, session TEXT, type TEXT, stream TEXT, seq INTEGER,
            wall_time REAL, frame TEXT)   -- frame: the exact JSON text sent to clients
+    VIEW alerts(id, session, stream, wall_time, alert_id, state, rule, label, since_s, at_s,
+                probability, speech_s, reason)   -- the alert rows of events, fields of frame
+
+The ``alerts`` view was added within schema version 1: it only reads ``events``, so files
+with and without it are the same version, and opening a file for writing creates it (``IF NOT
+EXISTS``), in files written before it too. Its ``reason`` and ``speech_s`` are NULL for alert
+rows recorded before those fields, and ``reason`` is NULL on a ``start``.
 
 The database runs in WAL mode with ``synchronous=NORMAL`` and every :meth:`TimelineStore.record`
 commits before it returns. The server records an event *before* it queues it for any client, so
@@ -75,6 +82,18 @@ CREATE TABLE IF NOT EXISTS events (
     frame TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_stream ON events(session, stream, type, seq);
+CREATE VIEW IF NOT EXISTS alerts AS
+SELECT id, session, stream, wall_time,
+       json_extract(frame, '$.alert_id') AS alert_id,
+       json_extract(frame, '$.state') AS state,
+       json_extract(frame, '$.rule') AS rule,
+       json_extract(frame, '$.label') AS label,
+       json_extract(frame, '$.since_s') AS since_s,
+       json_extract(frame, '$.at_s') AS at_s,
+       json_extract(frame, '$.probability') AS probability,
+       json_extract(frame, '$.speech_s') AS speech_s,
+       NULLIF(json_extract(frame, '$.reason'), '') AS reason
+FROM events WHERE type = 'alert';
 """
 
 

@@ -15,7 +15,13 @@ from server.store import (
     read_events,
     read_sessions,
 )
-from streamer.protocol.messages import Hello, StreamOpenMessage, WindowMessage, encode
+from streamer.protocol.messages import (
+    AlertMessage,
+    Hello,
+    StreamOpenMessage,
+    WindowMessage,
+    encode,
+)
 
 
 def hello(session: str, labels: tuple[str, ...] = ("a", "b")) -> Hello:
@@ -83,3 +89,49 @@ def test_export_refuses_sessions_with_different_labels(tmp_path: Path) -> None:
     assert export_timeline(path, tmp_path / "two.csv", session="two") == 1
     assert export_timeline(path, tmp_path / "latest.jsonl", session="latest") == 1
     assert [m for _, m in read_events(path, session="one")] == [window(0)]
+
+
+def alert(state: str, reason: str = "", speech_s: float = 0.0) -> AlertMessage:
+    return AlertMessage(alert_id=1, stream="s", state=state, rule="a>=0.5 for 1s", label="a",
+                        threshold=0.5, for_s=1.0, since_s=2.0, at_s=3.0, probability=0.6,
+                        wall_time=1.0, reason=reason, speech_s=speech_s)
+
+
+def test_alerts_view_reads_reasons_and_a_file_from_before_it_migrates(tmp_path: Path) -> None:
+    """A version-1 file written before the alerts view gets it on open; old rows read NULL."""
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE sessions (session TEXT PRIMARY KEY, started_at REAL NOT NULL, model TEXT "
+        "NOT NULL, labels TEXT NOT NULL, window_s REAL NOT NULL, hop_s REAL NOT NULL, "
+        "sample_rate_hz INTEGER NOT NULL);"
+        "CREATE TABLE events (id INTEGER PRIMARY KEY, session TEXT NOT NULL REFERENCES "
+        "sessions(session), type TEXT NOT NULL, stream TEXT, seq INTEGER, wall_time REAL, "
+        "frame TEXT NOT NULL);"
+        "PRAGMA user_version=1;"
+    )
+    old_frame = ('{"type":"alert","v":1,"alert_id":1,"stream":"s","state":"end","rule":"a>=0.5'
+                 ' for 1s","label":"a","threshold":0.5,"for_s":1.0,"since_s":2.0,"at_s":3.0,'
+                 '"probability":0.6,"wall_time":1.0}')
+    with db:
+        db.execute("INSERT INTO sessions VALUES ('old', 1, 'm', '[\"a\",\"b\"]', 2, 0.5, 16000)")
+        db.execute("INSERT INTO events (session, type, stream, wall_time, frame) "
+                   "VALUES ('old', 'alert', 's', 1.0, ?)", (old_frame,))
+    db.close()
+    with TimelineStore(path) as store:
+        store.start_session(hello("new"), started_at=2.0)
+        for message in (alert("start", speech_s=1.0), alert("end", "stream_closed", 1.5)):
+            store.record(message, encode(message))
+    reader = sqlite3.connect(path)
+    try:
+        assert reader.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+        rows = reader.execute(
+            "SELECT session, alert_id, state, reason, speech_s, at_s FROM alerts ORDER BY id"
+        ).fetchall()
+    finally:
+        reader.close()
+    assert rows == [("old", 1, "end", None, None, 3.0), ("new", 1, "start", None, 1.0, 3.0),
+                    ("new", 1, "end", "stream_closed", 1.5, 3.0)]
+    old, *new = [m for _, m in read_events(path, types=("alert",))]
+    assert isinstance(old, AlertMessage) and (old.reason, old.speech_s) == ("", 0.0)
+    assert new == [alert("start", speech_s=1.0), alert("end", "stream_closed", 1.5)]

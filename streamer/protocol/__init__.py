@@ -27,6 +27,7 @@ _EXPORTS: dict[str, str] = {
     "MIN_INGEST_RATE_HZ": "streamer.protocol.limits",
     "MIN_INPUT_RATE_HZ": "streamer.protocol.limits",
     "UNCERTAIN": "streamer.protocol.limits",
+    "ALERT_END_REASONS": "streamer.protocol.messages",
     "ALERT_STATES": "streamer.protocol.messages",
     "WIDEBAND_MODEL_ON_NARROWBAND_AUDIO": "streamer.protocol.messages",
     "PROTOCOL_VERSION": "streamer.protocol.messages",
