@@ -743,6 +743,24 @@ def test_silent_client_is_disconnected_after_the_idle_timeout() -> None:
     assert reasons == ["idle_timeout", "idle_timeout"] and code == 1008
 
 
+def test_a_paused_session_is_not_cut_by_the_idle_timeout() -> None:
+    """Paused longer than the idle timeout (monitoring off for a while): resumed, still served."""
+    async def scenario() -> dict[str, Any]:
+        async with monitor(plain_config(), idle_timeout_s=0.2) as running:
+            async with session(running) as client:
+                await client.open()
+                await client.send("paused")
+                await asyncio.sleep(0.6)  # the pause itself, three idle timeouts long
+                await client.send("resumed", {"start": "PT0S", "discarded": "PT0.6S"})
+                await client.send("ping")
+                pong = await client.expect("pong")
+                await client.close()
+            assert refused(running) == {}
+            return pong
+
+    assert run(scenario())["clientseq"] == 4
+
+
 def test_call_past_max_call_s_ends_with_max_length() -> None:
     """More audio than --ingest-max-call-s: disconnect, streams close with reason max_length."""
     customer, agent = call_audio(1.5)

@@ -17,6 +17,9 @@ than ``--audiohook-max-signature-age-s``, with a nonce not seen before. Anything
 with 401 before the WebSocket opens. The connector does not exist without an API key
 (:func:`config_from_args` refuses to build it): fail closed.
 
+A session silent for ``--ingest-idle-timeout-s`` is ended the same way, except while the client
+has paused it (Genesys Cloud pauses a session while monitoring is off, possibly for long).
+
 Malformed or refused messages (bad JSON, a format not offered, audio before ``opened``, a
 ``seq`` out of order, a frame over ``--ingest-max-frame-bytes``, a frame that is not whole
 sample frames, a call over the limits of :class:`~server.config.IngestConfig`) end the session
@@ -361,8 +364,13 @@ class AudioHookConnector:
         await self._drain(link)
 
     async def _recv(self, link: _Link) -> str | bytes:
-        """The next message; AudioHookError ``idle_timeout`` when none comes in time."""
-        timeout_s = self.context.ingest.idle_timeout_s
+        """The next message; AudioHookError ``idle_timeout`` when none comes in time.
+
+        Not while the client has paused: Genesys Cloud keeps a session open and paused while
+        monitoring is off for part of a call (IVR, queue, secure pause), which may last long;
+        the WebSocket keepalive pings still find a peer that is gone.
+        """
+        timeout_s = None if link.session.state == "paused" else self.context.ingest.idle_timeout_s
         try:
             async with asyncio.timeout(timeout_s):
                 return await link.connection.recv()

@@ -47,9 +47,10 @@ _DERIVED = ("@request-target", "@authority")
 class SignatureError(Exception):
     """A signature that does not check out; ``code`` names the case (a counter name).
 
-    Codes: ``no_signature``, ``bad_signature_input``, ``missing_component``, ``bad_key_id``,
-    ``bad_algorithm``, ``signature_expired``, ``bad_signature``, ``replayed_nonce``,
-    ``nonce_cache_full``.
+    Codes raised here: ``no_signature``, ``bad_signature_input``, ``missing_component``,
+    ``bad_key_id``, ``bad_algorithm``, ``signature_expired``, ``bad_signature``,
+    ``replayed_nonce``, ``nonce_cache_full``; a caller checking more of the same request (an
+    API key header) raises it with codes of its own.
     """
 
     def __init__(self, code: str, message: str) -> None:
@@ -266,6 +267,8 @@ class _Signed:
 def _first_signature(signature_input: str | None, signature: str | None) -> _Signed:
     inputs = _parse(signature_input, "Signature-Input")
     macs = _parse(signature, "Signature")
+    if not inputs:
+        raise SignatureError("no_signature", "an empty Signature-Input header")
     label, (covered, params) = next(iter(inputs.items()))
     mac = macs.get(label, (None, ()))[0]
     if not isinstance(mac, bytes):
