@@ -15,7 +15,7 @@ request must carry a valid HTTP message signature (:mod:`server.connectors.https
 the request target, the authority, the ``Audiohook-*`` id headers and the API key, no older
 than ``--audiohook-max-signature-age-s``, with a nonce not seen before. Anything else is refused
 with 401 before the WebSocket opens. The connector does not exist without an API key
-(:func:`config_from_args` refuses to build it): fail closed.
+(:func:`audiohook_config_from_args` refuses to build it): fail closed.
 
 A session silent for ``--ingest-idle-timeout-s`` is ended the same way, except while the client
 has paused it (Genesys Cloud pauses a session while monitoring is off, possibly for long).
@@ -79,8 +79,8 @@ __all__ = [
     "SIGNED_COMPONENTS",
     "AudioHookConfig",
     "AudioHookConnector",
-    "add_flags",
-    "config_from_args",
+    "add_audiohook_flags",
+    "audiohook_config_from_args",
 ]
 
 logger = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ def _decode_secret(text: str) -> bytes:
                           "Cloud shows it)") from None
 
 
-def add_flags(parser: argparse.ArgumentParser) -> None:
+def add_audiohook_flags(parser: argparse.ArgumentParser) -> None:
     """The ``run`` flags of the AudioHook connector (one argument group)."""
     group = parser.add_argument_group(
         "Genesys Cloud AudioHook Monitor (see docs/connectors.md)",
@@ -184,7 +184,7 @@ _OPTIONAL_FLAGS = (("--audiohook-path", "audiohook_path"),
                    ("--audiohook-external-role", "audiohook_external_role"))
 
 
-def config_from_args(args: argparse.Namespace) -> AudioHookConfig | None:
+def audiohook_config_from_args(args: argparse.Namespace) -> AudioHookConfig | None:
     """The connector's config from ``run`` flags; None without ``--audiohook``.
 
     ServerError without an API key (the connector fails closed), for an unreadable or
