@@ -67,8 +67,8 @@ def _register_run(subparsers: Any) -> None:
         help="capture audio, classify it live, serve the dashboard and events",
         description=(
             "Capture from the microphone (default) or stream a file, classify sliding windows "
-            "of speech, and serve the dashboard (GET /), health (GET /healthz) and events "
-            "(WS /ws) on one port. Prints the dashboard URL. Every event is recorded in a "
+            "of speech, and serve the dashboard (GET /), health (GET /healthz), Prometheus "
+            "metrics (GET /metrics) and events (WS /ws) on one port. Prints the dashboard URL. Every event is recorded in a "
             "SQLite timeline store. A file source is paced in real time; when it ends the "
             "server keeps serving until Ctrl-C (or exits with --exit-when-done). Ctrl-C or "
             "SIGTERM once stops cleanly; twice forces."
