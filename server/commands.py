@@ -68,10 +68,10 @@ def _register_run(subparsers: Any) -> None:
         description=(
             "Capture from the microphone (default) or stream a file, classify sliding windows "
             "of speech, and serve the dashboard (GET /), health (GET /healthz), Prometheus "
-            "metrics (GET /metrics) and events (WS /ws) on one port. Prints the dashboard URL. Every event is recorded in a "
-            "SQLite timeline store. A file source is paced in real time; when it ends the "
-            "server keeps serving until Ctrl-C (or exits with --exit-when-done). Ctrl-C or "
-            "SIGTERM once stops cleanly; twice forces."
+            "metrics (GET /metrics) and events (WS /ws) on one port. Prints the dashboard URL. "
+            "Every event is recorded in a SQLite timeline store. A file source is paced in "
+            "real time; when it ends the server keeps serving until Ctrl-C (or exits with "
+            "--exit-when-done). Ctrl-C or SIGTERM once stops cleanly; twice forces."
         ),
     )
     run.add_argument(
@@ -623,7 +623,7 @@ async def _wait_until_done(monitor: Any, stop: asyncio.Event, *, exit_when_done:
         await asyncio.wait({stop_task, done_task})
 
 
-# -- analyze, export -----------------------------------------------------------------
+# -- analyze, export -------------------------------------------------------------------------
 
 
 def _analyze(args: argparse.Namespace) -> int:

@@ -491,6 +491,7 @@ class TimelineFiles:
             kind: TimelineWriter(path, self.labels, kind=kind, skip_known=append)
             for kind, path in self.paths.items()
         }
+        self._opened = False
 
     @property
     def written(self) -> dict[TimelineKind, int]:
@@ -503,8 +504,11 @@ class TimelineFiles:
         return {kind: writer.rows_skipped for kind, writer in self._writers.items()}
 
     def open(self) -> TimelineFiles:
-        """Check every file, then open them all; called by ``__enter__``."""
+        """Check every file, then open them all (once); called by ``__enter__``."""
+        if self._opened:
+            return self
         check_new_timeline(self.out, self.kinds, append=self.append)
+        self._opened = True
         try:
             for writer in self._writers.values():
                 writer.open()
