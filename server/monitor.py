@@ -157,6 +157,7 @@ class Monitor:
             config, hub, ingest=self.ingest, client_log=client_log,
             connectors=[c for c in self.connectors if isinstance(c, WebSocketConnector)],
             connector_stats=self.connector_stats if self.connectors else None,
+            engine_stats=engine.stats, webhook=self.webhook,
         ).start()
         for connector in self.connectors:
             if isinstance(connector, TcpConnector):

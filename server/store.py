@@ -28,8 +28,9 @@ size (SQLite's ``max_page_count``): past it a write fails like on a full disk, a
 :meth:`TimelineStore.set_max_bytes` lifts it again.
 
 A :class:`TimelineStore` belongs to the thread that opened it (the server's event loop).
-:func:`export_timeline` reads a store, read-only, into a CSV or JSONL timeline (see
-:mod:`streamer.protocol.timeline`); it works while a server is still writing to the file.
+:func:`export_timeline` reads a store, read-only, into a CSV or JSONL timeline: windows,
+utterances and alerts, each kind in its own file (see :mod:`streamer.protocol.timeline`); it
+works while a server is still writing to the file.
 """
 
 from __future__ import annotations
@@ -37,21 +38,31 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from server.errors import ServerError
 from streamer.protocol.errors import TimelineError
-from streamer.protocol.messages import Hello, Message, MessageError, WindowMessage, decode
-from streamer.protocol.timeline import TimelineWriter
+from streamer.protocol.messages import (
+    AlertMessage,
+    Hello,
+    Message,
+    MessageError,
+    UtteranceMessage,
+    WindowMessage,
+    decode,
+)
+from streamer.protocol.timeline import TimelineFiles
 
 __all__ = [
     "SCHEMA_VERSION",
     "SessionInfo",
     "StoreRow",
     "TimelineStore",
+    "choose_sessions",
+    "export_events",
     "export_timeline",
     "read_events",
     "read_sessions",
@@ -350,22 +361,19 @@ def read_events(
         db.close()
 
 
-def export_timeline(
-    store_path: str | Path,
-    out: str | Path,
-    *,
-    stream: str | None = None,
-    session: str | None = None,
-) -> int:
-    """Write the windows of a store as a CSV or JSONL timeline; returns the rows written.
+def choose_sessions(
+    store_path: str | Path, *, session: str | None = None, latest: bool = False
+) -> list[SessionInfo]:
+    """The sessions to export: the one with id ``session``, the newest (``latest``), or all.
 
-    ``session`` is a session id, ``"latest"``, or None for all sessions (they must share the
-    same labels, since a timeline has one probability column per label).
+    They must share the same labels, since a timeline has one probability column per label.
     """
     sessions = read_sessions(store_path)
     if not sessions:
         raise ServerError(f"{store_path}: the store holds no sessions")
-    if session == "latest":
+    if session is not None and latest:
+        raise ServerError("choose one session id or the latest session, not both")
+    if latest:
         chosen = [sessions[-1]]
     elif session is not None:
         chosen = [s for s in sessions if s.session == session]
@@ -380,20 +388,56 @@ def export_timeline(
             f"{store_path}: sessions use different labels {sorted(label_sets)}; "
             "pick one with --session"
         )
-    labels = chosen[0].labels
-    wanted = {s.session for s in chosen}
-    rows = 0
+    return chosen
+
+
+#: the stored event types a timeline has rows for
+_TIMELINE_TYPES = (WindowMessage.TYPE, UtteranceMessage.TYPE, AlertMessage.TYPE)
+
+
+def export_events(
+    store_path: str | Path,
+    files: TimelineFiles,
+    sessions: Sequence[SessionInfo],
+    *,
+    stream: str | None = None,
+) -> None:
+    """Write the windows, utterances and alerts of ``sessions`` (optionally of one stream) to
+    an open :class:`~streamer.protocol.timeline.TimelineFiles`, in recording order."""
+    wanted = {s.session for s in sessions}
     try:
-        with TimelineWriter(out, labels) as writer:
-            for session_id, message in read_events(
-                store_path,
-                session=chosen[0].session if len(chosen) == 1 else None,
-                stream=stream,
-                types=(WindowMessage.TYPE,),
-            ):
-                if session_id in wanted and isinstance(message, WindowMessage):
-                    writer.write_window(message, session=session_id)
-                    rows += 1
+        for session_id, message in read_events(
+            store_path,
+            session=sessions[0].session if len(sessions) == 1 else None,
+            stream=stream,
+            types=_TIMELINE_TYPES,
+        ):
+            if session_id in wanted:
+                files.write(message, session=session_id)
+    except TimelineError as exc:  # a row that does not fit the timeline: one ServerError
+        raise ServerError(str(exc)) from exc
+
+
+def export_timeline(
+    store_path: str | Path,
+    out: str | Path,
+    *,
+    stream: str | None = None,
+    session: str | None = None,
+    latest: bool = False,
+    append: bool = False,
+) -> int:
+    """Write the windows, utterances and alerts of a store as a CSV or JSONL timeline (``out``
+    and its siblings, see :func:`~streamer.protocol.timeline.kind_path`); the rows written.
+
+    ``session`` (an id) or ``latest`` chooses one session, neither every one (see
+    :func:`choose_sessions`). A timeline file holding rows already is refused unless
+    ``append``; appending leaves out the rows already there.
+    """
+    chosen = choose_sessions(store_path, session=session, latest=latest)
+    try:
+        with TimelineFiles(out, chosen[0].labels, append=append) as files:
+            export_events(store_path, files, chosen, stream=stream)
     except TimelineError as exc:  # the timeline file (suffix, labels, folder): one ServerError
         raise ServerError(str(exc)) from exc
-    return rows
+    return sum(files.written.values())
