@@ -341,8 +341,8 @@ class StoreApi:
             "session": session, "stream": stream, "model": info.model,
             "labels": list(info.labels), "window_s": info.window_s, "hop_s": info.hop_s,
             "after": after, "closed": closed,
-            "next_after": events[-1][0] if events and not closed and len(events) == limit
-            else None,
+            # what follows this page (a full page, or a live stream's events to come)
+            "next_after": events[-1][0] if events and not closed else None,
         })
         # the recorded frames go out as recorded (fields this version does not know included)
         frames = b",".join(frame.encode() for _, _, frame in events)
