@@ -534,7 +534,7 @@
   // Open an ended call from the store: its parties, then each party's timeline page by page.
   function openStored(p) {
     var key = storedKey(p);
-    if (stored.key === key) return;
+    if (stored.key === key && stored.state !== "error") return; // shown already (or loading)
     stored = { key: key, session: p.get("session") || "", call: p.get("call") || "",
                state: "loading", message: "reading the store…", info: null, labels: [],
                parties: [], alerts: [], alertIndex: new Map(), version: 0 };
@@ -1101,7 +1101,9 @@
       setText(cells[1], f.started === null ? "—" : clock(f.started));
       var took = callDuration(c);
       setText(cells[2], took === null ? "—" : duration(took));
-      setText(cells[3], f.alerts.length ? alertSummary(f.alerts) : "—");
+      var summary = f.alerts.length ? alertSummary(f.alerts) : "—";
+      setText(cells[3], summary);
+      if (cells[3].title !== summary) cells[3].title = summary;
       renderChips(cells[4].firstChild, c.streams, true);
     });
     setData(el.wallCount, "live", String(live.length));
@@ -1132,8 +1134,8 @@
     setData(el.pastStatus, "state", past.state);
     setText(el.pastStatus, past.status);
     setData(el.pastCount, "count", String(past.calls.length));
-    setText(el.pastCount, past.calls.length ? String(past.calls.length) +
-      (past.next !== null ? "+" : "") : "");
+    setText(el.pastCount, past.calls.length ? "· " + past.calls.length +
+      (past.next !== null ? " shown, more below" : "") : "");
     el.pastMore.hidden = past.next === null || past.calls.length >= MAX_PAST_CALLS;
   }
 
