@@ -3,7 +3,8 @@
 
 One websockets server on one port. Plain HTTP GETs are answered in ``process_request`` (the
 dashboard's static files, the health check, the Prometheus metrics of :mod:`server.metrics`,
-404 for anything else); ``/ws`` upgrades to a
+the store's read-only JSON under ``/api/`` (see :mod:`server.api`; read in worker threads), 404
+for anything else); ``/ws`` upgrades to a
 WebSocket whose handler sends ``hello``, the backlog, then live events from the client's own
 bounded queue (see :mod:`server.fanout`), while reading the client's frames: ``subscribe``
 changes its filter, anything else gets an ``error`` reply and the connection stays open.
@@ -28,7 +29,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ from websockets.http11 import Request, Response, parse_headers, parse_line
 from websockets.protocol import Protocol, State
 from websockets.server import ServerProtocol
 
+from server.api import API_PREFIX, StoreApi
 from server.auth import (
     OriginPolicy,
     SessionStore,
@@ -405,6 +407,8 @@ class EventServer:
             hub, version=_version(), http_refused=self.refused, engine_stats=engine_stats,
             ingest=ingest, connector_stats=connector_stats, webhook=webhook,
         ))
+        #: GET /api/...: read-only JSON over the timeline store (server.api)
+        self.api = StoreApi(config.store_path, session=hub.session)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -515,8 +519,13 @@ class EventServer:
 
     # -- HTTP ---------------------------------------------------------------------------------
 
-    def _http(self, connection: ServerConnection, request: Request) -> Response | None:
-        """websockets' ``process_request``: an HTTP answer, or None for the WebSocket handshake."""
+    def _http(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | Awaitable[Response] | None:
+        """websockets' ``process_request``: an HTTP answer, or None for the WebSocket handshake.
+
+        ``GET /api/...`` answers are awaitables (websockets awaits them): they read the store.
+        """
         path = urlsplit(request.path).path
         policy = self._policy or self.config.origin_policy(int(connection.local_address[1]))
         refused = self._check_request(connection, request, path, policy)
@@ -537,6 +546,8 @@ class EventServer:
             return self._upgrade(connection, request, path, policy)
         if path in self.connectors:
             return self._upgrade_connector(connection, request, self.connectors[path], policy)
+        if path.startswith(API_PREFIX):
+            return self._api(connection, request)
         return self._get(connection, request, path)
 
     def _check_request(
@@ -635,6 +646,20 @@ class EventServer:
                 break
         return self._static(name)
 
+    def _api(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | Awaitable[Response]:
+        """``GET /api/...`` (view role): the store's answer, read in a worker thread."""
+        refused = self._check_role(connection, request, "view")
+        if refused is not None:
+            return refused
+        return self._api_answer(request)
+
+    async def _api_answer(self, request: Request) -> Response:
+        parts = urlsplit(request.path)
+        answer = await self.api.answer(parts.path, parts.query)
+        return _response(answer.status, answer.body, "application/json")
+
     # -- credentials --------------------------------------------------------------------------
 
     def _role(self, request: Request, *, cookies: bool = True) -> str | None:
@@ -721,6 +746,7 @@ class EventServer:
             details["ingest_rejected"] = dict(self.ingest.rejected)
         if self._connector_stats is not None:
             details["connectors"] = self._connector_stats()
+        details["api"] = dict(self.api.counters)
         return details
 
     def _metrics(self, connection: ServerConnection, request: Request) -> Response:

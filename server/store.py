@@ -31,6 +31,8 @@ A :class:`TimelineStore` belongs to the thread that opened it (the server's even
 :func:`export_timeline` reads a store, read-only, into a CSV or JSONL timeline: windows,
 utterances and alerts, each kind in its own file (see :mod:`streamer.protocol.timeline`); it
 works while a server is still writing to the file.
+The ``read_*`` functions do the same, each call on its own read-only connection, so any thread
+may call them (the HTTP API calls them in worker threads, see :mod:`server.api`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from server.errors import ServerError
 from streamer.protocol.errors import TimelineError
@@ -50,6 +53,8 @@ from streamer.protocol.messages import (
     Hello,
     Message,
     MessageError,
+    StreamCloseMessage,
+    StreamOpenMessage,
     UtteranceMessage,
     WindowMessage,
     decode,
@@ -60,12 +65,17 @@ __all__ = [
     "SCHEMA_VERSION",
     "SessionInfo",
     "StoreRow",
+    "StoredStream",
     "TimelineStore",
     "choose_sessions",
     "export_events",
     "export_timeline",
     "read_events",
+    "read_session",
+    "read_session_page",
     "read_sessions",
+    "read_stream_events",
+    "read_stream_openings",
     "store_row",
 ]
 
@@ -119,6 +129,20 @@ class SessionInfo:
     window_s: float
     hop_s: float
     sample_rate_hz: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredStream:
+    """One opening of a stream recorded in a store, with its close when one was recorded.
+
+    ``open_id`` is the ``events.id`` of the ``stream_open`` (a cursor for paging); ``closed``
+    is None while the stream is live, or when its server run ended without closing it.
+    """
+
+    open_id: int
+    session: str
+    opened: StreamOpenMessage
+    closed: StreamCloseMessage | None
 
 
 #: one event as the store writes it: type, stream, seq, wall_time, frame
@@ -359,6 +383,145 @@ def read_events(
         raise _db_error(Path(path), exc) from exc
     finally:
         db.close()
+
+
+def _session_info(row: Sequence[Any]) -> SessionInfo:
+    session, started_at, model, labels, window_s, hop_s, rate = row
+    return SessionInfo(str(session), float(started_at), str(model), tuple(json.loads(labels)),
+                       float(window_s), float(hop_s), int(rate))
+
+
+_SESSION_COLUMNS = "session, started_at, model, labels, window_s, hop_s, sample_rate_hz"
+
+
+def read_session(path: str | Path, session: str) -> SessionInfo | None:
+    """One recorded session by id (None when the store has no such session)."""
+    db = _open_readonly(path)
+    try:
+        row = db.execute(f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session = ?",
+                         (session,)).fetchone()
+    except sqlite3.Error as exc:
+        raise _db_error(Path(path), exc) from exc
+    finally:
+        db.close()
+    return None if row is None else _session_info(row)
+
+
+def read_session_page(
+    path: str | Path, *, limit: int, before: int | None = None
+) -> list[tuple[int, SessionInfo]]:
+    """Up to ``limit`` sessions, newest first, each with its cursor (the row's rowid).
+
+    ``before`` (a cursor from an earlier page) returns only the sessions recorded before it.
+    """
+    db = _open_readonly(path)
+    query = f"SELECT rowid, {_SESSION_COLUMNS} FROM sessions"
+    params: list[object] = []
+    if before is not None:
+        query += " WHERE rowid < ?"
+        params.append(before)
+    query += " ORDER BY rowid DESC LIMIT ?"
+    params.append(limit)
+    try:
+        rows = db.execute(query, params).fetchall()
+    except sqlite3.Error as exc:
+        raise _db_error(Path(path), exc) from exc
+    finally:
+        db.close()
+    return [(int(row[0]), _session_info(row[1:])) for row in rows]
+
+
+def _decoded(path: str | Path, frame: str) -> Message:
+    try:
+        return decode(frame)
+    except MessageError as exc:
+        raise ServerError(f"{path}: a recorded event cannot be decoded ({exc})") from exc
+
+
+def read_stream_openings(
+    path: str | Path,
+    *,
+    limit: int,
+    session: str | None = None,
+    call: str | None = None,
+    before: int | None = None,
+    skip_open_of: str | None = None,
+) -> list[StoredStream]:
+    """Up to ``limit`` stream openings, newest first, each with the close that ended it.
+
+    ``session`` keeps one server run's; ``call`` the streams named ``call`` or ``call/...``
+    (a pushed call's channels); ``before`` (an ``open_id``) the openings recorded before it;
+    ``skip_open_of`` leaves out that session's streams without a close (the running server's
+    live streams). The close of an opening is the stream's first ``stream_close`` after it.
+    """
+    inner = (
+        "SELECT o.id AS id, o.session AS session, o.frame AS frame, (SELECT c.frame FROM "
+        "events c WHERE c.session = o.session AND c.stream = o.stream AND "
+        "c.type = 'stream_close' AND c.id > o.id ORDER BY c.id LIMIT 1) AS closed "
+        "FROM events o WHERE o.type = 'stream_open'"
+    )
+    params: list[object] = []
+    if session is not None:
+        inner += " AND o.session = ?"
+        params.append(session)
+    if call is not None:
+        inner += " AND (o.stream = ? OR substr(o.stream, 1, ?) = ?)"
+        params.extend((call, len(call) + 1, call + "/"))
+    if before is not None:
+        inner += " AND o.id < ?"
+        params.append(before)
+    query = f"SELECT id, session, frame, closed FROM ({inner})"
+    if skip_open_of is not None:
+        query += " WHERE session != ? OR closed IS NOT NULL"
+        params.append(skip_open_of)
+    query += " ORDER BY id DESC LIMIT ?"
+    params.append(limit)
+    db = _open_readonly(path)
+    try:
+        rows = db.execute(query, params).fetchall()
+    except sqlite3.Error as exc:
+        raise _db_error(Path(path), exc) from exc
+    finally:
+        db.close()
+    found: list[StoredStream] = []
+    for open_id, session_id, opened, closed in rows:
+        open_message = _decoded(path, opened)
+        close_message = None if closed is None else _decoded(path, closed)
+        if not isinstance(open_message, StreamOpenMessage) or not (
+            close_message is None or isinstance(close_message, StreamCloseMessage)
+        ):
+            raise ServerError(f"{path}: event {open_id} is not the stream_open it is filed as")
+        found.append(StoredStream(int(open_id), str(session_id), open_message, close_message))
+    return found
+
+
+def read_stream_events(
+    path: str | Path, *, session: str, stream: str, limit: int, after: int = 0
+) -> list[tuple[int, str, str]]:
+    """One run of a stream: ``(id, type, frame)`` of its events after event id ``after``.
+
+    At most ``limit`` events in recording order, ending with the run's ``stream_close`` when
+    it is among them (the events of a later run of the same stream name are not included).
+    Frames are the exact recorded wire text, fields unknown to this version included.
+    """
+    db = _open_readonly(path)
+    try:
+        rows = db.execute(
+            "SELECT id, type, frame FROM events WHERE session = ? AND stream = ? AND id > ? "
+            "ORDER BY id LIMIT ?",
+            (session, stream, after, limit),
+        ).fetchall()
+    except sqlite3.Error as exc:
+        raise _db_error(Path(path), exc) from exc
+    finally:
+        db.close()
+    events: list[tuple[int, str, str]] = []
+    for event_id, kind, frame in rows:
+        events.append((int(event_id), str(kind), str(frame)))
+        if kind == StreamCloseMessage.TYPE:
+            break
+    return events
+
 
 
 def choose_sessions(
