@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 from types import ModuleType
 
+import server.connectors.twilio as twilio
 from server.connectors.base import ConnectorConfig
 
 __all__ = ["CONNECTOR_MODULES", "add_connector_flags", "connector_configs"]
 
 #: every connector module, in the order of ``run --help``
-CONNECTOR_MODULES: tuple[ModuleType, ...] = ()
+CONNECTOR_MODULES: tuple[ModuleType, ...] = (twilio,)
 
 
 def add_connector_flags(parser: argparse.ArgumentParser) -> None:
