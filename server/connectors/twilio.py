@@ -57,6 +57,7 @@ from websockets.http11 import Request
 from server.connectors.base import ConnectorContext, ConnectorStats, Refusal
 from server.connectors.calls import CallRefused, PlatformCall, bounded_metadata
 from server.errors import ServerError
+from server.ingest import IdleWatch, frame_waiting
 from server.limits import address_of
 from server.webhook import read_credential
 from streamer.audio import int16_to_float32
@@ -441,12 +442,12 @@ def _media(message: Mapping[str, Any]) -> TwilioMedia:
     if not isinstance(payload, str):
         raise _bad("media.payload must be a base64 string")
     try:
-        audio = base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
+        audio = binascii.a2b_base64(payload, strict_mode=True)
+    except (binascii.Error, ValueError):  # ValueError: not ASCII
         raise TwilioRejected("bad_base64", "media.payload is not base64", _UNSUPPORTED) from None
     return TwilioMedia(
         sequence=_number(message.get("sequenceNumber"), "sequenceNumber"),
-        stream_sid=_sid(message.get("streamSid"), "streamSid"),
+        stream_sid=_text(message.get("streamSid"), "streamSid", limit=128),
         track=_text(media.get("track"), "media.track", limit=32),
         chunk=_number(media.get("chunk"), "media.chunk"),
         timestamp_ms=_number(media.get("timestamp"), "media.timestamp"),
@@ -458,7 +459,7 @@ def _dtmf(message: Mapping[str, Any]) -> TwilioDtmf:
     dtmf = _object(message, "dtmf", "dtmf")
     return TwilioDtmf(
         sequence=_number(message.get("sequenceNumber"), "sequenceNumber"),
-        stream_sid=_sid(message.get("streamSid"), "streamSid"),
+        stream_sid=_text(message.get("streamSid"), "streamSid", limit=128),
         track=_text(dtmf.get("track"), "dtmf.track", limit=32),
         digit=_text(dtmf.get("digit"), "dtmf.digit", limit=8),
     )
@@ -468,7 +469,7 @@ def _mark(message: Mapping[str, Any]) -> TwilioMark:
     mark = _object(message, "mark", "mark")
     return TwilioMark(
         sequence=_number(message.get("sequenceNumber"), "sequenceNumber"),
-        stream_sid=_sid(message.get("streamSid"), "streamSid"),
+        stream_sid=_text(message.get("streamSid"), "streamSid", limit=128),
         name=_text(mark.get("name"), "mark.name"),
     )
 
@@ -477,7 +478,7 @@ def _stop(message: Mapping[str, Any]) -> TwilioStop:
     _object(message, "stop", "stop")
     return TwilioStop(
         sequence=_number(message.get("sequenceNumber"), "sequenceNumber"),
-        stream_sid=_sid(message.get("streamSid"), "streamSid"),
+        stream_sid=_text(message.get("streamSid"), "streamSid", limit=128),
     )
 
 
@@ -562,7 +563,9 @@ class TwilioConnector:
     def authorize(self, connection: ServerConnection, request: Request) -> Refusal | None:
         """403 unless ``X-Twilio-Signature`` signs the URL Twilio connected to (counted)."""
         headers = request.headers.get_all(TWILIO_SIGNATURE_HEADER)
-        url = self.config.public_url or f"wss://{request.headers.get('Host', '')}{request.path}"
+        hosts = request.headers.get_all("Host")  # the server let only a single one through
+        host = hosts[0] if len(hosts) == 1 else ""
+        url = self.config.public_url or f"wss://{host}{request.path}"
         if len(headers) != 1:
             code = "missing_signature" if not headers else "bad_signature"
         elif twilio_signature_ok(self.config.auth_token, url, headers[0]):
@@ -646,15 +649,23 @@ class TwilioConnector:
         except ConnectionClosed:
             pass
 
-    async def _recv(self, stream: _Stream) -> str | bytes:
-        """The next message; ``idle_timeout`` when none comes in time, ``message_too_big``."""
-        timeout_s = self.context.ingest.idle_timeout_s
+    async def _recv(self, stream: _Stream, idle: IdleWatch) -> str | bytes:
+        """The next message; ``idle_timeout`` when none comes in time, ``message_too_big``.
+
+        The call's :class:`~server.ingest.IdleWatch` (the same rule as /ingest) costs no timer
+        per message; recv is cancellation-safe, so a timeout loses nothing.
+        """
+        idle.last = idle.loop.time()
+        idle.waiting = True
         try:
-            async with asyncio.timeout(timeout_s):
-                message = await stream.connection.recv()
-        except TimeoutError:
-            raise TwilioRejected("idle_timeout", f"no message for {timeout_s:g} s "
+            message = await stream.connection.recv()
+        except asyncio.CancelledError:
+            if not idle.expired():
+                raise
+            raise TwilioRejected("idle_timeout", f"no message for {idle.timeout_s:g} s "
                                  "(--ingest-idle-timeout-s)", _POLICY) from None
+        finally:
+            idle.waiting = False
         size = len(message)
         if size > self._limit or (isinstance(message, str) and 4 * size > self._limit
                                   and len(message.encode()) > self._limit):
@@ -663,17 +674,35 @@ class TwilioConnector:
         return message
 
     async def _receive(self, stream: _Stream) -> None:
-        """Take messages until ``stop``; raises for anything that ends the stream otherwise."""
-        while True:
-            message = parse_twilio_message(await self._recv(stream))
-            if isinstance(message, TwilioMedia):  # the common case first
-                await self._media(stream, message)
-            elif isinstance(message, TwilioStop):
-                if stream.start is not None:
-                    self._check_order(stream, message.sequence, message.stream_sid)
-                return
-            else:
-                await self._other(stream, message)
+        """Take messages until ``stop``; raises for anything that ends the stream otherwise.
+
+        Media already received together (a busy loop reads several per socket read) is fed
+        as one block per track: one feed per burst instead of per message, no waiting added.
+        Whatever came before a rejected message or the ``stop`` is fed first, so the streams
+        get exactly what they would message by message.
+        """
+        pending: dict[str, list[NDArray[np.float32]]] = {}
+        with IdleWatch(self.context.ingest.idle_timeout_s) as idle:
+            while True:
+                try:
+                    message = parse_twilio_message(await self._recv(stream, idle))
+                    if isinstance(message, TwilioMedia):  # the common case first
+                        role = self._media(stream, message)
+                        pending.setdefault(role, []).append(_decode_mulaw(message.payload))
+                        if frame_waiting(stream.connection):
+                            continue
+                    batch, pending = pending, {}
+                    await self._feed(stream, batch)
+                    if isinstance(message, TwilioStop):
+                        if stream.start is not None:
+                            self._check_order(stream, message.sequence, message.stream_sid)
+                        return
+                    if not isinstance(message, TwilioMedia):
+                        await self._other(stream, message)
+                except TwilioRejected:
+                    batch, pending = pending, {}
+                    await self._feed(stream, batch)  # what came before it counts
+                    raise
 
     async def _other(self, stream: _Stream, message: TwilioMessage) -> None:
         """Everything but media and stop: connected, start, dtmf, mark, unknown events."""
@@ -739,8 +768,8 @@ class TwilioConnector:
                               start.call_sid, stream.connection.remote_address, start.stream_sid,
                               ",".join(start.tracks), ", ".join(stream.call.stream_ids))
 
-    async def _media(self, stream: _Stream, media: TwilioMedia) -> None:
-        """Check one media message's place and track, then feed its audio to that track."""
+    def _media(self, stream: _Stream, media: TwilioMedia) -> str:
+        """Check one media message's place and track; the role its audio goes to."""
         if stream.call is None:
             raise TwilioRejected("media_before_start", "media before start", _POLICY)
         self._check_order(stream, media.sequence, media.stream_sid)
@@ -750,8 +779,17 @@ class TwilioConnector:
                                  f"of the start's tracks {list(stream.roles)}", _POLICY)
         self._stats.frames += 1
         self._stats.bytes += len(media.payload)
+        return role
+
+    async def _feed(self, stream: _Stream, batch: Mapping[str, list[NDArray[np.float32]]]
+                    ) -> None:
+        """Feed each track's checked audio, in order, to its stream."""
+        if not batch or stream.call is None:
+            return
+        blocks = {role: parts[0] if len(parts) == 1 else np.concatenate(parts)
+                  for role, parts in batch.items()}
         try:
-            await stream.call.feed(role, _decode_mulaw(media.payload))
+            await stream.call.feed_many(blocks)
         except CallRefused as exc:
             close = _UNSUPPORTED if exc.code == "bad_audio" else _POLICY
             raise TwilioRejected(exc.code, str(exc), close) from exc
