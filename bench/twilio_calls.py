@@ -18,7 +18,8 @@ both paths; one ``/ws`` client records every window. Per path it prints: windows
 expected (expected: the same tracks through the engine offline, nothing dropped), the engine's
 dropped windows (``stats`` delta), label lag (a window's ``wall_time`` minus the moment its last
 sample was sent: p50, p95, max), and the server's CPU (``/proc``: cores busy over the phase,
-and CPU ms per call-second); then the Twilio / ingest ratios.
+and CPU ms per call-second), and how late the bench itself sent its latest tick (its share of
+the lag); then the Twilio / ingest ratios.
 
     nice python bench/twilio_calls.py [--calls 50] [--seconds 30]
 """
@@ -86,6 +87,7 @@ class Phase:
     dropped: int = 0
     starved: int = 0
     lags: list[float] = field(default_factory=list)
+    late_s: float = 0.0  # the bench's own lateness: the most a tick was sent after it was due
     cpu_s: float = 0.0
     wall_s: float = 0.0
     audio_s: float = 0.0
@@ -192,19 +194,24 @@ Sender = TwilioCall | IngestCall
 
 
 async def pace(senders: list[Sender], steps: int, began: float, names: list[str],
-               t0: dict[str, float]) -> None:
+               t0: dict[str, float]) -> float:
     """Every call's next 20 ms at each tick (call i starts ``i`` offsets in); fills ``t0``
-    (each call's second 0 on the wall clock) before the first tick."""
+    (each call's second 0 on the wall clock) before the first tick. Returns how late the
+    latest tick was finished (the sender's share of the measured lag)."""
     loop = asyncio.get_running_loop()
     offsets = [round(i * 0.5 / TICK_S / len(senders)) for i in range(len(senders))]
     wall = time.time() + (began - loop.time())
     t0.update((name, wall + o * TICK_S) for name, o in zip(names, offsets, strict=True))
+    late = 0.0
     for tick in range(steps + max(offsets)):
-        await asyncio.sleep(max(0.0, began + (tick + 1) * TICK_S - loop.time()))
+        due = began + (tick + 1) * TICK_S
+        await asyncio.sleep(max(0.0, due - loop.time()))
         for sender, offset in zip(senders, offsets, strict=True):
             k = tick - offset
             if 0 <= k < steps:
                 await sender.step(k)
+        late = max(late, loop.time() - due)
+    return late
 
 
 # -- one phase ---------------------------------------------------------------------------------
@@ -251,7 +258,7 @@ async def run_phase(name: str, open_call: Callable[[int], Coroutine[Any, Any, tu
     await ready.wait()
     cpu0, wall0 = proc_cpu_s(server_pid), time.monotonic()
     loop = asyncio.get_running_loop()
-    await pace(senders, steps, loop.time() + 0.1, names, t0)
+    out.late_s = await pace(senders, steps, loop.time() + 0.1, names, t0)
     for sender in senders:
         await sender.end()
     for sender in senders:
@@ -270,7 +277,7 @@ def show(phase: Phase) -> None:
     print(f"{phase.name:>7} {phase.labelled:>8} {phase.expected:>8} {phase.dropped:>7} "
           f"{phase.starved:>7} {phase.pct(50):>7.2f}s {phase.pct(95):>5.2f}s "
           f"{max(phase.lags, default=float('nan')):>5.2f}s {phase.cores:>6.2f} "
-          f"{phase.cpu_ms_per_call_s:>8.1f}", flush=True)
+          f"{phase.cpu_ms_per_call_s:>9.1f} {phase.late_s:>9.2f}s", flush=True)
 
 
 async def main() -> int:
@@ -353,7 +360,8 @@ async def main() -> int:
             "command": command, "connector": stats,
             "phases": [{"path": p.name, "calls": p.calls, "labelled": p.labelled,
                         "expected": p.expected, "dropped": p.dropped, "starved": p.starved,
-                        "lag_p50": p.pct(50), "lag_p95": p.pct(95), "cpu_s": p.cpu_s,
+                        "lag_p50": p.pct(50), "lag_p95": p.pct(95), "send_late_s": p.late_s,
+                        "cpu_s": p.cpu_s,
                         "wall_s": p.wall_s} for p in results],
         }, indent=2) + "\n")
     return 0

@@ -658,11 +658,11 @@ def test_unknown_events_dtmf_and_marks_are_counted_and_the_call_goes_on(
 
 
 def test_a_gap_in_sequence_numbers_is_counted_not_refused() -> None:
-    """A skipped sequenceNumber is counted (sequence_gaps); the call goes on to a clean end."""
+    """A skipped sequenceNumber is counted (sequence_gaps); the call goes on to a clean end.
+    (This sender also skips ``connected``: it is taken as optional.)"""
 
     async def scenario() -> tuple[int | None, dict[str, Any]]:
         async with monitor() as running, twilio_call(running) as twilio:
-            await twilio.connected()
             await twilio.start()
             payload = mulaw_payloads(SPEECH[:160])[0]
             await twilio.media("inbound", payload, sequence=twilio.sequence + 2)
@@ -672,6 +672,19 @@ def test_a_gap_in_sequence_numbers_is_counted_not_refused() -> None:
 
     code, stats = run(scenario())
     assert (code, stats["sequence_gaps"], stats["refused"]) == (1000, 1, {})
+
+
+def test_stop_before_start_is_a_clean_end_with_no_call() -> None:
+    """A stream stopped before its start: close 1000, no call opened, nothing refused."""
+
+    async def scenario() -> tuple[int | None, dict[str, Any]]:
+        async with monitor() as running, twilio_call(running) as twilio:
+            await twilio.connected()
+            await twilio.stop()
+            return await closed_with(twilio), await twilio_stats(running)
+
+    code, stats = run(scenario())
+    assert (code, stats["calls"], stats["refused"]) == (1000, 0, {})
 
 
 def test_oversized_messages_are_refused_with_1009() -> None:

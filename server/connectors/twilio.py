@@ -678,8 +678,8 @@ class TwilioConnector:
 
         Media already received together (a busy loop reads several per socket read) is fed
         as one block per track: one feed per burst instead of per message, no waiting added.
-        Whatever came before a rejected message or the ``stop`` is fed first, so the streams
-        get exactly what they would message by message.
+        Whatever came before a rejected message, the ``stop`` or the connection's end is fed
+        first, so the streams get exactly what they would message by message.
         """
         pending: dict[str, list[NDArray[np.float32]]] = {}
         with IdleWatch(self.context.ingest.idle_timeout_s) as idle:
@@ -699,7 +699,7 @@ class TwilioConnector:
                         return
                     if not isinstance(message, TwilioMedia):
                         await self._other(stream, message)
-                except TwilioRejected:
+                except (TwilioRejected, ConnectionClosed):
                     batch, pending = pending, {}
                     await self._feed(stream, batch)  # what came before it counts
                     raise
