@@ -21,7 +21,11 @@ sample was sent: p50, p95, max), and the server's CPU (``/proc``: cores busy ove
 and CPU ms per call-second), and how late the bench itself sent its latest tick (its share of
 the lag); then the Twilio / ingest ratios.
 
-    nice python bench/twilio_calls.py [--calls 50] [--seconds 30]
+    nice python bench/twilio_calls.py [--calls 50] [--seconds 30] [--model fixed]
+
+``--model fixed`` serves the zero-cost ``FixedProbabilitiesModel`` in the same server (no
+inference at all; ``serve`` is that subprocess): what is left is the receive path, VAD,
+windowing and events, so the ratio is the connector's own cost against ``/ingest``'s.
 """
 
 from __future__ import annotations
@@ -280,10 +284,35 @@ def show(phase: Phase) -> None:
           f"{phase.cpu_ms_per_call_s:>9.1f} {phase.late_s:>9.2f}s", flush=True)
 
 
+async def serve_fixed() -> int:
+    """The server with the zero-cost model and the Twilio connector; prints its URLs."""
+    import logging
+
+    from server.config import ServerConfig
+    from server.connectors.twilio import TWILIO_AUTH_TOKEN_ENV, TwilioConfig
+    from server.monitor import Monitor
+
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("server.websockets").setLevel(logging.ERROR)
+    config = ServerConfig(port=0, store_path=None, connectors=(
+        TwilioConfig(auth_token=os.environ[TWILIO_AUTH_TOKEN_ENV]),))
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    async with Monitor(FixedProbabilitiesModel(), engine_config=EngineConfig(),
+                       server_config=config) as monitor:
+        print(f"events:    {monitor.ws_url}", flush=True)
+        print(f"ingest:    {monitor.ingest_url}", flush=True)
+        await stop.wait()
+    return 0
+
+
 async def main() -> int:
+    if sys.argv[1:2] == ["serve"]:
+        return await serve_fixed()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--model", choices=("bundled", "fixed"), default="bundled")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     command = "nice python bench/twilio_calls.py " + shlex.join(sys.argv[1:])
@@ -300,9 +329,11 @@ async def main() -> int:
     stereo = float32_to_int16(np.stack([customer, agent], 1)).astype("<i2").tobytes()
     frames = [stereo[i * 4 * STEP : (i + 1) * 4 * STEP] for i in range(steps)]
     token = secrets.token_hex(16)
+    serve = ([str(Path(__file__).resolve()), "serve"] if args.model == "fixed" else
+             ["-m", "server", "--log-level", "WARNING", "run", "--source", "none", "--port", "0",
+              "--no-store"])
     server = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "server", "--log-level", "WARNING", "run", "--source", "none",
-        "--port", "0", "--no-store", cwd=REPO, stdout=asyncio.subprocess.PIPE,
+        sys.executable, *serve, cwd=REPO, stdout=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1", "EMOTION_MONITOR_TWILIO_AUTH_TOKEN": token},
     )
     try:
@@ -328,9 +359,9 @@ async def main() -> int:
             return call, IngestCall(ws, frames)
 
         print(f"{args.calls} calls x {steps * TICK_S:g} s, both parties (turn-taking), "
-              f"{per_call} windows per call expected")
+              f"{per_call} windows per call expected, {args.model} model")
         print(f"{'path':>7} {'windows':>8} {'expected':>8} {'dropped':>7} {'starved':>7} "
-              f"{'lag p50':>8} {'p95':>6} {'max':>6} {'cores':>6} {'ms/call-s':>9}")
+              f"{'lag p50':>8} {'p95':>6} {'max':>6} {'cores':>6} {'ms/call-s':>9} {'send late':>10}")
         results = []
         for name, opener in (("twilio", twilio), ("ingest", ingest)):
             results.append(await run_phase(name, opener, args.calls, steps, urls["events"],

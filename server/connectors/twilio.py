@@ -495,7 +495,7 @@ def _mulaw_table() -> NDArray[np.float32]:
 
 
 def _decode_mulaw(payload: bytes) -> NDArray[np.float32]:
-    return _mulaw_table()[np.frombuffer(payload, dtype=np.uint8)]
+    return _mulaw_table().take(np.frombuffer(payload, dtype=np.uint8))
 
 
 # -- the connector ------------------------------------------------------------------------------
@@ -681,14 +681,14 @@ class TwilioConnector:
         Whatever came before a rejected message, the ``stop`` or the connection's end is fed
         first, so the streams get exactly what they would message by message.
         """
-        pending: dict[str, list[NDArray[np.float32]]] = {}
+        pending: dict[str, list[bytes]] = {}  # role -> mu-law payloads not fed yet
         with IdleWatch(self.context.ingest.idle_timeout_s) as idle:
             while True:
                 try:
                     message = parse_twilio_message(await self._recv(stream, idle))
                     if isinstance(message, TwilioMedia):  # the common case first
                         role = self._media(stream, message)
-                        pending.setdefault(role, []).append(_decode_mulaw(message.payload))
+                        pending.setdefault(role, []).append(message.payload)
                         if frame_waiting(stream.connection):
                             continue
                     batch, pending = pending, {}
@@ -781,12 +781,11 @@ class TwilioConnector:
         self._stats.bytes += len(media.payload)
         return role
 
-    async def _feed(self, stream: _Stream, batch: Mapping[str, list[NDArray[np.float32]]]
-                    ) -> None:
-        """Feed each track's checked audio, in order, to its stream."""
+    async def _feed(self, stream: _Stream, batch: Mapping[str, list[bytes]]) -> None:
+        """Decode each track's checked payloads (one block per track) and feed them, in order."""
         if not batch or stream.call is None:
             return
-        blocks = {role: parts[0] if len(parts) == 1 else np.concatenate(parts)
+        blocks = {role: _decode_mulaw(parts[0] if len(parts) == 1 else b"".join(parts))
                   for role, parts in batch.items()}
         try:
             await stream.call.feed_many(blocks)
