@@ -361,7 +361,8 @@ async def main() -> int:
         print(f"{args.calls} calls x {steps * TICK_S:g} s, both parties (turn-taking), "
               f"{per_call} windows per call expected, {args.model} model")
         print(f"{'path':>7} {'windows':>8} {'expected':>8} {'dropped':>7} {'starved':>7} "
-              f"{'lag p50':>8} {'p95':>6} {'max':>6} {'cores':>6} {'ms/call-s':>9} {'send late':>10}")
+              f"{'lag p50':>8} {'p95':>6} {'max':>6} {'cores':>6} {'ms/call-s':>9} "
+              f"{'send late':>10}")
         results = []
         for name, opener in (("twilio", twilio), ("ingest", ingest)):
             results.append(await run_phase(name, opener, args.calls, steps, urls["events"],
