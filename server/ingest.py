@@ -65,11 +65,13 @@ from streamer.protocol.messages import (
 
 __all__ = [
     "RESERVED_METADATA",
+    "IdleWatch",
     "IngestEndpoint",
     "IngestRejected",
     "IngestSpec",
     "check_start",
     "decode_audio",
+    "frame_waiting",
 ]
 
 logger = logging.getLogger(__name__)
@@ -370,11 +372,11 @@ class IngestEndpoint:
             pass
 
     async def _recv(
-        self, connection: ServerConnection, idle: _IdleWatch | None = None
+        self, connection: ServerConnection, idle: IdleWatch | None = None
     ) -> str | bytes:
         """The next frame; IngestRejected ``idle_timeout`` when none comes for the timeout.
 
-        With ``idle`` (the call's watch, see :class:`_IdleWatch`) a frame costs no timer;
+        With ``idle`` (the call's watch, see :class:`IdleWatch`) a frame costs no timer;
         without, one ``asyncio.timeout`` (``ingest_start``). asyncio.timeout, not wait_for: no
         task per frame, so frames already received are read without going round the loop.
         recv is cancellation-safe: a timeout loses no frame (none had arrived).
@@ -437,7 +439,7 @@ class IngestEndpoint:
         self, connection: ServerConnection, spec: IngestSpec, feeds: list[StreamFeed]
     ) -> str:
         """Feed frames until ingest_end ("end"); raises for anything else."""
-        with _IdleWatch(self.config.idle_timeout_s) as idle:
+        with IdleWatch(self.config.idle_timeout_s) as idle:
             return await self._receive_frames(connection, spec, feeds, idle)
 
     async def _receive_frames(
@@ -445,7 +447,7 @@ class IngestEndpoint:
         connection: ServerConnection,
         spec: IngestSpec,
         feeds: list[StreamFeed],
-        idle: _IdleWatch,
+        idle: IdleWatch,
     ) -> str:
         """Check each frame as it comes; feed the frames already received in one go.
 
@@ -489,7 +491,7 @@ class IngestEndpoint:
             except IngestRejected:
                 await self._feed(spec, feeds, pending)  # what came before it counts
                 raise
-            if not _frame_waiting(connection):
+            if not frame_waiting(connection):
                 await self._feed(spec, feeds, pending)
                 pending = []
 
@@ -541,7 +543,7 @@ class IngestEndpoint:
                 await asyncio.to_thread(feed.close, reason)
 
 
-class _IdleWatch:
+class IdleWatch:
     """One call's idle timeout as one timer, not one per frame (a context manager, loop-bound).
 
     The handler marks when it waits in ``recv`` (``waiting``) and when a frame came (``last``);
@@ -564,7 +566,7 @@ class _IdleWatch:
         self._handle: asyncio.TimerHandle | None = None
         self._fired = False
 
-    def __enter__(self) -> _IdleWatch:
+    def __enter__(self) -> IdleWatch:
         self._arm(self.last + self.timeout_s)
         return self
 
@@ -603,7 +605,7 @@ _DESK_CLOSE = {"too_many_calls": CloseCode.TRY_AGAIN_LATER, "shutting_down": Clo
                "bad_call_id": CloseCode.UNSUPPORTED_DATA}
 
 
-def _frame_waiting(connection: ServerConnection) -> bool:
+def frame_waiting(connection: ServerConnection) -> bool:
     """Whether ``recv`` would return a whole message at once (one is already received).
 
     websockets has no public call for this; it reads the connection's frame queue, and says

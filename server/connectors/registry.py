@@ -12,6 +12,7 @@ import argparse
 from collections.abc import Callable
 
 import server.connectors.audiohook as audiohook
+import server.connectors.twilio as twilio
 from server.connectors.base import ConnectorConfig
 
 __all__ = ["CONNECTORS", "add_connector_flags", "connector_configs"]
@@ -19,6 +20,7 @@ __all__ = ["CONNECTORS", "add_connector_flags", "connector_configs"]
 #: (add its flags, its config from the parsed flags) per connector, in ``run --help`` order
 CONNECTORS: tuple[tuple[Callable[[argparse.ArgumentParser], None],
                         Callable[[argparse.Namespace], ConnectorConfig | None]], ...] = (
+    (twilio.add_twilio_flags, twilio.twilio_config_from_args),
     (audiohook.add_audiohook_flags, audiohook.audiohook_config_from_args),
 )
 
