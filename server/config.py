@@ -7,8 +7,8 @@ one part per component: :class:`IngestConfig` (``WS /ingest``),
 (where alerts are POSTed; None = no webhook), :class:`~server.auth.SecurityConfig` (tokens,
 TLS, allowed hosts and origins) and ``connectors`` (telephony platforms, :mod:`server.connectors`). ``emotion-monitor run`` flags map one to one onto these fields
 (``--store``/``--no-store`` onto ``store_path``, ``--max-ws-clients`` onto
-``limits.max_ws_clients``, ...). Defaults: listen on 127.0.0.1:8765, record to
-``./emotion-monitor.sqlite3``.
+``limits.max_ws_clients``, ...; ``--store postgresql://...`` onto ``postgres_store``).
+Defaults: listen on 127.0.0.1:8765, record to ``./emotion-monitor.sqlite3``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from server.alerts import AlertsConfig
 from server.auth import OriginPolicy, SecurityConfig, is_loopback, is_wildcard
 from server.errors import ServerError
 from server.limits import LimitsConfig, check_ranges
+from server.store_pg import PostgresStoreConfig
 from server.webhook import WebhookConfig
 from streamer.protocol.limits import DEFAULT_HOST, DEFAULT_PORT
 
@@ -66,6 +67,9 @@ class ServerConfig:
     - ``client_queue_size``: frames queued per client; when full the oldest is dropped (counted).
     - ``backlog_per_stream``: recent events per stream replayed to a new client (0 = none).
     - ``shutdown_timeout_s``: how long clients get to receive their queued frames at shutdown.
+    - ``store_path``: the SQLite timeline store (None: none, or ``postgres_store``).
+    - ``postgres_store``: a shared PostgreSQL timeline store instead (:mod:`server.store_pg`);
+      when given, ``store_path`` becomes None.
     - ``store_retry_events``: events kept in memory while the store cannot write (then the
       oldest are dropped, counted).
     - ``ingest``, ``limits``, ``alerts``, ``webhook``, ``security``: see the module doc.
@@ -74,6 +78,7 @@ class ServerConfig:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     store_path: Path | None = DEFAULT_STORE_PATH
+    postgres_store: PostgresStoreConfig | None = None
     store_retry_events: int = 10_000
     client_queue_size: int = 1024
     backlog_per_stream: int = 240
@@ -95,6 +100,11 @@ class ServerConfig:
             0 <= self.port <= 65535
         ):
             raise ServerError(f"port must be 0-65535 (0 = any free port), got {self.port!r}")
+        if self.postgres_store is not None:
+            if not isinstance(self.postgres_store, PostgresStoreConfig):
+                raise ServerError("postgres_store must be PostgresStoreConfig or None, got "
+                                  f"{type(self.postgres_store).__name__}")
+            object.__setattr__(self, "store_path", None)  # one store: the shared one
         if self.store_path is not None and not isinstance(self.store_path, Path):
             object.__setattr__(self, "store_path", Path(self.store_path))
         check_ranges(self, (

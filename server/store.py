@@ -23,6 +23,8 @@ size (SQLite's ``max_page_count``): past it a write fails like on a full disk, a
 A :class:`TimelineStore` belongs to the thread that opened it (the server's event loop).
 :func:`export_timeline` reads a store, read-only, into a CSV or JSONL timeline (see
 :mod:`streamer.protocol.timeline`); it works while a server is still writing to the file.
+The read functions take a file, or a :class:`StoreReader` for a store kept elsewhere (the
+PostgreSQL store's :class:`~server.store_pg.PostgresTimelineReader`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 
 from server.errors import ServerError
 from streamer.protocol.errors import TimelineError
@@ -43,7 +46,9 @@ from streamer.protocol.timeline import TimelineWriter
 __all__ = [
     "SCHEMA_VERSION",
     "SessionInfo",
+    "StoreReader",
     "StoreRow",
+    "StoreSource",
     "TimelineStore",
     "export_timeline",
     "read_events",
@@ -107,6 +112,21 @@ def store_row(message: Message, frame: str) -> StoreRow:
         float(wall_time) if isinstance(wall_time, (int, float)) else None,
         frame,
     )
+
+
+class StoreReader(Protocol):
+    """A store read some other way than from a SQLite file (any thread)."""
+
+    def read_sessions(self) -> list[SessionInfo]: ...
+
+    def read_events(
+        self, *, session: str | None = None, stream: str | None = None,
+        types: tuple[str, ...] = (),
+    ) -> Iterator[tuple[str, Message]]: ...
+
+
+#: what the read functions read: a SQLite file, or a reader of another store
+StoreSource = str | Path | StoreReader
 
 
 def _db_error(path: Path, exc: sqlite3.Error) -> ServerError:
@@ -280,8 +300,10 @@ def _open_readonly(path: str | Path) -> sqlite3.Connection:
     return db
 
 
-def read_sessions(path: str | Path) -> list[SessionInfo]:
+def read_sessions(path: StoreSource) -> list[SessionInfo]:
     """Every session recorded in a store, oldest first."""
+    if not isinstance(path, (str, Path)):
+        return path.read_sessions()
     db = _open_readonly(path)
     try:
         rows = db.execute(
@@ -299,13 +321,16 @@ def read_sessions(path: str | Path) -> list[SessionInfo]:
 
 
 def read_events(
-    path: str | Path,
+    path: StoreSource,
     *,
     session: str | None = None,
     stream: str | None = None,
     types: tuple[str, ...] = (),
 ) -> Iterator[tuple[str, Message]]:
     """``(session, message)`` for recorded events in recording order, optionally filtered."""
+    if not isinstance(path, (str, Path)):
+        yield from path.read_events(session=session, stream=stream, types=types)
+        return
     db = _open_readonly(path)
     query = "SELECT session, frame FROM events WHERE 1=1"
     params: list[object] = []
@@ -332,7 +357,7 @@ def read_events(
 
 
 def export_timeline(
-    store_path: str | Path,
+    store_path: StoreSource,
     out: str | Path,
     *,
     stream: str | None = None,
