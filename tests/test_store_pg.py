@@ -8,6 +8,7 @@ the test of a database going away mid-run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -25,6 +26,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from client.push import push_file
 from server.app import EventServer
@@ -74,7 +76,7 @@ from streamer.protocol.messages import (
 from streamer.testing import FixedProbabilitiesModel, speech_like
 from tests.conftest import REPO, TIMEOUT_S
 from tests.pgserver import PostgresServer, postgres_binaries
-from tests.realparts.procs import require_or_fail
+from tests.realparts.procs import OutputProcess, monitor_command, require_or_fail
 from tests.test_server import INFO, http_get, label, receive, stats
 
 LABELS = ("Angry", "Happy", "Neutral", "Sad")
@@ -333,6 +335,51 @@ def test_monitor_with_a_postgres_store_keeps_every_event_a_client_received(
     assert received and set(received) <= set(stored)
     order = {frame: n for n, frame in enumerate(stored)}
     assert [order[t] for t in received] == sorted(order[t] for t in received)
+
+
+def test_sigkill_mid_call_loses_no_event_a_client_received(
+    pg: PostgresStoreConfig, tmp_path: Path
+) -> None:
+    """`run --store URL` killed (SIGKILL) mid-call: PostgreSQL holds every frame /ws had got."""
+    wav = tmp_path / "call.wav"
+    sf.write(wav, speech_like(8.0, seed=5), 16000)
+    password_file = tmp_path / "store-password"
+    password_file.write_text(pg.password + "\n")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "PGPASSWORD": ""}
+    argv = monitor_command("--log-level", "WARNING", "run", "--source", "none", "--port", "0",
+                           "--store", pg.url, "--store-password-file", str(password_file))
+    with OutputProcess(argv, env=env, cwd=REPO) as server:
+        ws_url = server.wait_for(r"^events:\s+(\S+)", timeout_s=TIMEOUT_S * 2).group(1)
+        ingest_url = server.wait_for(r"^ingest:\s+(\S+)", timeout_s=TIMEOUT_S).group(1)
+        session = server.wait_for(r"^session:\s+(\S+)", timeout_s=TIMEOUT_S).group(1)
+
+        async def scenario() -> list[str]:
+            received: list[str] = []
+            async with connect(ws_url) as ws:
+                assert isinstance(decode(await ws.recv()), Hello)
+                push = asyncio.create_task(push_file(wav, ingest_url, stream="call-9"))
+                try:
+                    while sum(isinstance(decode(t), WindowMessage) for t in received) < 4:
+                        text = await asyncio.wait_for(ws.recv(), TIMEOUT_S)
+                        assert isinstance(text, str)
+                        received.append(text)
+                    server.kill()  # mid-call: the pushed file is paced in real time
+                    with contextlib.suppress(ConnectionClosed):
+                        while True:  # frames already on their way still count
+                            text = await asyncio.wait_for(ws.recv(), TIMEOUT_S)
+                            assert isinstance(text, str)
+                            received.append(text)
+                finally:
+                    push.cancel()
+                    await asyncio.gather(push, return_exceptions=True)
+            return received
+
+        received = run(scenario())
+    assert not any(isinstance(decode(t), StreamCloseMessage) for t in received)  # mid-call
+    stored = {row[0] for row in query(
+        pg, "SELECT frame FROM emotion_monitor.events WHERE session = %s", session)}
+    missing = [t for t in received if t not in stored]
+    assert missing == [], f"received but not stored: {missing[:3]}"
 
 
 @asynccontextmanager
