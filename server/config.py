@@ -78,7 +78,6 @@ class ServerConfig:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     store_path: Path | None = DEFAULT_STORE_PATH
-    postgres_store: PostgresStoreConfig | None = None
     store_retry_events: int = 10_000
     client_queue_size: int = 1024
     backlog_per_stream: int = 240
@@ -92,6 +91,8 @@ class ServerConfig:
     security: SecurityConfig = field(default_factory=SecurityConfig)
     #: telephony connectors turned on (configs of :mod:`server.connectors`; none by default)
     connectors: tuple[Any, ...] = ()
+    #: a shared PostgreSQL timeline store instead of the file (see ``store_path``)
+    postgres_store: PostgresStoreConfig | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host.strip():

@@ -47,7 +47,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
@@ -179,7 +179,7 @@ class PostgresStoreConfig:
     """
 
     url: str
-    password: str | None = field(default=None)
+    password: str | None = None
     connect_timeout_s: float = 3.0
     write_timeout_s: float = 2.0
 
