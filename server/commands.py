@@ -9,9 +9,11 @@ The window, VAD and smoothing flags of ``run`` and ``analyze`` map one to one on
 :class:`~streamer.engine.EngineConfig` (and its ``VadConfig``/``SmoothingConfig``) fields; the
 server flags of ``run`` onto :class:`~server.config.ServerConfig` and its parts (e.g.
 ``--max-ws-clients`` onto ``limits.max_ws_clients``, ``--store``/``--no-store`` onto
-``store_path``; see :data:`_INGEST_FLAGS`). Secrets never come from flags: ``--token-file``,
-``--webhook-token-file`` and ``--webhook-secret-file`` name files whose contents fill
-``security.credentials``, ``webhook.token`` and ``webhook.secret``. ``--source``, ``--device``,
+``store_path``, or ``--store postgresql://...`` onto ``postgres_store``; see
+:data:`_INGEST_FLAGS`). Secrets never come from flags: ``--token-file``,
+``--webhook-token-file``, ``--webhook-secret-file`` and ``--store-password-file`` name files
+whose contents fill ``security.credentials``, ``webhook.token``, ``webhook.secret`` and
+``postgres_store.password`` (a store URL holding a password is refused). ``--source``, ``--device``,
 ``--channel``, ``--realtime`` and ``--exit-when-done`` choose the audio source and how the
 run ends. ``devices`` is capture's own command (:mod:`streamer.capture_command`).
 """
@@ -34,6 +36,7 @@ from server.config import DEFAULT_STORE_PATH, IngestConfig, ServerConfig
 from server.connectors.registry import add_connector_flags, connector_configs
 from server.errors import ServerError
 from server.limits import LimitsConfig
+from server.store_pg import PostgresStoreConfig, is_postgres_url
 from server.webhook import WebhookConfig
 
 __all__ = ["register"]
@@ -69,9 +72,10 @@ def _register_run(subparsers: Any) -> None:
             "Capture from the microphone (default) or stream a file, classify sliding windows "
             "of speech, and serve the dashboard (GET /), health (GET /healthz), Prometheus "
             "metrics (GET /metrics) and events (WS /ws) on one port. Prints the dashboard URL. "
-            "Every event is recorded in a SQLite timeline store. A file source is paced in "
-            "real time; when it ends the server keeps serving until Ctrl-C (or exits with "
-            "--exit-when-done). Ctrl-C or SIGTERM once stops cleanly; twice forces."
+            "Every event is recorded in a timeline store (a SQLite file, or PostgreSQL with "
+            "--store postgresql://...). A file source is paced in real time; when it ends the "
+            "server keeps serving until Ctrl-C (or exits with --exit-when-done). Ctrl-C or "
+            "SIGTERM once stops cleanly; twice forces."
         ),
     )
     run.add_argument(
@@ -154,9 +158,11 @@ def _register_export(subparsers: Any) -> None:
         ),
     )
     export.add_argument(
-        "--store", type=Path, default=DEFAULT_STORE_PATH,
-        help=f"timeline store to read (default: ./{DEFAULT_STORE_PATH})",
+        "--store", type=_store_target, default=DEFAULT_STORE_PATH,
+        help="timeline store to read: a SQLite file or a postgresql:// URL "
+        f"(default: ./{DEFAULT_STORE_PATH})",
     )
+    _add_store_password_flag(export)
     export.add_argument(
         "--out", required=True, type=Path,
         help="window timeline to write (.csv or .jsonl); the utterance and alert files go "
@@ -280,10 +286,15 @@ def _add_server_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--port", type=int, default=d.port,
                        help=f"port to listen on, 0 = any free port (default: {d.port})")
     store = group.add_mutually_exclusive_group()
-    store.add_argument("--store", type=Path, default=DEFAULT_STORE_PATH, dest="store_path",
-                       help=f"SQLite timeline store (default: ./{DEFAULT_STORE_PATH})")
+    store.add_argument("--store", type=_store_target, default=DEFAULT_STORE_PATH,
+                       dest="store_path",
+                       help="timeline store: a SQLite file, or a shared PostgreSQL database "
+                       "as postgresql://[USER@]HOST[:PORT]/DB (password from "
+                       f"--store-password-file, PGPASSWORD or ~/.pgpass) (default: "
+                       f"./{DEFAULT_STORE_PATH})")
     store.add_argument("--no-store", action="store_const", const=None, dest="store_path",
                        help="do not record events")
+    _add_store_password_flag(group)
     group.add_argument("--client-queue-size", type=int, default=d.client_queue_size,
                        help="events queued per client before its oldest are dropped "
                        f"(default: {d.client_queue_size})")
@@ -301,6 +312,39 @@ def _add_server_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--store-retry-events", type=int, default=d.store_retry_events,
                        help="events kept in memory while the store cannot write (disk full, "
                        f"locked), oldest dropped past that (default: {d.store_retry_events})")
+
+
+def _store_target(text: str) -> Path | str:
+    """A ``--store`` value: a postgresql:// (postgres://) URL as it is, else a file path."""
+    return text.strip() if is_postgres_url(text) else Path(text)
+
+
+def _add_store_password_flag(parser: Any) -> None:
+    parser.add_argument("--store-password-file", type=Path, default=None, metavar="FILE",
+                        help="file whose first line is the PostgreSQL store's password "
+                        "(default: libpq's PGPASSWORD, ~/.pgpass or service file)")
+
+
+def _postgres_store(target: Path | str | None, password_file: Path | None
+                    ) -> PostgresStoreConfig | None:
+    """The PostgreSQL store of ``--store URL`` (None for a file); its password from the file."""
+    if not isinstance(target, str):
+        if password_file is not None:
+            raise ServerError("--store-password-file needs --store postgresql://...")
+        return None
+    config = PostgresStoreConfig(target)
+    if config.url_has_password:
+        raise ServerError(
+            f"--store {config.redacted}: the URL holds a password; give it with "
+            "--store-password-file FILE, PGPASSWORD or ~/.pgpass instead (command lines are "
+            "visible to other users)"
+        )
+    if password_file is None:
+        return config
+    from server.webhook import read_credential
+
+    password = read_credential(password_file, "PGPASSWORD", "store password")
+    return dataclasses.replace(config, password=password)
 
 
 def _add_ingest_flags(parser: argparse.ArgumentParser) -> None:
@@ -444,7 +488,8 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(
         host=args.host,
         port=args.port,
-        store_path=args.store_path,
+        store_path=args.store_path if isinstance(args.store_path, Path) else None,
+        postgres_store=_postgres_store(args.store_path, args.store_password_file),
         store_retry_events=args.store_retry_events,
         client_queue_size=args.client_queue_size,
         backlog_per_stream=args.backlog_per_stream,
@@ -544,6 +589,10 @@ def _run(args: argparse.Namespace) -> int:
         server_context(security.tls_cert, security.tls_key)  # fail before the model
     if server_config.store_path is not None and not server_config.store_path.parent.is_dir():
         raise ServerError(f"--store {server_config.store_path}: the folder does not exist")
+    if server_config.postgres_store is not None:
+        from server.store_pg import require_driver
+
+        require_driver()  # before the model loads
     sources: list[Any] = []
     if args.source == "mic":
         from streamer.capture import CaptureConfig, MicrophoneSource
@@ -599,8 +648,9 @@ async def _serve(
             print(f"dashboard: {monitor.url}", flush=True)
             print(f"events:    {monitor.ws_url}", flush=True)
             print(f"ingest:    {monitor.ingest_url}", flush=True)
-            store = server_config.store_path
-            print(f"store:     {store.resolve() if store else 'off (--no-store)'}", flush=True)
+            store, shared = server_config.store_path, server_config.postgres_store
+            shown = shared.redacted if shared else store.resolve() if store else "off (--no-store)"
+            print(f"store:     {shown}", flush=True)
             print(f"session:   {monitor.session}", flush=True)
             await _wait_until_done(monitor, stop, exit_when_done=args.exit_when_done)
             print("stopping", file=sys.stderr, flush=True)
@@ -689,23 +739,27 @@ def _print_written(
 
 
 def _export(args: argparse.Namespace) -> int:
-    from server.store import choose_sessions, export_events, read_sessions
+    from server.store import StoreSource, choose_sessions, export_events, read_sessions
+    from server.store_pg import PostgresTimelineReader, redact_store_url
     from streamer.protocol.errors import TimelineError
     from streamer.protocol.timeline import TIMELINE_KINDS, TimelineFiles
 
+    shared = _postgres_store(args.store, args.store_password_file)
+    store: StoreSource = args.store if shared is None else PostgresTimelineReader(shared)
+    shown = args.store if shared is None else redact_store_url(str(args.store))
     if args.session is None and not args.latest and not args.all_sessions:
-        raise ServerError(_session_choice(read_sessions(args.store), args.store))
-    chosen = choose_sessions(args.store, session=args.session, latest=args.latest)
+        raise ServerError(_session_choice(read_sessions(store), shown))
+    chosen = choose_sessions(store, session=args.session, latest=args.latest)
     try:
         with TimelineFiles(args.out, chosen[0].labels, append=args.append) as files:
-            export_events(args.store, files, chosen, stream=args.stream)
+            export_events(store, files, chosen, stream=args.stream)
     except TimelineError as exc:
         raise ServerError(str(exc)) from exc
     _print_written(args.out, TIMELINE_KINDS, files.written, sum(files.skipped.values()))
     return 0
 
 
-def _session_choice(sessions: list[Any], store: Path) -> str:
+def _session_choice(sessions: list[Any], store: Path | str) -> str:
     """The one-line error for an export without --session, --latest or --all."""
     import time
 

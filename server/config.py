@@ -5,10 +5,11 @@ one part per component: :class:`IngestConfig` (``WS /ingest``),
 :class:`~server.limits.LimitsConfig` (what one client may cost),
 :class:`~server.alerts.AlertsConfig` (the rules), :class:`~server.webhook.WebhookConfig`
 (where alerts are POSTed; None = no webhook), :class:`~server.auth.SecurityConfig` (tokens,
-TLS, allowed hosts and origins) and ``connectors`` (telephony platforms, :mod:`server.connectors`). ``emotion-monitor run`` flags map one to one onto these fields
+TLS, allowed hosts and origins) and ``connectors`` (telephony platforms,
+:mod:`server.connectors`). ``emotion-monitor run`` flags map one to one onto these fields
 (``--store``/``--no-store`` onto ``store_path``, ``--max-ws-clients`` onto
-``limits.max_ws_clients``, ...). Defaults: listen on 127.0.0.1:8765, record to
-``./emotion-monitor.sqlite3``.
+``limits.max_ws_clients``, ...; ``--store postgresql://...`` onto ``postgres_store``).
+Defaults: listen on 127.0.0.1:8765, record to ``./emotion-monitor.sqlite3``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from server.alerts import AlertsConfig
 from server.auth import OriginPolicy, SecurityConfig, is_loopback, is_wildcard
 from server.errors import ServerError
 from server.limits import LimitsConfig, check_ranges
+from server.store_pg import PostgresStoreConfig
 from server.webhook import WebhookConfig
 from streamer.protocol.limits import DEFAULT_HOST, DEFAULT_PORT
 
@@ -66,6 +68,9 @@ class ServerConfig:
     - ``client_queue_size``: frames queued per client; when full the oldest is dropped (counted).
     - ``backlog_per_stream``: recent events per stream replayed to a new client (0 = none).
     - ``shutdown_timeout_s``: how long clients get to receive their queued frames at shutdown.
+    - ``store_path``: the SQLite timeline store (None: none, or ``postgres_store``).
+    - ``postgres_store``: a shared PostgreSQL timeline store instead (:mod:`server.store_pg`);
+      when given, ``store_path`` becomes None.
     - ``store_retry_events``: events kept in memory while the store cannot write (then the
       oldest are dropped, counted).
     - ``ingest``, ``limits``, ``alerts``, ``webhook``, ``security``: see the module doc.
@@ -87,6 +92,8 @@ class ServerConfig:
     security: SecurityConfig = field(default_factory=SecurityConfig)
     #: telephony connectors turned on (configs of :mod:`server.connectors`; none by default)
     connectors: tuple[Any, ...] = ()
+    #: a shared PostgreSQL timeline store instead of the file (see ``store_path``)
+    postgres_store: PostgresStoreConfig | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host.strip():
@@ -95,6 +102,11 @@ class ServerConfig:
             0 <= self.port <= 65535
         ):
             raise ServerError(f"port must be 0-65535 (0 = any free port), got {self.port!r}")
+        if self.postgres_store is not None:
+            if not isinstance(self.postgres_store, PostgresStoreConfig):
+                raise ServerError("postgres_store must be PostgresStoreConfig or None, got "
+                                  f"{type(self.postgres_store).__name__}")
+            object.__setattr__(self, "store_path", None)  # one store: the shared one
         if self.store_path is not None and not isinstance(self.store_path, Path):
             object.__setattr__(self, "store_path", Path(self.store_path))
         check_ranges(self, (

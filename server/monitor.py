@@ -2,7 +2,8 @@
 
 :class:`Monitor` owns, in start-up order (each part is handed the ones before it):
 
-1. the :class:`~server.store.TimelineStore` (unless ``store_path`` is None), behind a
+1. the :class:`~server.store.TimelineStore` (unless ``store_path`` is None), or the
+   :class:`~server.store_pg.PostgresTimelineStore` with ``postgres_store``, behind a
    :class:`~server.recorder.StoreRecorder`;
 2. the :class:`~server.webhook.WebhookSender` (with a webhook URL; its own task and queue);
 3. the :class:`~server.hub.EventHub` (the publish path: convert, alerts, record, fan out);
@@ -47,6 +48,7 @@ from server.limits import ClientLog, ServerCounters
 from server.recorder import StoreRecorder
 from server.session import ModelInfo
 from server.store import TimelineStore
+from server.store_pg import PostgresTimelineStore
 from server.ticker import StatsTicker
 from server.webhook import WebhookSender
 from streamer.engine import Engine, EngineConfig, StreamFeed
@@ -107,7 +109,7 @@ class Monitor:
         self.session = session or new_session_id()
         self.errors: list[StreamerError] = []
         self.sources_done = asyncio.Event()
-        self.store: TimelineStore | None = None
+        self.store: TimelineStore | PostgresTimelineStore | None = None
         self.webhook: WebhookSender | None = None
         self.hub: EventHub | None = None
         self.bridge: ThreadBridge | None = None
@@ -174,7 +176,9 @@ class Monitor:
         rules = config.alerts.rules
         alerts = (AlertMonitor(rules, model.labels, max_gap_s=config.alerts.max_gap_s)
                   if rules else None)
-        if config.store_path is not None:
+        if config.postgres_store is not None:
+            self.store = PostgresTimelineStore(config.postgres_store).open()
+        elif config.store_path is not None:
             self.store = TimelineStore(config.store_path).open()
         if config.webhook is not None:
             if not rules:

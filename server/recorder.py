@@ -7,7 +7,9 @@ event is kept in a bounded retry buffer (``retry_events``; full: the oldest is d
 counted in ``events_dropped``), and writes are retried at most every ``retry_s`` (on the next
 event or health check), in order, resuming by themselves once the store can write again.
 Meanwhile ``error`` holds the reason (``/healthz`` says ``ok: false``) and the log says so at
-most once per ``log_interval_s``. Without a store every call is a no-op.
+most once per ``log_interval_s``. Without a store every call is a no-op. Any
+:class:`RecordingStore` will do: the SQLite :class:`~server.store.TimelineStore` or the
+PostgreSQL :class:`~server.store_pg.PostgresTimelineStore`.
 """
 
 from __future__ import annotations
@@ -15,15 +17,28 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import Any
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol
 
 from server.errors import ServerError
-from server.store import StoreRow, TimelineStore, store_row
+from server.store import StoreRow, store_row
 from streamer.protocol.messages import Hello, Message
 
-__all__ = ["StoreRecorder"]
+__all__ = ["RecordingStore", "StoreRecorder"]
 
 logger = logging.getLogger(__name__)
+
+
+class RecordingStore(Protocol):
+    """What the recorder needs of a store: its place (for health), a session, committed rows."""
+
+    @property
+    def path(self) -> str | Path: ...
+
+    def start_session(self, hello: Hello, *, started_at: float) -> None: ...
+
+    def record_rows(self, rows: Iterable[StoreRow]) -> None: ...
 
 
 class StoreRecorder:
@@ -31,7 +46,7 @@ class StoreRecorder:
 
     def __init__(
         self,
-        store: TimelineStore | None,
+        store: RecordingStore | None,
         *,
         retry_events: int = 10_000,
         retry_s: float = 1.0,

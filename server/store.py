@@ -33,6 +33,8 @@ utterances and alerts, each kind in its own file (see :mod:`streamer.protocol.ti
 works while a server is still writing to the file.
 The ``read_*`` functions do the same, each call on its own read-only connection, so any thread
 may call them (the HTTP API calls them in worker threads, see :mod:`server.api`).
+The read functions take a file, or a :class:`StoreReader` for a store kept elsewhere (the
+PostgreSQL store's :class:`~server.store_pg.PostgresTimelineReader`).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from server.errors import ServerError
 from streamer.protocol.errors import TimelineError
@@ -64,8 +66,10 @@ from streamer.protocol.timeline import TimelineFiles
 __all__ = [
     "SCHEMA_VERSION",
     "SessionInfo",
+    "StoreReader",
     "StoreRow",
     "StoredStream",
+    "StoreSource",
     "TimelineStore",
     "choose_sessions",
     "export_events",
@@ -161,6 +165,21 @@ def store_row(message: Message, frame: str) -> StoreRow:
         float(wall_time) if isinstance(wall_time, (int, float)) else None,
         frame,
     )
+
+
+class StoreReader(Protocol):
+    """A store read some other way than from a SQLite file (any thread)."""
+
+    def read_sessions(self) -> list[SessionInfo]: ...
+
+    def read_events(
+        self, *, session: str | None = None, stream: str | None = None,
+        types: tuple[str, ...] = (),
+    ) -> Iterator[tuple[str, Message]]: ...
+
+
+#: what the read functions read: a SQLite file, or a reader of another store
+StoreSource = str | Path | StoreReader
 
 
 def _db_error(path: Path, exc: sqlite3.Error) -> ServerError:
@@ -334,8 +353,10 @@ def _open_readonly(path: str | Path) -> sqlite3.Connection:
     return db
 
 
-def read_sessions(path: str | Path) -> list[SessionInfo]:
+def read_sessions(path: StoreSource) -> list[SessionInfo]:
     """Every session recorded in a store, oldest first."""
+    if not isinstance(path, (str, Path)):
+        return path.read_sessions()
     db = _open_readonly(path)
     try:
         rows = db.execute(
@@ -353,13 +374,16 @@ def read_sessions(path: str | Path) -> list[SessionInfo]:
 
 
 def read_events(
-    path: str | Path,
+    path: StoreSource,
     *,
     session: str | None = None,
     stream: str | None = None,
     types: tuple[str, ...] = (),
 ) -> Iterator[tuple[str, Message]]:
     """``(session, message)`` for recorded events in recording order, optionally filtered."""
+    if not isinstance(path, (str, Path)):
+        yield from path.read_events(session=session, stream=stream, types=types)
+        return
     db = _open_readonly(path)
     query = "SELECT session, frame FROM events WHERE 1=1"
     params: list[object] = []
@@ -525,7 +549,7 @@ def read_stream_events(
 
 
 def choose_sessions(
-    store_path: str | Path, *, session: str | None = None, latest: bool = False
+    store_path: StoreSource, *, session: str | None = None, latest: bool = False
 ) -> list[SessionInfo]:
     """The sessions to export: the one with id ``session``, the newest (``latest``), or all.
 
@@ -559,7 +583,7 @@ _TIMELINE_TYPES = (WindowMessage.TYPE, UtteranceMessage.TYPE, AlertMessage.TYPE)
 
 
 def export_events(
-    store_path: str | Path,
+    store_path: StoreSource,
     files: TimelineFiles,
     sessions: Sequence[SessionInfo],
     *,
@@ -582,7 +606,7 @@ def export_events(
 
 
 def export_timeline(
-    store_path: str | Path,
+    store_path: StoreSource,
     out: str | Path,
     *,
     stream: str | None = None,

@@ -1,7 +1,7 @@
 """What a telephony connector is to the server: its config, its context, its two shapes.
 
-A connector turns one platform's call-audio stream into :class:`~server.connectors.calls.PlatformCall`
-streams. It comes from a frozen config object (one per platform, made from ``run`` flags by
+A connector turns one platform's call-audio stream into
+:class:`~server.connectors.calls.PlatformCall` streams. It comes from a frozen config object (one per platform, made from ``run`` flags by
 :mod:`server.connectors.registry`) whose ``build(context)`` returns one of:
 
 - a :class:`WebSocketConnector`: served by the event server on its own ``path`` of the main
