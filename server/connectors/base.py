@@ -137,7 +137,9 @@ class TcpConnector(Protocol):
 class ConnectorConfig(Protocol):
     """A platform's settings (frozen, validated when made); ``build`` makes its connector."""
 
-    name: str
+    @property
+    def name(self) -> str:  # read-only: a frozen dataclass's field satisfies it
+        ...
 
     def build(self, context: ConnectorContext) -> WebSocketConnector | TcpConnector:
         ...
