@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import ipaddress
 import logging
@@ -258,8 +259,9 @@ class AudioSocketConnector:
 
     @property
     def port(self) -> int:
+        """The bound port; 0 while not listening."""
         if self._server is None or not self._server.sockets:
-            raise ServerError("the AudioSocket listener is not started")
+            return 0
         return int(self._server.sockets[0].getsockname()[1])
 
     def stats(self) -> dict[str, Any]:
@@ -442,10 +444,11 @@ class AudioSocketConnector:
         leg.shared = shared
 
     async def _end_leg(self, leg: _Leg) -> None:
-        """Close the leg's stream; the last leg of a call closes the call."""
+        """Close the leg's stream; the last leg of a call closes the call. Idempotent."""
         shared, entry = leg.shared, leg.entry
         if shared is None or entry is None:
             return
+        leg.shared = None
         shared.legs.discard(entry.role)
         await shared.call.close_role(entry.role, leg.reason)
         if not shared.legs:
@@ -478,11 +481,28 @@ class AudioSocketConnector:
         self._stats.refuse(exc.code)
         self.context.log.warning(leg.address, "AudioSocket leg from %s ended: %s (%s)",
                                  leg.address, exc, exc.code)
+        await self._end_leg(leg)  # the streams are closed before Asterisk hears the hangup
+        await self._hang_up(leg)
+
+    async def _hang_up(self, leg: _Leg) -> None:
+        """Send the hangup, then let Asterisk close first (bounded in time and bytes).
+
+        Closing with its next audio messages unread would make the kernel answer with a
+        reset, which can reach Asterisk before the hangup does; reading them away until it
+        closes keeps the end graceful.
+        """
         _send_hangup(leg.writer)
-        try:
+        with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+            if leg.writer.can_write_eof():
+                leg.writer.write_eof()
             await leg.writer.drain()
-        except (ConnectionError, OSError):
-            pass
+            async with asyncio.timeout(_LINGER_S):
+                discarded = 0
+                while discarded < _LINGER_BYTES:
+                    data = await leg.reader.read(_LINGER_BYTES)
+                    if not data:
+                        break
+                    discarded += len(data)
 
 
 def _send_hangup(writer: asyncio.StreamWriter) -> None:
@@ -490,5 +510,8 @@ def _send_hangup(writer: asyncio.StreamWriter) -> None:
         writer.write(AUDIOSOCKET_HANGUP_MESSAGE)
 
 
+#: after a hangup, how long (and how many bytes) the listener waits for Asterisk to close
+_LINGER_S = 2.0
+_LINGER_BYTES = 64 * 1024
 #: a desk refusal's code -> the stream_close reason (others: "error")
 _REASONS = {"call_too_long": "max_length"}
