@@ -22,6 +22,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from server.auth import SecurityConfig
 from server.config import IngestConfig, ServerConfig
 from server.connectors.audio_fork import (
     AUDIO_FORK_CREDENTIALS_ENV,
@@ -302,6 +303,63 @@ def test_credential_check_fails_closed() -> None:
     assert all(c.startswith("Basic ") for c in challenges)
     assert stats["refused"] == {"missing_credentials": 1, "bad_credentials": 2}
     assert stats["calls"] == 0
+
+
+def lws_upgrade(path: str, authorization: str) -> bytes:
+    """The upgrade request mod_audio_fork's libwebsockets client writes (header for header).
+
+    It names the host of the URL without a port and, as libwebsockets does unless told
+    otherwise, sends ``Origin: http://<that host>``.
+    """
+    key = base64.b64encode(b"mod_audio_fork!!").decode()
+    return (f"GET {path} HTTP/1.1\r\nPragma: no-cache\r\nCache-Control: no-cache\r\n"
+            "Host: 127.0.0.1\r\nOrigin: http://127.0.0.1\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Protocol: audio.drachtio.org\r\nSec-WebSocket-Version: 13\r\n"
+            f"Authorization: {authorization}\r\n\r\n").encode()
+
+
+@pytest.mark.parametrize(("allow_origins", "status"), [((), 403), (("http://127.0.0.1",), 101)])
+def test_the_modules_origin_header_needs_allow_origin(
+    allow_origins: tuple[str, ...], status: int
+) -> None:
+    """libwebsockets sends Origin: http://<host>: refused unless --allow-origin names it."""
+
+    async def scenario() -> list[str]:
+        security = SecurityConfig(allow_origins=allow_origins)
+        async with monitor(security=security) as running:
+            reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+            writer.write(lws_upgrade("/audio-fork?mix=stereo&rate=16k",
+                                     basic(USER, PASSWORD)["Authorization"]))
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT_S)
+            writer.close()
+            await writer.wait_closed()
+            return head.decode().split("\r\n")
+
+    lines = run(scenario())
+    assert lines[0].startswith(f"HTTP/1.1 {status} ")
+    if status == 101:
+        assert "Sec-WebSocket-Protocol: audio.drachtio.org" in lines
+
+
+def test_a_frame_past_the_websocket_limit_is_closed_1009_and_counted() -> None:
+    """A frame too big for the connection itself: the library closes 1009; still counted."""
+
+    async def scenario() -> tuple[int | None, dict[str, Any]]:
+        async with monitor(ingest=IngestConfig(max_frame_bytes=1024)) as running, \
+                connect(running.ws_url) as events:
+            assert isinstance(await receive(events), Hello)
+            ws = await fork(running, "mix=mono")
+            await ws.send('{"callId": "huge"}')
+            await ws.send(b"\x00" * 40_000)
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), TIMEOUT_S)
+            closed = await until_closed(events, {"huge/customer"})
+            assert closed[-1].reason == "error"  # type: ignore[attr-defined]
+            return ws.close_code, running.connector("audio_fork").stats()
+
+    code, stats = run(scenario())
+    assert code == 1009 and stats["refused"] == {"frame_too_big": 1}
 
 
 STEREO_START = '{"callId": "bad-1"}'
