@@ -24,6 +24,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from server.config import IngestConfig, ServerConfig
 from server.connectors.audiosocket import (
     AudioSocketConfig,
+    AudioSocketConnector,
     AudioSocketRefused,
     parse_audiosocket_header,
     uuid_from_payload,
@@ -108,8 +109,9 @@ async def monitor(tmp_path: Path, *map_lines: str, model: Any = None, store: boo
 async def open_leg(running: Monitor, leg_uuid: str | None = EXAMPLE_UUID
                    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Connect as Asterisk does and send the UUID message (unless ``leg_uuid`` is None)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1",
-                                                   running.connector("audiosocket").port)
+    listener = running.connector("audiosocket")
+    assert isinstance(listener, AudioSocketConnector)
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
     LEGS.append(writer)
     if leg_uuid is not None:
         writer.write(uuid_message(leg_uuid))

@@ -246,9 +246,10 @@ class AudioForkConfig:
     name: str = field(default="audio_fork", init=False)
 
     def __post_init__(self) -> None:
-        user, sep, password = self.credentials.partition(":")
+        credentials = self.credentials if isinstance(self.credentials, str) else ""
+        user, sep, password = credentials.partition(":")
         if not sep or not 1 <= len(user) <= 64 or not MIN_TOKEN_CHARS <= len(password) <= 256 \
-                or any(ord(c) < 32 for c in self.credentials):
+                or any(ord(c) < 32 for c in credentials):
             raise ServerError(
                 "audio-fork credentials must be one line USER:PASSWORD (user 1-64 characters "
                 f"without ':', password {MIN_TOKEN_CHARS}-256; make one with: python3 -c "
@@ -484,7 +485,7 @@ class AudioForkConnector:
                 raise _desk_refusal(exc) from exc
 
     def _check_text(self, text: str) -> None:
-        size = len(text.encode("utf-8", "surrogatepass"))
+        size = len(text.encode())
         if size > MAX_AUDIO_FORK_TEXT_BYTES:
             raise AudioForkRefused("text_too_big", f"text frame of {size} bytes over the "
                                    f"{MAX_AUDIO_FORK_TEXT_BYTES}-byte limit",

@@ -288,9 +288,6 @@ class AudioSocketConnector:
         self._tasks.add(task)
         leg = _Leg(reader, writer, address_of(writer.get_extra_info("peername")))
         try:
-            if self._closed:
-                raise AudioSocketRefused("shutting_down", "the server is shutting down",
-                                         "shutdown")
             await self._serve(leg)
         except AudioSocketRefused as exc:
             await self._refuse(leg, exc)
