@@ -51,7 +51,7 @@ def cli_analyze(wav: Path, out: Path, model: Path, cache_dir: Path) -> tuple[flo
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"analyze failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    rows = int(re.search(r"wrote (\d+) row", done.stdout).group(1))  # type: ignore[union-attr]
+    rows = int(re.search(r"wrote (\d+) window row", done.stdout).group(1))  # type: ignore[union-attr]
     return seconds, rows, done.stderr
 
 

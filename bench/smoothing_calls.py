@@ -1,17 +1,23 @@
 """Smoothing on calls made of labelled clips: does the smoothed label follow the speech?
 
-Each call is ``--clips`` clips of one corpus (drawn at random, fixed seed, each clip's label
+Each call is ``--clips`` turns of one corpus (drawn at random, fixed seed, each turn's label
 differing from the one before, so every boundary is a change), joined with ``--gap-s`` of
-silence, with ``--gap-s`` of silence before and after. Calls are spread evenly over the
+silence, with ``--gap-s`` of silence before and after. A turn is one clip, or with
+``--turn-clips N`` N clips of its label 0.1 s apart (one VAD segment: a longer turn, as in a
+conversation; clips of acted corpora are 1-4 s, one to three windows each, too short for an
+average to matter). Calls are spread evenly over the
 corpora found under ``--data`` (default: every corpus in ``../shared/data/corpora`` and
 ``../shared/data/urdu``). Each call runs through the real engine (VAD gate, windows, model,
 smoother; ``realtime=False``, so nothing is dropped) once per smoothing setting, and every
 labelled window is scored against the label of the clip it overlaps most:
 
 - raw: the window's own arg-max label;
-- smoothed: the rolling label (``"uncertain"`` counts as wrong; its share is shown too);
-- first after a change: the first window of each clip after the first one of a call;
-- turns missed: clips none of whose windows shows the clip's label.
+- smoothed acc: the rolling label (``"uncertain"`` counts as wrong; its share is shown too);
+- smoothed class: the class under the rolling label (the EMA's arg-max where it says
+  "uncertain"): what smoothing alone does, apart from the decision to abstain;
+- shown acc: the rolling label's accuracy over the windows where it names a class;
+- first after a change: the first window of each turn after the first one of a call;
+- turns missed: turns none of whose windows shows the clip's label.
 
 ``--phone`` puts each whole call through the phone line first (8 kHz G.711,
 :func:`streamer.telephony.phone_line`). Clips the model was trained on score high: the
@@ -40,10 +46,14 @@ sys.path.insert(0, str(REPO))
 DATA = REPO.parent / "shared" / "data"
 RATE = 16000
 AUDIO_SUFFIXES = (".ogg", ".wav", ".flac")
+#: silence between the clips of one turn (--turn-clips): a pause inside a sentence, under the
+#: VAD's padding, so a turn is one speech segment
+TURN_PAUSE_S = 0.1
 
 # smoothing settings compared (SmoothingConfig fields; None = off)
-SETTINGS: dict[str, dict[str, float | None]] = {
-    "old (no gap handling)": {"gap_reset_s": None, "gap_decay_s": None},
+SETTINGS: dict[str, dict[str, float | bool | None]] = {
+    "old (no gap handling)": {"gap_reset_s": None, "gap_decay_s": None, "warmup": False},
+    "reset, no warm-up": {"warmup": False},
     "new (defaults)": {},
     "decay 0.5 s, no reset": {"gap_reset_s": None, "gap_decay_s": 0.5},
 }
@@ -61,6 +71,7 @@ class Score:
     windows: int = 0
     raw: int = 0
     smoothed: int = 0
+    smoothed_class: int = 0  # the smoothed class (the EMA's arg-max where "uncertain") right
     uncertain: int = 0
     changes: int = 0
     first_raw: int = 0
@@ -78,6 +89,8 @@ class Score:
         n, c = max(self.windows, 1), max(self.changes, 1)
         return {
             "windows": self.windows, "raw_acc": self.raw / n, "smoothed_acc": self.smoothed / n,
+            "smoothed_class_acc": self.smoothed_class / n,
+            "shown_acc": self.smoothed / max(self.windows - self.uncertain, 1),
             "uncertain_share": self.uncertain / n, "changes": self.changes,
             "first_after_change_raw": self.first_raw / c,
             "first_after_change_smoothed": self.first_smoothed / c,
@@ -110,12 +123,14 @@ def corpora(roots: list[Path], labels: tuple[str, ...]) -> dict[str, dict[str, l
 
 
 def build_calls(found: dict[str, dict[str, list[Path]]], *, calls: int, clips: int,
-                gap_s: float, seed: int) -> list[Call]:
+                gap_s: float, seed: int, turn_clips: int = 1) -> list[Call]:
+    """Calls of ``clips`` turns, each turn ``turn_clips`` clips of one label (0.1 s apart)."""
     from streamer.audio import read_audio
 
     rng = np.random.default_rng(seed)
     names = sorted(found)
     gap = np.zeros(int(round(gap_s * RATE)), dtype=np.float32)
+    pause = np.zeros(int(round(TURN_PAUSE_S * RATE)), dtype=np.float32)
     out = []
     for i in range(calls):
         corpus = names[i % len(names)]
@@ -123,8 +138,11 @@ def build_calls(found: dict[str, dict[str, list[Path]]], *, calls: int, clips: i
         parts, spans, t, previous = [gap], [], gap.size / RATE, None
         for _ in range(clips):
             label = str(rng.choice([lab for lab in sorted(by_label) if lab != previous]))
-            path = by_label[label][int(rng.integers(len(by_label[label])))]
-            audio = read_audio(path, target_rate_hz=RATE)
+            pieces = []
+            for _ in range(turn_clips):
+                path = by_label[label][int(rng.integers(len(by_label[label])))]
+                pieces += [read_audio(path, target_rate_hz=RATE), pause]
+            audio = np.concatenate(pieces[:-1])
             spans.append((t, t + audio.size / RATE, label))
             parts += [audio, gap]
             t += (audio.size + gap.size) / RATE
@@ -174,7 +192,9 @@ def vad_gaps(call: Call, segments: list[tuple[float, float]]) -> tuple[list[floa
     return between, inside
 
 
-def score(call: Call, windows: list[Any], segments: int) -> Score:
+def score(call: Call, windows: list[Any], segments: int, labels: tuple[str, ...]) -> Score:
+    """Windows against the clip each overlaps most; "uncertain" counts as wrong in
+    ``smoothed``, while ``smoothed_class`` scores the class under it (the EMA's arg-max)."""
     from streamer.protocol import UNCERTAIN
 
     s = Score(segments=segments, turns=len(call.clips), changes=len(call.clips) - 1)
@@ -191,6 +211,10 @@ def score(call: Call, windows: list[Any], segments: int) -> Score:
         s.raw += w.label == truth
         s.smoothed += w.smoothed_label == truth
         s.uncertain += w.smoothed_label == UNCERTAIN
+        under = w.smoothed_label
+        if under == UNCERTAIN and w.smoothed_probabilities:
+            under = labels[int(np.argmax(w.smoothed_probabilities))]
+        s.smoothed_class += under == truth
         if w.label == truth:
             shown_raw.add(k)
         if w.smoothed_label == truth:
@@ -208,14 +232,16 @@ def score(call: Call, windows: list[Any], segments: int) -> Score:
 def line(name: str, s: Score) -> str:
     r = s.row()
     return (f"{name:<24} {r['windows']:>6} {r['raw_acc']:>6.3f} {r['smoothed_acc']:>8.3f} "
-            f"{r['uncertain_share']:>9.3f} {r['first_after_change_raw']:>9.3f} "
+            f"{r['smoothed_class_acc']:>8.3f} {r['shown_acc']:>8.3f} {r['uncertain_share']:>9.3f} {r['first_after_change_raw']:>9.3f} "
             f"{r['first_after_change_smoothed']:>9.3f} {r['turns']:>6} {r['turns_missed_raw']:>7} "
             f"{r['turns_missed_smoothed']:>8} {r['vad_segments']:>5}")
 
 
-HEADER = (f"{'':<24} {'windows':>6} {'raw':>6} {'smoothed':>8} {'uncertain':>9} "
+HEADER = (f"{'':<24} {'windows':>6} {'raw':>6} {'smoothed':>8} {'smoothed':>8} {'shown':>8} "
+          f"{'uncertain':>9} "
           f"{'1st raw':>9} {'1st smooth':>9} {'turns':>6} {'missed':>7} {'missed':>8} "
-          f"{'segs':>5}\n{'':<24} {'':>6} {'acc':>6} {'acc':>8} {'share':>9} {'after chg':>9} "
+          f"{'segs':>5}\n{'':<24} {'':>6} {'acc':>6} {'acc':>8} {'class':>8} {'acc':>8} {'share':>9} "
+          f"{'after chg':>9} "
           f"{'after chg':>9} {'':>6} {'raw':>7} {'smoothed':>8} {'(VAD)':>5}")
 
 
@@ -228,7 +254,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--calls", type=int, default=48, help="calls in all (default: 48)")
     parser.add_argument("--clips", type=int, default=8, help="clips per call (default: 8)")
     parser.add_argument("--gap-s", type=float, default=1.0,
-                        help="silence between clips, seconds (default: 1.0)")
+                        help="silence between turns, seconds (default: 1.0)")
+    parser.add_argument("--turn-clips", type=int, default=1,
+                        help="clips of one label (and corpus) per turn, 0.1 s apart: longer "
+                        "turns, as in a conversation (default: 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--phone", choices=("mulaw", "alaw"), nargs="?", const="mulaw",
                         help="put each call through the phone line (default law: mulaw)")
@@ -262,7 +291,7 @@ def measure(model: Any, calls: list[Call], *, uncertain_below: float | None
                 b, i = vad_gaps(call, segments)
                 gaps.between += b
                 gaps.inside += i
-            s = score(call, windows, len(segments))
+            s = score(call, windows, len(segments), tuple(model.labels))
             total.add(s)
             results.by_corpus.setdefault(call.corpus, {}).setdefault(name, Score()).add(s)
     return results, gaps
@@ -296,8 +325,8 @@ def report(results: Results, gaps: VadGaps, *, uncertain_below: float | None) ->
 def main() -> int:
     parser = _parser()
     args = parser.parse_args()
-    if args.calls < 1 or args.clips < 2 or args.gap_s < 0:
-        parser.error("need --calls >= 1, --clips >= 2 and --gap-s >= 0")
+    if args.calls < 1 or args.clips < 2 or args.gap_s < 0 or args.turn_clips < 1:
+        parser.error("need --calls >= 1, --clips >= 2, --turn-clips >= 1 and --gap-s >= 0")
     logging.basicConfig(level=logging.WARNING)
     roots = args.data or [DATA / "corpora", DATA / "urdu"]
 
@@ -312,14 +341,15 @@ def main() -> int:
     print(f"command: nice python bench/smoothing_calls.py {' '.join(sys.argv[1:])}".rstrip())
     t0 = time.monotonic()
     calls = build_calls(found, calls=args.calls, clips=args.clips, gap_s=args.gap_s,
-                        seed=args.seed)
+                        seed=args.seed, turn_clips=args.turn_clips)
     if args.phone:
         from streamer.telephony import phone_line
 
         calls = [Call(c.corpus, phone_line(c.audio, law=args.phone), c.clips) for c in calls]
     seconds = sum(c.audio.size for c in calls) / RATE
     print(f"model {model.name} (temperature {getattr(model, 'temperature', 1.0):g}); "
-          f"{len(calls)} calls of {args.clips} clips, {args.gap_s:g} s gaps, seed {args.seed}, "
+          f"{len(calls)} calls of {args.clips} turns of {args.turn_clips} clip(s), "
+          f"{args.gap_s:g} s gaps, seed {args.seed}, "
           f"{seconds / 60:.1f} min of audio"
           f"{f', through the phone line ({args.phone})' if args.phone else ', 16 kHz'}; "
           f"corpora: {', '.join(sorted(found))}")

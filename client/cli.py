@@ -108,6 +108,13 @@ def register(subparsers: Any) -> None:
     )
     _add_connection_arguments(watch)
     watch.add_argument("--plain", action="store_true", help="one line per event even on a terminal")
+    watch.add_argument("--keep-closed-s", type=float, default=60.0, metavar="S",
+                       help="seconds a closed stream stays listed under the live ones "
+                       "(default 60)")
+    watch.add_argument("--stats-every-s", type=float, default=30.0, metavar="S",
+                       help="plain lines: print stats at most every S seconds, or sooner when "
+                       "a drop, refusal or error counter changes (0: every stats message; "
+                       "default 30)")
     watch.set_defaults(handler=_watch)
 
     log = subparsers.add_parser(
@@ -226,21 +233,22 @@ def _print_line(line: str) -> None:
 
 
 def _watch(args: argparse.Namespace) -> int:
-    from client.watch import watch_live, watch_plain
+    from client.watch import WatchConfig, watch_live, watch_plain
 
+    config = WatchConfig(keep_closed_s=args.keep_closed_s, stats_every_s=args.stats_every_s)
     client = _client(args)
     plain = args.plain or not sys.stdout.isatty()
 
     async def main() -> None:
         async with client:
             if plain:
-                await watch_plain(client, _print_line)
+                await watch_plain(client, _print_line, config=config)
             else:
                 from rich.console import Console
 
                 console = Console()
                 with _logging_to(console):
-                    await watch_live(client, console)
+                    await watch_live(client, console, config=config)
 
     try:
         asyncio.run(_until_signal(main()))

@@ -1,7 +1,10 @@
-"""The event server: ``WS /ws`` events, ``WS /ingest`` audio, ``GET /``, ``GET /healthz`` (loop).
+"""The event server: ``WS /ws`` events, ``WS /ingest`` audio, ``GET /``, ``/healthz``, ``/metrics``
+(loop).
 
 One websockets server on one port. Plain HTTP GETs are answered in ``process_request`` (the
-dashboard's static files, the health check, 404 for anything else); ``/ws`` upgrades to a
+dashboard's static files, the health check, the Prometheus metrics of :mod:`server.metrics`,
+the store's read-only JSON under ``/api/`` (see :mod:`server.api`; read in worker threads), 404
+for anything else); ``/ws`` upgrades to a
 WebSocket whose handler sends ``hello``, the backlog, then live events from the client's own
 bounded queue (see :mod:`server.fanout`), while reading the client's frames: ``subscribe``
 changes its filter, anything else gets an ``error`` reply and the connection stays open.
@@ -26,7 +29,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,7 @@ from websockets.http11 import Request, Response, parse_headers, parse_line
 from websockets.protocol import Protocol, State
 from websockets.server import ServerProtocol
 
+from server.api import API_PREFIX, StoreApi
 from server.auth import (
     OriginPolicy,
     SessionStore,
@@ -64,6 +68,9 @@ from server.fanout import ClientQueue, Frame, QueueClosed
 from server.hub import EventHub
 from server.ingest import IngestEndpoint
 from server.limits import AddressSlots, ClientLog, TokenBucket, address_of
+from server.metrics import METRICS_PATH, ServerMetrics, metrics_registry, render_metrics
+from server.webhook import WebhookSender
+from streamer.events import EngineStats
 from streamer.protocol.limits import EVENTS_PATH, INGEST_PATH
 from streamer.protocol.messages import ErrorMessage, MessageError, Subscribe, decode, encode
 
@@ -366,6 +373,8 @@ class EventServer:
         client_log: ClientLog | None = None,
         connectors: Sequence[WebSocketConnector] = (),
         connector_stats: Callable[[], dict[str, Any]] | None = None,
+        engine_stats: Callable[[], EngineStats] | None = None,
+        webhook: WebhookSender | None = None,
     ) -> None:
         self.config = config
         self.hub = hub
@@ -374,7 +383,8 @@ class EventServer:
         self._connector_stats = connector_stats
         #: telephony connectors by path (each checks its platform's own credential)
         self.connectors: dict[str, WebSocketConnector] = {c.path: c for c in connectors}
-        reserved = {EVENTS_PATH, INGEST_PATH, LOGIN_PATH, LOGOUT_PATH, "/", "/healthz"}
+        reserved = {EVENTS_PATH, INGEST_PATH, LOGIN_PATH, LOGOUT_PATH, "/", "/healthz",
+                    METRICS_PATH}
         if len(self.connectors) != len(connectors) or reserved & set(self.connectors):
             raise ServerError(f"connector paths must be distinct and free, got "
                               f"{[c.path for c in connectors]}")
@@ -392,6 +402,13 @@ class EventServer:
         #: refused requests by reason (HTTP_REFUSALS); shown in the admin /healthz
         self.refused: dict[str, int] = dict.fromkeys(HTTP_REFUSALS, 0)
         self._policy: OriginPolicy | None = None
+        #: GET /metrics: a private registry whose collector reads the counters at scrape time
+        self.metrics = metrics_registry(ServerMetrics(
+            hub, version=_version(), http_refused=self.refused, engine_stats=engine_stats,
+            ingest=ingest, connector_stats=connector_stats, webhook=webhook,
+        ))
+        #: GET /api/...: read-only JSON over the timeline store (server.api)
+        self.api = StoreApi(config.store_path, session=hub.session)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -502,8 +519,13 @@ class EventServer:
 
     # -- HTTP ---------------------------------------------------------------------------------
 
-    def _http(self, connection: ServerConnection, request: Request) -> Response | None:
-        """websockets' ``process_request``: an HTTP answer, or None for the WebSocket handshake."""
+    def _http(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | Awaitable[Response] | None:
+        """websockets' ``process_request``: an HTTP answer, or None for the WebSocket handshake.
+
+        ``GET /api/...`` answers are awaitables (websockets awaits them): they read the store.
+        """
         path = urlsplit(request.path).path
         policy = self._policy or self.config.origin_policy(int(connection.local_address[1]))
         refused = self._check_request(connection, request, path, policy)
@@ -524,7 +546,9 @@ class EventServer:
             return self._upgrade(connection, request, path, policy)
         if path in self.connectors:
             return self._upgrade_connector(connection, request, self.connectors[path], policy)
-        return self._get(request, path)
+        if path.startswith(API_PREFIX):
+            return self._api(connection, request)
+        return self._get(connection, request, path)
 
     def _check_request(
         self, connection: ServerConnection, request: Request, path: str, policy: OriginPolicy
@@ -598,8 +622,8 @@ class EventServer:
         connection.protocol.max_message_size = connector.max_message_bytes
         return None
 
-    def _get(self, request: Request, path: str) -> Response:
-        """A plain GET: health, the login page, the dashboard or a static file."""
+    def _get(self, connection: ServerConnection, request: Request, path: str) -> Response:
+        """A plain GET: health, metrics, the login page, the dashboard or a static file."""
         if "upgrade" in ", ".join(request.headers.get_all("Connection")).lower():
             return _text(HTTPStatus.NOT_FOUND,
                          f"no WebSocket endpoint at {path}; use {EVENTS_PATH}\n")
@@ -607,6 +631,8 @@ class EventServer:
         if path == "/healthz":
             body = json.dumps(self._health(request), separators=(",", ":")).encode()
             return _response(HTTPStatus.OK, body, "application/json")
+        if path == METRICS_PATH:
+            return self._metrics(connection, request)
         if path == LOGIN_PATH:
             return self._static("login.html") if configured else _redirect("/")
         if path in ("/", "/index.html"):
@@ -619,6 +645,20 @@ class EventServer:
                 name = name[len(prefix):]
                 break
         return self._static(name)
+
+    def _api(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | Awaitable[Response]:
+        """``GET /api/...`` (view role): the store's answer, read in a worker thread."""
+        refused = self._check_role(connection, request, "view")
+        if refused is not None:
+            return refused
+        return self._api_answer(request)
+
+    async def _api_answer(self, request: Request) -> Response:
+        parts = urlsplit(request.path)
+        answer = await self.api.answer(parts.path, parts.query)
+        return _response(answer.status, answer.body, "application/json")
 
     # -- credentials --------------------------------------------------------------------------
 
@@ -702,9 +742,21 @@ class EventServer:
         details = {**health, **public,
                    "refused": {**health.get("refused", {}), **self.refused},
                    "sessions": len(self.sessions)}
+        if self.ingest is not None:
+            details["ingest_rejected"] = dict(self.ingest.rejected)
         if self._connector_stats is not None:
             details["connectors"] = self._connector_stats()
+        details["api"] = dict(self.api.counters)
         return details
+
+    def _metrics(self, connection: ServerConnection, request: Request) -> Response:
+        """``GET /metrics``; with tokens configured only for an admin credential (a Bearer
+        token or an admin's dashboard session, as the ``/healthz`` details)."""
+        refused = self._check_role(connection, request, "admin")
+        if refused is not None:
+            return refused
+        body, content_type = render_metrics(self.metrics, _single(request.headers, "Accept"))
+        return _response(HTTPStatus.OK, body, content_type)
 
     def _static(self, name: str) -> Response:
         """A file of the static folder by plain name only (no folders, no dot files)."""

@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from server.alerts import AlertsConfig
+from server.alerts import DEFAULT_MAX_GAP_S, AlertsConfig
 from server.auth import SecurityConfig, load_credentials
 from server.config import DEFAULT_STORE_PATH, IngestConfig, ServerConfig
 from server.connectors.registry import add_connector_flags, connector_configs
@@ -67,11 +67,11 @@ def _register_run(subparsers: Any) -> None:
         help="capture audio, classify it live, serve the dashboard and events",
         description=(
             "Capture from the microphone (default) or stream a file, classify sliding windows "
-            "of speech, and serve the dashboard (GET /), health (GET /healthz) and events "
-            "(WS /ws) on one port. Prints the dashboard URL. Every event is recorded in a "
-            "SQLite timeline store. A file source is paced in real time; when it ends the "
-            "server keeps serving until Ctrl-C (or exits with --exit-when-done). Ctrl-C or "
-            "SIGTERM once stops cleanly; twice forces."
+            "of speech, and serve the dashboard (GET /), health (GET /healthz), Prometheus "
+            "metrics (GET /metrics) and events (WS /ws) on one port. Prints the dashboard URL. "
+            "Every event is recorded in a SQLite timeline store. A file source is paced in "
+            "real time; when it ends the server keeps serving until Ctrl-C (or exits with "
+            "--exit-when-done). Ctrl-C or SIGTERM once stops cleanly; twice forces."
         ),
     )
     run.add_argument(
@@ -113,18 +113,29 @@ def _register_analyze(subparsers: Any) -> None:
         help="classify audio files as fast as possible and write a timeline",
         description=(
             "Run FILE... through the same pipeline as 'run --source FILE' (VAD, windows, model, "
-            "smoothing) as fast as the model allows, without dropping windows, and append one "
-            "row per window to --out (.csv or .jsonl). The stream name of a file is its stem."
+            "smoothing) as fast as the model allows, without dropping windows, and write one "
+            "row per window to --out (.csv or .jsonl), one row per utterance (a speech segment "
+            "labelled as a whole) to OUT.utterances.csv (or .jsonl) and, with --alert, one row "
+            "per alert start and end to OUT.alerts.csv. The stream name of a file is its stem. "
+            "Each run is a new session id. An existing timeline file is refused unless "
+            "--append."
         ),
     )
     analyze.add_argument("files", nargs="+", type=Path, metavar="FILE", help="audio files")
     analyze.add_argument(
-        "--out", required=True, type=Path, help="timeline file to append to (.csv or .jsonl)"
+        "--out", required=True, type=Path,
+        help="window timeline to write (.csv or .jsonl); the utterance and alert files go "
+        "beside it",
     )
+    _add_append_flag(analyze)
     analyze.add_argument(
         "--channel", type=int, default=None,
         help="use only this channel of multi-channel files (default: mix all channels)",
     )
+    analyze.add_argument("--alert", dest="alerts", action="append", default=[], type=_alert_rule,
+                         metavar="RULE",
+                         help="alert rule as for 'run', e.g. 'angry>=0.7 for 5s' (repeatable); "
+                         "its starts and ends go to OUT.alerts.csv")
     _add_model_flags(analyze)
     _add_engine_flags(analyze)
     analyze.set_defaults(handler=_analyze)
@@ -133,28 +144,49 @@ def _register_analyze(subparsers: Any) -> None:
 def _register_export(subparsers: Any) -> None:
     export = subparsers.add_parser(
         "export",
-        help="write the windows of a timeline store as CSV or JSONL",
-        description="Write one row per recorded window (all sessions unless --session).",
+        help="write the windows, utterances and alerts of a timeline store as CSV or JSONL",
+        description=(
+            "Write one row per recorded window to --out, one per utterance to "
+            "OUT.utterances.csv (or .jsonl) and one per alert start and end to OUT.alerts.csv, "
+            "for the sessions chosen with exactly one of --session, --latest or --all (without "
+            "one, the error lists the store's sessions). An existing timeline file is refused "
+            "unless --append."
+        ),
     )
     export.add_argument(
         "--store", type=Path, default=DEFAULT_STORE_PATH,
         help=f"timeline store to read (default: ./{DEFAULT_STORE_PATH})",
     )
     export.add_argument(
-        "--out", required=True, type=Path, help="timeline file to append to (.csv or .jsonl)"
+        "--out", required=True, type=Path,
+        help="window timeline to write (.csv or .jsonl); the utterance and alert files go "
+        "beside it",
     )
+    _add_append_flag(export)
     export.add_argument("--stream", default=None, help="only this stream (default: all)")
-    export.add_argument(
-        "--session", default=None,
-        help="only this session id, or 'latest' (default: every session in the store)",
-    )
+    which = export.add_mutually_exclusive_group()
+    which.add_argument("--session", default=None, metavar="ID", help="only this session")
+    which.add_argument("--latest", action="store_true",
+                       help="only the newest session (the last server run)")
+    which.add_argument("--all", dest="all_sessions", action="store_true",
+                       help="every session in the store (they must share the model's labels)")
     export.set_defaults(handler=_export)
+
+
+def _add_append_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--append", action="store_true",
+        help="add to existing timeline files instead of refusing them; rows already in a file "
+        "(same session, stream, window seq / utterance start / alert id and state, and wall "
+        "time) are not written again",
+    )
 
 
 def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", default=None,
-        help="model folder or Hugging Face hub id (default: the bundled model)",
+        help="'bundled' (the model shipped in the package), a model folder (./bundled for a "
+        "folder of that name) or a Hugging Face hub id (default: bundled)",
     )
     parser.add_argument(
         "--model-device", default="auto",
@@ -226,6 +258,9 @@ def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
     smooth.add_argument("--gap-decay-s", type=_seconds_or_off, metavar="SECONDS|off",
                         help="time constant of the decay toward uniform over shorter silences "
                         "(default: off)")
+    smooth.add_argument("--smoothing-warmup", action=argparse.BooleanOptionalAction,
+                        help="average the first windows of a speech segment evenly until their "
+                        "weight falls to --alpha (default: on)")
 
 
 def _seconds_or_off(text: str) -> float | str:
@@ -330,7 +365,12 @@ def _add_alert_flags(parser: argparse.ArgumentParser) -> None:
                         metavar="RULE",
                         help="raise an alert when a label's smoothed probability stays at or "
                         "above a threshold, e.g. 'angry>=0.7 for 5s' (label case-insensitive; "
-                        "repeat for several rules)")
+                        "repeat for several rules); the duration counts speech only")
+    alerts.add_argument("--alert-max-gap-s", type=float, default=DEFAULT_MAX_GAP_S,
+                        metavar="SECONDS",
+                        help="a pause without speech up to this long keeps an alert's speech "
+                        "time; a longer one resets it and ends the alert (reason 'silence') "
+                        f"(default: {DEFAULT_MAX_GAP_S:g})")
     alerts.add_argument("--webhook", dest="webhook_url", default=None, metavar="URL",
                         help="POST every alert message (JSON) to this http(s) URL")
     alerts.add_argument("--webhook-queue-size", type=int, default=d["queue_size"],
@@ -381,7 +421,7 @@ def _engine_config(args: argparse.Namespace, *, realtime: bool) -> Any:
             for field, value in _given(args, {
                 "alpha": "alpha", "switch_margin": "switch_margin",
                 "uncertain_below": "uncertain_below", "gap_reset_s": "gap_reset_s",
-                "gap_decay_s": "gap_decay_s",
+                "gap_decay_s": "gap_decay_s", "smoothing_warmup": "warmup",
             }).items()
         }
         smoothing = SmoothingConfig(**smoothing_fields)
@@ -414,7 +454,7 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
         ingest=IngestConfig(**{field: getattr(args, dest)
                                for dest, field in _INGEST_FLAGS.items()}),
         limits=LimitsConfig(**{name: getattr(args, name) for name in limit_fields}),
-        alerts=AlertsConfig(rules=tuple(args.alerts)),
+        alerts=AlertsConfig(rules=tuple(args.alerts), max_gap_s=args.alert_max_gap_s),
         webhook=_webhook_config(args),
         security=SecurityConfig(
             credentials=load_credentials(args.token_file, os.environ),
@@ -591,35 +631,88 @@ async def _wait_until_done(monitor: Any, stop: asyncio.Event, *, exit_when_done:
         await asyncio.wait({stop_task, done_task})
 
 
-# -- analyze, export, devices -----------------------------------------------------------------
+# -- analyze, export -------------------------------------------------------------------------
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from streamer.analyze import analyze_files
+    from streamer.analyze import analyze_files, analyze_kinds
     from streamer.models.loading import load_model
-    from streamer.protocol.timeline import timeline_format
+    from streamer.protocol.timeline import check_new_timeline, timeline_format
 
     timeline_format(args.out)
     engine_config = _engine_config(args, realtime=False)
     if args.out.parent and not args.out.parent.is_dir():
         raise ServerError(f"--out {args.out}: the folder does not exist")
+    kinds = analyze_kinds(alerts=bool(args.alerts))
+    check_new_timeline(args.out, kinds, append=args.append)  # before loading the model
     model = load_model(
         args.model, device=args.model_device, backend=args.backend, precision=args.precision,
         cache_dir=_cache_dir(args),
     )
     results = analyze_files(
-        model, args.files, args.out, engine_config=engine_config, channel=args.channel
+        model, args.files, args.out, engine_config=engine_config, channel=args.channel,
+        alerts=_alert_rules(args.alerts, model.labels), append=args.append,
     )
     for result in results:
         print(f"{result.path}: stream {result.stream}, {result.duration_s:.1f} s, "
-              f"{result.speech_segments} speech segment(s), {result.windows} window(s)")
-    print(f"wrote {sum(r.windows for r in results)} row(s) to {args.out}")
+              f"{result.speech_segments} speech segment(s), {result.windows} window(s), "
+              f"{result.utterances} utterance(s)"
+              + (f", {result.alerts} alert start(s)/end(s)" if args.alerts else ""))
+    # a new session id per run: nothing analyze writes can be in the timeline already
+    written = {"window": sum(r.windows for r in results),
+               "utterance": sum(r.utterances for r in results),
+               "alert": sum(r.alerts for r in results)}
+    _print_written(args.out, kinds, written)
     return 0
+
+
+def _alert_rules(rules: list[Any], labels: tuple[str, ...]) -> Any:
+    """analyze's alert rules (None without any): labels checked against the model's now."""
+    if not rules:
+        return None
+    from server.alerts import AlertMonitor
+
+    monitor = AlertMonitor(rules, labels)
+    return lambda event: monitor.on_event(event, wall_time=event.wall_time)
+
+
+def _print_written(
+    out: Path, kinds: tuple[Any, ...], written: dict[Any, int], skipped: int = 0
+) -> None:
+    """One line per timeline file: the rows written to it (and those it had already)."""
+    from streamer.protocol.timeline import kind_path
+
+    for kind in kinds:
+        print(f"wrote {written[kind]} {kind} row(s) to {kind_path(out, kind)}")
+    if skipped:
+        print(f"left out {skipped} row(s) the timeline had already (--append)")
 
 
 def _export(args: argparse.Namespace) -> int:
-    from server.store import export_timeline
+    from server.store import choose_sessions, export_events, read_sessions
+    from streamer.protocol.errors import TimelineError
+    from streamer.protocol.timeline import TIMELINE_KINDS, TimelineFiles
 
-    rows = export_timeline(args.store, args.out, stream=args.stream, session=args.session)
-    print(f"wrote {rows} row(s) to {args.out}")
+    if args.session is None and not args.latest and not args.all_sessions:
+        raise ServerError(_session_choice(read_sessions(args.store), args.store))
+    chosen = choose_sessions(args.store, session=args.session, latest=args.latest)
+    try:
+        with TimelineFiles(args.out, chosen[0].labels, append=args.append) as files:
+            export_events(args.store, files, chosen, stream=args.stream)
+    except TimelineError as exc:
+        raise ServerError(str(exc)) from exc
+    _print_written(args.out, TIMELINE_KINDS, files.written, sum(files.skipped.values()))
     return 0
+
+
+def _session_choice(sessions: list[Any], store: Path) -> str:
+    """The one-line error for an export without --session, --latest or --all."""
+    import time
+
+    if not sessions:
+        return f"{store}: the store holds no sessions"
+    shown = [f"{s.session} ({time.strftime('%Y-%m-%d %H:%M', time.localtime(s.started_at))}, "
+             f"{s.model})" for s in sessions[-10:]]
+    older = f" and {len(sessions) - 10} older" if len(sessions) > 10 else ""
+    return (f"choose what to export: --session ID, --latest or --all; {store} holds "
+            f"{len(sessions)} session(s), oldest first: {', '.join(shown)}{older}")

@@ -4,7 +4,8 @@
 
 1. convert it to its wire message (:mod:`streamer.convert`; stats get the fan-out's and the
    server's counters);
-2. run the alert rules on it (:class:`~server.alerts.AlertMonitor`, when there are rules);
+2. run the alert rules on it (:class:`~server.alerts.AlertMonitor`, when there are rules;
+   :meth:`EventHub.publish_stats` also ends the alerts of streams quiet for too long);
 3. publish the message, then the alerts it caused (an alert follows the window that caused
    it; a ``stream_close`` goes after the alerts it ended), each alert's frame also handed to
    ``on_alert`` (the webhook's non-blocking ``submit``).
@@ -62,6 +63,14 @@ AlertSink = Callable[[str], None]
 _BACKLOG_TYPES = (
     WindowMessage, SpeechStartMessage, SpeechEndMessage, UtteranceMessage, AlertMessage
 )
+
+
+def _alert_text(alert: AlertMessage) -> str:
+    """One log line's words for an alert, e.g. ``end #3 on c/customer: Sad>=0.6 for 3s ...``."""
+    text = (f"{alert.state} #{alert.alert_id} on {alert.stream}: {alert.rule} "
+            f"since {alert.since_s:.2f} s, at {alert.at_s:.2f} s (p {alert.probability:.2f}, "
+            f"{alert.speech_s:.1f} s of speech)")
+    return text if alert.state != "end" else f"{text}, ended: {alert.reason}"
 
 
 def backlog_role(message: Message) -> BacklogRole:
@@ -151,18 +160,27 @@ class EventHub:
         closing = isinstance(event, StreamClosed)  # its alerts end before the stream does
         if not closing:
             self.publish(message)
-        for alert in alerts:
-            text = self.publish(alert)
-            logger.info("alert %s #%d on %s: %s (%.2f)", alert.state, alert.alert_id,
-                        alert.stream, alert.rule, alert.probability)
-            if text is not None and self.on_alert is not None:
-                self.on_alert(text)
+        self._publish_alerts(alerts)
         if closing:
             self.publish(message)
 
     def publish_stats(self, stats: EngineStats) -> None:
-        """Publish one stats message (engine counters + fan-out and server counters)."""
+        """Publish one stats message (engine counters + fan-out and server counters).
+
+        Each tick first ends the alerts of streams that went quiet for longer than the alert
+        gap (by ``stats.wall_time``), so silence never keeps an alert on.
+        """
+        if self.alerts is not None and not self._closed:
+            self._publish_alerts(self.alerts.expire(stats.wall_time))
         self.publish_event(stats)
+
+    def _publish_alerts(self, alerts: list[AlertMessage]) -> None:
+        """Publish, log and hand to ``on_alert`` each alert message."""
+        for alert in alerts:
+            text = self.publish(alert)
+            logger.info("alert %s", _alert_text(alert))
+            if text is not None and self.on_alert is not None:
+                self.on_alert(text)
 
     def publish(self, message: Message) -> str | None:
         """Encode once, record (committed), note the stream, then queue for every client.

@@ -271,6 +271,8 @@ class IngestEndpoint:
         self.shutdown_timeout_s = shutdown_timeout_s
         #: the live call ids and call limits, shared with the connectors
         self.desk = desk if desk is not None else CallDesk(engine, config, counters)
+        #: rejected senders by error code (``bad_format``, ``idle_timeout``, ...; /metrics)
+        self.rejected: dict[str, int] = {}
         self._tasks: set[asyncio.Task[object]] = set()
         self._closing = False
 
@@ -356,6 +358,7 @@ class IngestEndpoint:
     async def _reject(self, call: _Call, exc: IngestRejected) -> None:
         """Count and log a refusal, send its ``error`` frame and close with its code."""
         call.reason = _CLOSE_REASONS.get(exc.code, "error")
+        self.rejected[exc.code] = self.rejected.get(exc.code, 0) + 1
         if exc.code in _REFUSALS:
             self.counters.refuse(_REFUSALS[exc.code])
         self.log.warning(call.address, "ingest %s from %s rejected: %s (%s)", call.name,

@@ -157,6 +157,7 @@ class Monitor:
             config, hub, ingest=self.ingest, client_log=client_log,
             connectors=[c for c in self.connectors if isinstance(c, WebSocketConnector)],
             connector_stats=self.connector_stats if self.connectors else None,
+            engine_stats=engine.stats, webhook=self.webhook,
         ).start()
         for connector in self.connectors:
             if isinstance(connector, TcpConnector):
@@ -171,7 +172,8 @@ class Monitor:
         """The store, the webhook and the hub that records to and posts through them."""
         config, model = self.server_config, self.model
         rules = config.alerts.rules
-        alerts = AlertMonitor(rules, model.labels) if rules else None
+        alerts = (AlertMonitor(rules, model.labels, max_gap_s=config.alerts.max_gap_s)
+                  if rules else None)
         if config.store_path is not None:
             self.store = TimelineStore(config.store_path).open()
         if config.webhook is not None:

@@ -43,14 +43,17 @@ class ModelInfo:
 
 
 class StreamRegistry:
-    """The streams open now, in opening order (event loop only)."""
+    """The streams open now, in opening order, and how many opened since start (event loop
+    only)."""
 
     def __init__(self) -> None:
         self._streams: dict[str, StreamInfo] = {}
+        self.opened = 0
 
     def note(self, message: Message) -> None:
         """Follow one published message: a ``stream_open`` adds, a ``stream_close`` removes."""
         if isinstance(message, StreamOpenMessage):
+            self.opened += 1
             self._streams[message.stream] = StreamInfo(
                 message.stream, message.sample_rate_hz, dict(message.metadata),
                 tuple(message.warnings),

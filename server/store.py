@@ -6,6 +6,13 @@ One file can hold many server runs ("sessions"). Schema (``PRAGMA user_version``
              window_s REAL, hop_s REAL, sample_rate_hz INTEGER)
     events(id INTEGER PRIMARY KEY, session TEXT, type TEXT, stream TEXT, seq INTEGER,
            wall_time REAL, frame TEXT)   -- frame: the exact JSON text sent to clients
+    VIEW alerts(id, session, stream, wall_time, alert_id, state, rule, label, since_s, at_s,
+                probability, speech_s, reason)   -- the alert rows of events, fields of frame
+
+The ``alerts`` view was added within schema version 1: it only reads ``events``, so files
+with and without it are the same version, and opening a file for writing creates it (``IF NOT
+EXISTS``), in files written before it too. Its ``reason`` and ``speech_s`` are NULL for alert
+rows recorded before those fields, and ``reason`` is NULL on a ``start``.
 
 The database runs in WAL mode with ``synchronous=NORMAL`` and every :meth:`TimelineStore.record`
 commits before it returns. The server records an event *before* it queues it for any client, so
@@ -21,8 +28,11 @@ size (SQLite's ``max_page_count``): past it a write fails like on a full disk, a
 :meth:`TimelineStore.set_max_bytes` lifts it again.
 
 A :class:`TimelineStore` belongs to the thread that opened it (the server's event loop).
-:func:`export_timeline` reads a store, read-only, into a CSV or JSONL timeline (see
-:mod:`streamer.protocol.timeline`); it works while a server is still writing to the file.
+:func:`export_timeline` reads a store, read-only, into a CSV or JSONL timeline: windows,
+utterances and alerts, each kind in its own file (see :mod:`streamer.protocol.timeline`); it
+works while a server is still writing to the file.
+The ``read_*`` functions do the same, each call on its own read-only connection, so any thread
+may call them (the HTTP API calls them in worker threads, see :mod:`server.api`).
 """
 
 from __future__ import annotations
@@ -30,24 +40,42 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from server.errors import ServerError
 from streamer.protocol.errors import TimelineError
-from streamer.protocol.messages import Hello, Message, MessageError, WindowMessage, decode
-from streamer.protocol.timeline import TimelineWriter
+from streamer.protocol.messages import (
+    AlertMessage,
+    Hello,
+    Message,
+    MessageError,
+    StreamCloseMessage,
+    StreamOpenMessage,
+    UtteranceMessage,
+    WindowMessage,
+    decode,
+)
+from streamer.protocol.timeline import TimelineFiles
 
 __all__ = [
     "SCHEMA_VERSION",
     "SessionInfo",
     "StoreRow",
+    "StoredStream",
     "TimelineStore",
+    "choose_sessions",
+    "export_events",
     "export_timeline",
     "read_events",
+    "read_session",
+    "read_session_page",
     "read_sessions",
+    "read_stream_events",
+    "read_stream_openings",
     "store_row",
 ]
 
@@ -75,6 +103,18 @@ CREATE TABLE IF NOT EXISTS events (
     frame TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_stream ON events(session, stream, type, seq);
+CREATE VIEW IF NOT EXISTS alerts AS
+SELECT id, session, stream, wall_time,
+       json_extract(frame, '$.alert_id') AS alert_id,
+       json_extract(frame, '$.state') AS state,
+       json_extract(frame, '$.rule') AS rule,
+       json_extract(frame, '$.label') AS label,
+       json_extract(frame, '$.since_s') AS since_s,
+       json_extract(frame, '$.at_s') AS at_s,
+       json_extract(frame, '$.probability') AS probability,
+       json_extract(frame, '$.speech_s') AS speech_s,
+       NULLIF(json_extract(frame, '$.reason'), '') AS reason
+FROM events WHERE type = 'alert';
 """
 
 
@@ -89,6 +129,20 @@ class SessionInfo:
     window_s: float
     hop_s: float
     sample_rate_hz: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredStream:
+    """One opening of a stream recorded in a store, with its close when one was recorded.
+
+    ``open_id`` is the ``events.id`` of the ``stream_open`` (a cursor for paging); ``closed``
+    is None while the stream is live, or when its server run ended without closing it.
+    """
+
+    open_id: int
+    session: str
+    opened: StreamOpenMessage
+    closed: StreamCloseMessage | None
 
 
 #: one event as the store writes it: type, stream, seq, wall_time, frame
@@ -331,22 +385,158 @@ def read_events(
         db.close()
 
 
-def export_timeline(
-    store_path: str | Path,
-    out: str | Path,
-    *,
-    stream: str | None = None,
-    session: str | None = None,
-) -> int:
-    """Write the windows of a store as a CSV or JSONL timeline; returns the rows written.
+def _session_info(row: Sequence[Any]) -> SessionInfo:
+    session, started_at, model, labels, window_s, hop_s, rate = row
+    return SessionInfo(str(session), float(started_at), str(model), tuple(json.loads(labels)),
+                       float(window_s), float(hop_s), int(rate))
 
-    ``session`` is a session id, ``"latest"``, or None for all sessions (they must share the
-    same labels, since a timeline has one probability column per label).
+
+_SESSION_COLUMNS = "session, started_at, model, labels, window_s, hop_s, sample_rate_hz"
+
+
+def read_session(path: str | Path, session: str) -> SessionInfo | None:
+    """One recorded session by id (None when the store has no such session)."""
+    db = _open_readonly(path)
+    try:
+        row = db.execute(f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session = ?",
+                         (session,)).fetchone()
+    except sqlite3.Error as exc:
+        raise _db_error(Path(path), exc) from exc
+    finally:
+        db.close()
+    return None if row is None else _session_info(row)
+
+
+def read_session_page(
+    path: str | Path, *, limit: int, before: int | None = None
+) -> list[tuple[int, SessionInfo]]:
+    """Up to ``limit`` sessions, newest first, each with its cursor (the row's rowid).
+
+    ``before`` (a cursor from an earlier page) returns only the sessions recorded before it.
+    """
+    db = _open_readonly(path)
+    query = f"SELECT rowid, {_SESSION_COLUMNS} FROM sessions"
+    params: list[object] = []
+    if before is not None:
+        query += " WHERE rowid < ?"
+        params.append(before)
+    query += " ORDER BY rowid DESC LIMIT ?"
+    params.append(limit)
+    try:
+        rows = db.execute(query, params).fetchall()
+    except sqlite3.Error as exc:
+        raise _db_error(Path(path), exc) from exc
+    finally:
+        db.close()
+    return [(int(row[0]), _session_info(row[1:])) for row in rows]
+
+
+def _decoded(path: str | Path, frame: str) -> Message:
+    try:
+        return decode(frame)
+    except MessageError as exc:
+        raise ServerError(f"{path}: a recorded event cannot be decoded ({exc})") from exc
+
+
+def read_stream_openings(
+    path: str | Path,
+    *,
+    limit: int,
+    session: str | None = None,
+    call: str | None = None,
+    before: int | None = None,
+    skip_open_of: str | None = None,
+) -> list[StoredStream]:
+    """Up to ``limit`` stream openings, newest first, each with the close that ended it.
+
+    ``session`` keeps one server run's; ``call`` the streams named ``call`` or ``call/...``
+    (a pushed call's channels); ``before`` (an ``open_id``) the openings recorded before it;
+    ``skip_open_of`` leaves out that session's streams without a close (the running server's
+    live streams). The close of an opening is the stream's first ``stream_close`` after it.
+    """
+    inner = (
+        "SELECT o.id AS id, o.session AS session, o.frame AS frame, (SELECT c.frame FROM "
+        "events c WHERE c.session = o.session AND c.stream = o.stream AND "
+        "c.type = 'stream_close' AND c.id > o.id ORDER BY c.id LIMIT 1) AS closed "
+        "FROM events o WHERE o.type = 'stream_open'"
+    )
+    params: list[object] = []
+    if session is not None:
+        inner += " AND o.session = ?"
+        params.append(session)
+    if call is not None:
+        inner += " AND (o.stream = ? OR substr(o.stream, 1, ?) = ?)"
+        params.extend((call, len(call) + 1, call + "/"))
+    if before is not None:
+        inner += " AND o.id < ?"
+        params.append(before)
+    query = f"SELECT id, session, frame, closed FROM ({inner})"
+    if skip_open_of is not None:
+        query += " WHERE session != ? OR closed IS NOT NULL"
+        params.append(skip_open_of)
+    query += " ORDER BY id DESC LIMIT ?"
+    params.append(limit)
+    db = _open_readonly(path)
+    try:
+        rows = db.execute(query, params).fetchall()
+    except sqlite3.Error as exc:
+        raise _db_error(Path(path), exc) from exc
+    finally:
+        db.close()
+    found: list[StoredStream] = []
+    for open_id, session_id, opened, closed in rows:
+        open_message = _decoded(path, opened)
+        close_message = None if closed is None else _decoded(path, closed)
+        if not isinstance(open_message, StreamOpenMessage) or not (
+            close_message is None or isinstance(close_message, StreamCloseMessage)
+        ):
+            raise ServerError(f"{path}: event {open_id} is not the stream_open it is filed as")
+        found.append(StoredStream(int(open_id), str(session_id), open_message, close_message))
+    return found
+
+
+def read_stream_events(
+    path: str | Path, *, session: str, stream: str, limit: int, after: int = 0
+) -> list[tuple[int, str, str]]:
+    """One run of a stream: ``(id, type, frame)`` of its events after event id ``after``.
+
+    At most ``limit`` events in recording order, ending with the run's ``stream_close`` when
+    it is among them (the events of a later run of the same stream name are not included).
+    Frames are the exact recorded wire text, fields unknown to this version included.
+    """
+    db = _open_readonly(path)
+    try:
+        rows = db.execute(
+            "SELECT id, type, frame FROM events WHERE session = ? AND stream = ? AND id > ? "
+            "ORDER BY id LIMIT ?",
+            (session, stream, after, limit),
+        ).fetchall()
+    except sqlite3.Error as exc:
+        raise _db_error(Path(path), exc) from exc
+    finally:
+        db.close()
+    events: list[tuple[int, str, str]] = []
+    for event_id, kind, frame in rows:
+        events.append((int(event_id), str(kind), str(frame)))
+        if kind == StreamCloseMessage.TYPE:
+            break
+    return events
+
+
+
+def choose_sessions(
+    store_path: str | Path, *, session: str | None = None, latest: bool = False
+) -> list[SessionInfo]:
+    """The sessions to export: the one with id ``session``, the newest (``latest``), or all.
+
+    They must share the same labels, since a timeline has one probability column per label.
     """
     sessions = read_sessions(store_path)
     if not sessions:
         raise ServerError(f"{store_path}: the store holds no sessions")
-    if session == "latest":
+    if session is not None and latest:
+        raise ServerError("choose one session id or the latest session, not both")
+    if latest:
         chosen = [sessions[-1]]
     elif session is not None:
         chosen = [s for s in sessions if s.session == session]
@@ -361,20 +551,56 @@ def export_timeline(
             f"{store_path}: sessions use different labels {sorted(label_sets)}; "
             "pick one with --session"
         )
-    labels = chosen[0].labels
-    wanted = {s.session for s in chosen}
-    rows = 0
+    return chosen
+
+
+#: the stored event types a timeline has rows for
+_TIMELINE_TYPES = (WindowMessage.TYPE, UtteranceMessage.TYPE, AlertMessage.TYPE)
+
+
+def export_events(
+    store_path: str | Path,
+    files: TimelineFiles,
+    sessions: Sequence[SessionInfo],
+    *,
+    stream: str | None = None,
+) -> None:
+    """Write the windows, utterances and alerts of ``sessions`` (optionally of one stream) to
+    an open :class:`~streamer.protocol.timeline.TimelineFiles`, in recording order."""
+    wanted = {s.session for s in sessions}
     try:
-        with TimelineWriter(out, labels) as writer:
-            for session_id, message in read_events(
-                store_path,
-                session=chosen[0].session if len(chosen) == 1 else None,
-                stream=stream,
-                types=(WindowMessage.TYPE,),
-            ):
-                if session_id in wanted and isinstance(message, WindowMessage):
-                    writer.write_window(message, session=session_id)
-                    rows += 1
+        for session_id, message in read_events(
+            store_path,
+            session=sessions[0].session if len(sessions) == 1 else None,
+            stream=stream,
+            types=_TIMELINE_TYPES,
+        ):
+            if session_id in wanted:
+                files.write(message, session=session_id)
+    except TimelineError as exc:  # a row that does not fit the timeline: one ServerError
+        raise ServerError(str(exc)) from exc
+
+
+def export_timeline(
+    store_path: str | Path,
+    out: str | Path,
+    *,
+    stream: str | None = None,
+    session: str | None = None,
+    latest: bool = False,
+    append: bool = False,
+) -> int:
+    """Write the windows, utterances and alerts of a store as a CSV or JSONL timeline (``out``
+    and its siblings, see :func:`~streamer.protocol.timeline.kind_path`); the rows written.
+
+    ``session`` (an id) or ``latest`` chooses one session, neither every one (see
+    :func:`choose_sessions`). A timeline file holding rows already is refused unless
+    ``append``; appending leaves out the rows already there.
+    """
+    chosen = choose_sessions(store_path, session=session, latest=latest)
+    try:
+        with TimelineFiles(out, chosen[0].labels, append=append) as files:
+            export_events(store_path, files, chosen, stream=stream)
     except TimelineError as exc:  # the timeline file (suffix, labels, folder): one ServerError
         raise ServerError(str(exc)) from exc
-    return rows
+    return sum(files.written.values())

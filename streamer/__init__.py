@@ -13,8 +13,10 @@ from typing import Any
 
 # public name -> module that defines it (every public name of every module here)
 _EXPORTS: dict[str, str] = {
+    "AlertRules": "streamer.analyze",
     "AnalyzeResult": "streamer.analyze",
     "analyze_files": "streamer.analyze",
+    "analyze_kinds": "streamer.analyze",
     "MODEL_RATE_HZ": "streamer.audio",
     "downmix": "streamer.audio",
     "f32le_to_float32": "streamer.audio",

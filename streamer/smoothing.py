@@ -5,6 +5,12 @@ changes only when another class's smoothed probability beats it by ``switch_marg
 top smoothed probability is below ``uncertain_below`` the output is the label ``"uncertain"``
 (the held label is kept underneath, so hysteresis continues once a class is clear again).
 
+Warm-up (``warmup`` on, the default): the first windows after a start or a reset are averaged
+with equal weight (window ``n`` weighs ``1/n``) until that weight falls to ``alpha``, then the
+EMA takes over. A plain EMA would give the first window of a segment weight 1 and the second
+``alpha``, so one early window would outweigh the rest of a short turn; the running mean uses
+each window of a short turn equally, as the utterance label does.
+
 Speech segments: the caller reports :meth:`Smoother.speech_end` and :meth:`Smoother.speech_start`
 with stream times (the engine does, from the VAD gate's events). When the silence between two
 segments is at least ``gap_reset_s`` the next segment starts afresh, as the first window of a
@@ -40,7 +46,8 @@ class SmoothingConfig:
     hangover padding are speech), from which the next segment starts afresh; None never resets.
     With the default 300 ms padding each side, 0.25 s there is about 0.85 s of real silence:
     a turn change, not a pause inside a sentence (those under 300 ms stay in one segment).
-    ``gap_decay_s`` None means no decay over shorter gaps.
+    ``gap_decay_s`` None means no decay over shorter gaps. ``warmup`` averages the first
+    windows after a (re)start evenly until their weight falls to ``alpha`` (module docstring).
     """
 
     alpha: float = 0.4
@@ -48,6 +55,7 @@ class SmoothingConfig:
     uncertain_below: float = 0.4
     gap_reset_s: float | None = 0.25
     gap_decay_s: float | None = None
+    warmup: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha <= 1.0:
@@ -86,6 +94,7 @@ class Smoother:
         self._ema: list[float] | None = None  # the EMA, in label order
         self._held: int | None = None
         self._speech_end_s: float | None = None  # end of the last finished segment
+        self._count = 0  # windows folded in since the start or the last reset
 
     def update(self, probabilities: Sequence[float] | NDArray[np.floating]) -> Smoothed:
         """Fold in one window's probabilities and return the rolling label."""
@@ -105,10 +114,12 @@ class Smoother:
                 f"expected {len(self.labels)} finite probabilities, got shape {shape}"
             )
         cfg = self.config
+        self._count += 1
         if self._ema is None:
             ema = p
         else:
-            a, b = cfg.alpha, 1 - cfg.alpha
+            a = max(cfg.alpha, 1.0 / self._count) if cfg.warmup else cfg.alpha
+            b = 1 - a
             ema = [a * x + b * e for x, e in zip(p, self._ema, strict=True)]
         self._ema = ema
         top = _argmax(ema)
@@ -147,6 +158,7 @@ class Smoother:
         self._ema = None
         self._held = None
         self._speech_end_s = None
+        self._count = 0
 
 
 def _argmax(values: Sequence[float]) -> int:

@@ -1,4 +1,5 @@
-"""The `analyze`, `export`, `run` and `devices` commands in-process: outputs and bad input."""
+"""The `analyze`, `export`, `run` and `devices` commands in-process: outputs and bad input,
+utterance and alert files, refusing existing timelines, --append, the export session choice."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ from server.cli import main
 from server.hub import EventHub
 from server.recorder import StoreRecorder
 from server.session import ModelInfo
-from server.store import TimelineStore
+from server.store import TimelineStore, read_sessions
 from streamer.events import StreamClosed, StreamOpened, WindowLabel
-from streamer.protocol.timeline import columns, read_timeline
+from streamer.protocol.timeline import columns, kind_columns, kind_path, read_timeline
 from streamer.testing import speech_like
 from tests.conftest import TINY_LABELS
 
@@ -60,7 +61,12 @@ def test_analyze_writes_rows_for_every_file(tmp_path: Path, capsys: pytest.Captu
     for row in rows:
         assert sum(row[f"p_{label}"] for label in TINY_LABELS) == pytest.approx(1.0, abs=1e-4)
     printed = capsys.readouterr().out
-    assert f"wrote {len(rows)} row(s)" in printed
+    assert f"wrote {len(rows)} window row(s) to {out}" in printed
+    utterances = read_timeline(kind_path(out, "utterance"))
+    assert {row["stream"] for row in utterances} == {"call", "call-2"}
+    assert tuple(utterances[0]) == kind_columns("utterance", TINY_LABELS)
+    assert f"wrote {len(utterances)} utterance row(s)" in printed
+    assert not kind_path(out, "alert").exists()  # no --alert: no alert file
 
 
 @pytest.mark.parametrize(
@@ -128,35 +134,126 @@ def make_store(path: Path) -> None:
 def test_export_writes_the_stored_windows(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], suffix: str
 ) -> None:
-    """export writes every stored window; --stream and --session latest filter them."""
+    """export --all writes every stored window; --stream and --latest filter them."""
     store = tmp_path / "store.sqlite3"
     make_store(store)
     out = tmp_path / f"all{suffix}"
-    assert main(["export", "--store", str(store), "--out", str(out)]) == 0
+    assert main(["export", "--store", str(store), "--out", str(out), "--all"]) == 0
     rows = read_timeline(out)
     assert len(rows) == 2 * 3 + 2 * 2
     assert len({row["session"] for row in rows}) == 2
     assert rows[0]["p_Sad"] == 0.4 and rows[0]["smoothed_label"] == "uncertain"
+    printed = capsys.readouterr().out
+    assert f"wrote 10 window row(s) to {out}" in printed
+    assert f"wrote 0 alert row(s) to {kind_path(out, 'alert')}" in printed
     out = tmp_path / f"latest-b{suffix}"
     assert main(["export", "--store", str(store), "--out", str(out), "--stream", "b",
-                 "--session", "latest"]) == 0
+                 "--latest"]) == 0
     assert [(row["stream"], row["seq"]) for row in read_timeline(out)] == [("b", 0), ("b", 1)]
-    assert "wrote 2 row(s)" in capsys.readouterr().out
+    assert "wrote 2 window row(s)" in capsys.readouterr().out
+    session = rows[0]["session"]
+    out = tmp_path / f"one{suffix}"
+    assert main(["export", "--store", str(store), "--out", str(out), "--session", session]) == 0
+    assert {row["session"] for row in read_timeline(out)} == {session}
+
+
+def test_export_twice_needs_append_and_never_doubles(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A second export into the same file exits 2 naming --append; with it no row repeats."""
+    store = tmp_path / "store.sqlite3"
+    make_store(store)
+    out = tmp_path / "calls.csv"
+    command = ["export", "--store", str(store), "--out", str(out), "--all"]
+    assert main(command) == 0
+    first = out.read_bytes()
+    capsys.readouterr()
+    assert main(command) == 2
+    line = error_line(capsys, "export")
+    assert "already exists" in line and "--append" in line
+    assert out.read_bytes() == first
+    assert main([*command, "--append"]) == 0
+    assert out.read_bytes() == first
+    printed = capsys.readouterr().out
+    assert "wrote 0 window row(s)" in printed
+    assert "left out 10 row(s) the timeline had already" in printed
+
+
+def test_export_without_a_session_choice_lists_the_sessions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No --session, --latest or --all: exit 2 listing the store's sessions; two: argparse."""
+    store = tmp_path / "store.sqlite3"
+    make_store(store)
+    out = tmp_path / "out.csv"
+    assert main(["export", "--store", str(store), "--out", str(out)]) == 2
+    line = error_line(capsys, "export")
+    assert "--session ID, --latest or --all" in line and "2 session(s)" in line
+    for session in read_sessions(store):
+        assert session.session in line
+    assert not out.exists()
+    with pytest.raises(SystemExit) as info:
+        main(["export", "--store", str(store), "--out", str(out), "--latest", "--all"])
+    assert info.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
 
 
 def test_export_bad_store_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A missing store, a file that is not a store, and an unknown session: exit 2."""
     out = str(tmp_path / "out.csv")
-    assert main(["export", "--store", str(tmp_path / "nope.sqlite3"), "--out", out]) == 2
+    assert main(["export", "--store", str(tmp_path / "nope.sqlite3"), "--out", out,
+                 "--all"]) == 2
     assert "no such timeline store" in error_line(capsys, "export")
     junk = tmp_path / "junk.sqlite3"
     junk.write_text("not a database, just text " * 100)
-    assert main(["export", "--store", str(junk), "--out", out]) == 2
+    assert main(["export", "--store", str(junk), "--out", out, "--latest"]) == 2
     assert "not a timeline store" in error_line(capsys, "export")
     store = tmp_path / "store.sqlite3"
     make_store(store)
     assert main(["export", "--store", str(store), "--out", out, "--session", "zzz"]) == 2
     assert "no session 'zzz'" in error_line(capsys, "export")
+
+
+def test_analyze_refuses_an_existing_timeline_and_appends_on_request(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--model bundled works; a second analyze exits 2 naming --append; --append adds a run."""
+    wav = write_speech(tmp_path / "call.wav")
+    out = tmp_path / "t.jsonl"
+    command = ["analyze", str(wav), "--out", str(out), "--model", "bundled",
+               "--model-device", "cpu"]
+    assert main(command) == 0
+    first = read_timeline(out)
+    assert first and len({row["session"] for row in first}) == 1
+    capsys.readouterr()
+    assert main(command) == 2
+    line = error_line(capsys, "analyze")
+    assert "already exists" in line and "--append" in line
+    assert read_timeline(out) == first
+    assert main([*command, "--append"]) == 0
+    rows = read_timeline(out)
+    assert rows[: len(first)] == first and len(rows) == 2 * len(first)
+    assert len({row["session"] for row in rows}) == 2  # each run is its own session
+    assert len(read_timeline(kind_path(out, "utterance"))) == 2
+
+
+def test_analyze_alert_rules_write_the_alert_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--alert rules give OUT.alerts.csv with each alert's start and end; bad labels exit 2."""
+    wav = write_speech(tmp_path / "call.wav")
+    out = tmp_path / "t.csv"
+    base = ["analyze", str(wav), "--model", "bundled", "--model-device", "cpu"]
+    assert main([*base, "--out", str(out), "--alert", "angry>=0", "--alert", "sad>=1.0"]) == 0
+    alerts = read_timeline(kind_path(out, "alert"))
+    assert [(a["alert_id"], a["state"], a["rule"]) for a in alerts] == [
+        (1, "start", "Angry>=0 for 0s"), (1, "end", "Angry>=0 for 0s")]
+    windows = read_timeline(out)
+    assert alerts[0]["at_s"] == windows[0]["end_s"]  # the first window starts it
+    assert alerts[1]["at_s"] == windows[-1]["end_s"]  # the stream's close ends it
+    assert "wrote 2 alert row(s)" in capsys.readouterr().out
+    assert main([*base, "--out", str(tmp_path / "u.csv"), "--alert", "bored>=0.5"]) == 2
+    assert "unknown label 'bored'" in error_line(capsys, "analyze")
 
 
 def test_run_port_in_use_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],

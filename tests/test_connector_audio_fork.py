@@ -28,6 +28,8 @@ from server.connectors.audio_fork import (
     AUDIO_FORK_CREDENTIALS_ENV,
     AudioForkConfig,
     AudioForkRefused,
+    add_audio_fork_flags,
+    audio_fork_config_from_args,
     check_basic_auth,
     fork_spec,
     parse_fork_rate,
@@ -192,7 +194,7 @@ def test_basic_auth_check_is_exact() -> None:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser()
-    AudioForkConfig.add_flags(p)
+    add_audio_fork_flags(p)
     return p
 
 
@@ -201,18 +203,18 @@ def test_flags_fail_closed_without_a_credential(
 ) -> None:
     """--audio-fork without a credential (file or env) is an error, not an open endpoint."""
     monkeypatch.delenv(AUDIO_FORK_CREDENTIALS_ENV, raising=False)
-    assert AudioForkConfig.config_from_args(parser().parse_args([])) is None
+    assert audio_fork_config_from_args(parser().parse_args([])) is None
     with pytest.raises(ServerError, match="needs a credential"):
-        AudioForkConfig.config_from_args(parser().parse_args(["--audio-fork"]))
+        audio_fork_config_from_args(parser().parse_args(["--audio-fork"]))
     with pytest.raises(ServerError, match="without --audio-fork"):
-        AudioForkConfig.config_from_args(parser().parse_args(["--audio-fork-mix", "mono"]))
+        audio_fork_config_from_args(parser().parse_args(["--audio-fork-mix", "mono"]))
     weak = tmp_path / "weak"
     weak.write_text("freeswitch:short\n")
     with pytest.raises(ServerError, match="USER:PASSWORD"):
-        AudioForkConfig.config_from_args(parser().parse_args(
+        audio_fork_config_from_args(parser().parse_args(
             ["--audio-fork", "--audio-fork-credentials-file", str(weak)]))
     monkeypatch.setenv(AUDIO_FORK_CREDENTIALS_ENV, f"{USER}:{PASSWORD}")
-    config = AudioForkConfig.config_from_args(parser().parse_args(
+    config = audio_fork_config_from_args(parser().parse_args(
         ["--audio-fork", "--audio-fork-sample-rate", "16k", "--audio-fork-caller-role", "agent",
          "--audio-fork-callee-role", "customer"]))
     assert config is not None and config.sample_rate_hz == 16000

@@ -26,6 +26,8 @@ from server.connectors.audiosocket import (
     AudioSocketConfig,
     AudioSocketConnector,
     AudioSocketRefused,
+    add_audiosocket_flags,
+    audiosocket_config_from_args,
     parse_audiosocket_header,
     uuid_from_payload,
 )
@@ -210,23 +212,23 @@ def test_map_is_reread_as_the_dialplan_appends_and_each_uuid_is_taken_once(
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser()
-    AudioSocketConfig.add_flags(p)
+    add_audiosocket_flags(p)
     return p
 
 
 def test_flags_fail_closed(tmp_path: Path) -> None:
     """No map, or a public address without an allow-list: refused before anything listens."""
-    assert AudioSocketConfig.config_from_args(parser().parse_args([])) is None
+    assert audiosocket_config_from_args(parser().parse_args([])) is None
     with pytest.raises(ServerError, match="--audiosocket-roles-file"):
-        AudioSocketConfig.config_from_args(parser().parse_args(["--audiosocket-port", "9092"]))
+        audiosocket_config_from_args(parser().parse_args(["--audiosocket-port", "9092"]))
     with pytest.raises(ServerError, match="without --audiosocket-port"):
-        AudioSocketConfig.config_from_args(parser().parse_args(
+        audiosocket_config_from_args(parser().parse_args(
             ["--audiosocket-roles-file", "x"]))
     with pytest.raises(ServerError, match="allow-peer"):
-        AudioSocketConfig.config_from_args(parser().parse_args(
+        audiosocket_config_from_args(parser().parse_args(
             ["--audiosocket-port", "9092", "--audiosocket-roles-file", "x",
              "--audiosocket-host", "0.0.0.0"]))
-    config = AudioSocketConfig.config_from_args(parser().parse_args(
+    config = audiosocket_config_from_args(parser().parse_args(
         ["--audiosocket-port", "9092", "--audiosocket-roles-file", "x", "--audiosocket-host",
          "0.0.0.0", "--audiosocket-allow-peer", "10.1.2.0/24", "--audiosocket-call-roles",
          "agent, customer, supervisor"]))

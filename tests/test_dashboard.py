@@ -10,32 +10,45 @@ from urllib.request import urlopen
 from conftest import REPO, TIMEOUT_S
 from test_client_api import real_server
 
+from server.api import API_PATHS
+
 STATIC = REPO / "server" / "static"
 # ids a browser test reads; renaming one breaks it, so they are pinned here
 PAGE_IDS = {
     "connection-state",
-    "stream-select",
+    "server-clock",
+    "nav-calls",
+    "nav-wallboard",
+    "calls-page",
+    "wallboard-page",
+    "stored-page",
     "current-label",
     "current-confidence",
     "speech-state",
     "stream-state",
     "last-update",
     "probabilities",
-    "chart",
-    "legend",
-    "stream-list",
     "stats",
     "server-info",
     "call-list",
     "call-view",
+    "call-started",
+    "call-duration",
     "channels",
     "alerts",
     "channel-template",
+    "wallboard-rows",
+    "past-list",
+    "past-status",
+    "past-more",
+    "stored-view",
+    "stored-channels",
+    "stored-alerts",
 }
 # classes of one channel in the call view (the browser tests read them)
 CHANNEL_CLASSES = {
     "channel", "channel-role", "channel-speech", "channel-label", "channel-confidence",
-    "channel-chart", "channel-utterances",
+    "channel-time", "channel-chart", "channel-utterances", "channel-utterance-count",
 }
 
 
@@ -48,9 +61,13 @@ class _Page(HTMLParser):
         self.resources: list[str] = []
         self.live: set[str] = set()
         self.classes: set[str] = set()
+        self.tags: list[str] = []
+        self._in_template = 0
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         attributes = dict(attrs)
+        self._in_template += tag == "template"
+        self.tags.append(f"{tag}@template" if self._in_template else tag)
         if attributes.get("id"):
             self.ids.add(str(attributes["id"]))
         if attributes.get("aria-live"):
@@ -58,8 +75,11 @@ class _Page(HTMLParser):
         self.classes.update(str(attributes.get("class") or "").split())
         for name in ("src", "href"):
             value = attributes.get(name)
-            if value and not value.startswith("data:"):
+            if value and not value.startswith(("data:", "#")):
                 self.resources.append(value)
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in_template -= tag == "template"
 
 
 def fetch(url: str) -> tuple[int, str, str]:
@@ -113,3 +133,20 @@ def test_script_uses_only_ids_the_page_has() -> None:
     script = (STATIC / "app.js").read_text()
     used = set(re.findall(r"""\$\(["']([\w-]+)["']\)""", script))
     assert used and used <= page.ids, used - page.ids
+
+
+def test_one_picker_and_one_chart_per_channel() -> None:
+    """The call list is the one picker (no select, no stream list); charts live in channels."""
+    page = _Page()
+    page.feed((STATIC / "index.html").read_text())
+    assert "select" not in page.tags
+    # one canvas in the channel template (each channel: its one chart), none elsewhere
+    assert [t for t in page.tags if t.startswith("canvas")] == ["canvas@template"]
+
+
+def test_script_asks_only_for_api_endpoints_the_server_has() -> None:
+    """Every store request in app.js names one of server.api's endpoints."""
+    script = (STATIC / "app.js").read_text()
+    used = set(re.findall(r"""\bapi\("(\w+)\?""", script))
+    assert used == {"calls", "timeline"}
+    assert {f"/api/{name}" for name in used} <= set(API_PATHS)

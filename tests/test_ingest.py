@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -40,6 +42,11 @@ from streamer.protocol.messages import (
 )
 from streamer.testing import speech_like
 from tests.conftest import TIMEOUT_S
+
+
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+        return json.loads(response.read())
 
 
 def run(coro: Awaitable[Any]) -> Any:
@@ -388,6 +395,8 @@ def test_duplicate_live_stream_id_is_refused_and_the_first_call_continues(
             second, reply = await open_call(running.ingest_url, stream="dup")
             with pytest.raises(ConnectionClosed):
                 await receive(second)
+            health = await asyncio.to_thread(_get_json, running.url + "healthz")
+            assert health["ingest_rejected"] == {"duplicate_stream": 1}  # counted, visible
             await send_audio(first, speech_like(1.0))
             await first.send(encode(IngestEnd()))
             with pytest.raises(ConnectionClosed):

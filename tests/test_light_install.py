@@ -122,7 +122,7 @@ def test_quick_start_run_labels_the_demo_without_torch(light_venv: Path, tmp_pat
 
     csv_path = tmp_path / "timeline.csv"
     exported = _run([light_venv / "bin" / "emotion-monitor", "export", "--store", store,
-                     "--out", csv_path], cwd=tmp_path, timeout_s=TIMEOUT_S)
+                     "--latest", "--out", csv_path], cwd=tmp_path, timeout_s=TIMEOUT_S)
     assert exported.returncode == 0, exported.stderr
     with csv_path.open(newline="") as f:
         rows = list(csv.DictReader(f))

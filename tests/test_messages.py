@@ -10,6 +10,7 @@ from conftest import REPO
 from streamer.protocol.limits import UNCERTAIN
 from streamer.protocol.messages import (
     _TYPES,
+    ALERT_END_REASONS,
     AlertMessage,
     ErrorMessage,
     Hello,
@@ -49,7 +50,10 @@ WINDOW = WindowMessage(
                          windows=4, windows_dropped=1),
         AlertMessage(alert_id=1, stream="c/customer", state="start", rule="Angry>=0.7 for 5s",
                      label="Angry", threshold=0.7, for_s=5.0, since_s=10.0, at_s=15.0,
-                     probability=0.81, wall_time=1.7e9),
+                     probability=0.81, wall_time=1.7e9, speech_s=5.0),
+        AlertMessage(alert_id=1, stream="c/customer", state="end", rule="Angry>=0.7 for 5s",
+                     label="Angry", threshold=0.7, for_s=5.0, since_s=10.0, at_s=19.5,
+                     probability=0.74, wall_time=1.7e9, reason="stream_closed", speech_s=7.5),
         IngestStart(stream="call-42", sample_rate_hz=8000, channels=2, format="s16le",
                     roles=("agent", "customer"), metadata={"campaign": "x"}),
         IngestAck(stream="call-42", streams=("call-42/agent", "call-42/customer"),
@@ -113,6 +117,19 @@ def test_hello_carries_the_uncertain_label_and_old_hellos_get_the_default() -> N
     assert body["uncertain_label"] == UNCERTAIN == "uncertain"
     del body["uncertain_label"]
     assert decode(json.dumps(body)) == hello
+
+
+def test_alert_end_reasons_and_old_alerts_without_reason_or_speech_time() -> None:
+    """An alert from a server before reason/speech_s decodes with "" and 0.0; reasons listed."""
+    assert ALERT_END_REASONS == ("cleared", "silence", "stream_closed", "shutdown")
+    body = {"type": "alert", "v": 1, "alert_id": 2, "stream": "s", "state": "end",
+            "rule": "Sad>=0.6 for 3s", "label": "Sad", "threshold": 0.6, "for_s": 3.0,
+            "since_s": 1.0, "at_s": 13.7, "probability": 0.62, "wall_time": 1.7e9}
+    old = decode(json.dumps(body))
+    assert isinstance(old, AlertMessage) and (old.reason, old.speech_s) == ("", 0.0)
+    body["reason"] = 7
+    with pytest.raises(MessageError, match="'reason' must be str"):
+        decode(json.dumps(body))
 
 
 def test_every_documented_example_decodes_and_every_type_is_documented() -> None:

@@ -182,3 +182,18 @@ def test_unknown_device_is_refused() -> None:
 
     with pytest.raises(ModelError, match="unknown device"):
         load_model(device="tpu")
+
+
+def test_the_name_bundled_loads_the_bundled_model(
+    bundled, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``"bundled"``, the name logs and hello show, loads it; ``./bundled`` is a folder path."""
+    from streamer.models.loading import BUNDLED_MODEL_NAME, load_model
+
+    named = load_model(BUNDLED_MODEL_NAME, device="cpu")
+    assert (named.name, named.labels, named.backend) == (bundled.name, bundled.labels, "onnx")
+    assert BUNDLED_MODEL_NAME == bundled.name == "bundled"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bundled").mkdir()
+    with pytest.raises(ModelError, match="no config.json"):
+        load_model("./bundled", device="cpu")

@@ -219,3 +219,35 @@ def test_engine_without_gap_reset_holds_the_previous_label() -> None:
     segments = _engine_labels(OLD)
     assert len(segments) == 2
     assert segments[1][0].label == "Sad" and segments[1][0].smoothed_label == "Angry"
+
+
+def test_warmup_averages_the_first_windows_of_a_segment_evenly() -> None:
+    """Window n weighs 1/n until that falls to alpha: a short turn is averaged, not led by
+    its first window; without warm-up the second window weighs alpha only."""
+    config = SmoothingConfig(alpha=0.2, switch_margin=0.0, uncertain_below=0.0)
+    warm = Smoother(("A", "B"), config)
+    plain = Smoother(("A", "B"), SmoothingConfig(alpha=0.2, switch_margin=0.0,
+                                                 uncertain_below=0.0, warmup=False))
+    windows = [(1.0, 0.0), (0.0, 1.0), (0.0, 1.0)]
+    warm_out = [warm.update(p) for p in windows]
+    plain_out = [plain.update(p) for p in windows]
+    assert warm_out[1].probabilities == pytest.approx((0.5, 0.5))
+    assert warm_out[2].probabilities == pytest.approx((1 / 3, 2 / 3))
+    assert warm_out[2].label == "B"  # two of the three windows say B
+    assert plain_out[2].probabilities == pytest.approx((0.64, 0.36))
+    assert plain_out[2].label == "A"  # the first window still outweighs both others
+    for _ in range(10):  # past 1/n = alpha the EMA weight is alpha again
+        last = warm.update((1.0, 0.0))
+    after = warm.update((0.0, 1.0))
+    assert after.probabilities[1] == pytest.approx(0.2 + 0.8 * last.probabilities[1])
+
+
+def test_warmup_starts_again_after_a_reset() -> None:
+    s = Smoother(("A", "B"), SmoothingConfig(alpha=0.2, switch_margin=0.0,
+                                             uncertain_below=0.0, gap_reset_s=0.25))
+    for _ in range(8):
+        s.update((1.0, 0.0))
+    s.speech_end(4.0)
+    s.speech_start(5.0)  # a turn change: afresh
+    s.update((0.0, 1.0))
+    assert s.update((1.0, 0.0)).probabilities == pytest.approx((0.5, 0.5))

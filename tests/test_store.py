@@ -1,21 +1,36 @@
-"""The SQLite timeline store: WAL, commits visible to other readers, schema and label checks."""
+"""The SQLite timeline store: WAL, commits visible to other readers, schema and label checks,
+export of windows, utterances and alerts (refusing an existing timeline, appending once)."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
 import pytest
 
+from server.alerts import AlertMonitor, parse_rule
 from server.errors import ServerError
+from server.hub import EventHub
+from server.recorder import StoreRecorder
+from server.session import ModelInfo
 from server.store import (
     SCHEMA_VERSION,
     TimelineStore,
+    choose_sessions,
     export_timeline,
     read_events,
     read_sessions,
 )
-from streamer.protocol.messages import Hello, StreamOpenMessage, WindowMessage, encode
+from streamer.events import StreamClosed, StreamOpened, Utterance, WindowLabel
+from streamer.protocol.messages import (
+    AlertMessage,
+    Hello,
+    StreamOpenMessage,
+    WindowMessage,
+    encode,
+)
+from streamer.protocol.timeline import kind_path, read_timeline
 
 
 def hello(session: str, labels: tuple[str, ...] = ("a", "b")) -> Hello:
@@ -81,5 +96,104 @@ def test_export_refuses_sessions_with_different_labels(tmp_path: Path) -> None:
     with pytest.raises(ServerError, match="different labels"):
         export_timeline(path, tmp_path / "all.csv")
     assert export_timeline(path, tmp_path / "two.csv", session="two") == 1
-    assert export_timeline(path, tmp_path / "latest.jsonl", session="latest") == 1
+    assert export_timeline(path, tmp_path / "latest.jsonl", latest=True) == 1
     assert [m for _, m in read_events(path, session="one")] == [window(0)]
+    assert [s.session for s in choose_sessions(path, latest=True)] == ["two"]
+    with pytest.raises(ServerError, match="not both"):
+        choose_sessions(path, session="one", latest=True)
+
+
+def alert(state: str, reason: str = "", speech_s: float = 0.0) -> AlertMessage:
+    return AlertMessage(alert_id=1, stream="s", state=state, rule="a>=0.5 for 1s", label="a",
+                        threshold=0.5, for_s=1.0, since_s=2.0, at_s=3.0, probability=0.6,
+                        wall_time=1.0, reason=reason, speech_s=speech_s)
+
+
+def test_alerts_view_reads_reasons_and_a_file_from_before_it_migrates(tmp_path: Path) -> None:
+    """A version-1 file written before the alerts view gets it on open; old rows read NULL."""
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE sessions (session TEXT PRIMARY KEY, started_at REAL NOT NULL, model TEXT "
+        "NOT NULL, labels TEXT NOT NULL, window_s REAL NOT NULL, hop_s REAL NOT NULL, "
+        "sample_rate_hz INTEGER NOT NULL);"
+        "CREATE TABLE events (id INTEGER PRIMARY KEY, session TEXT NOT NULL REFERENCES "
+        "sessions(session), type TEXT NOT NULL, stream TEXT, seq INTEGER, wall_time REAL, "
+        "frame TEXT NOT NULL);"
+        "PRAGMA user_version=1;"
+    )
+    old_frame = ('{"type":"alert","v":1,"alert_id":1,"stream":"s","state":"end","rule":"a>=0.5'
+                 ' for 1s","label":"a","threshold":0.5,"for_s":1.0,"since_s":2.0,"at_s":3.0,'
+                 '"probability":0.6,"wall_time":1.0}')
+    with db:
+        db.execute("INSERT INTO sessions VALUES ('old', 1, 'm', '[\"a\",\"b\"]', 2, 0.5, 16000)")
+        db.execute("INSERT INTO events (session, type, stream, wall_time, frame) "
+                   "VALUES ('old', 'alert', 's', 1.0, ?)", (old_frame,))
+    db.close()
+    with TimelineStore(path) as store:
+        store.start_session(hello("new"), started_at=2.0)
+        for message in (alert("start", speech_s=1.0), alert("end", "stream_closed", 1.5)):
+            store.record(message, encode(message))
+    reader = sqlite3.connect(path)
+    try:
+        assert reader.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+        rows = reader.execute(
+            "SELECT session, alert_id, state, reason, speech_s, at_s FROM alerts ORDER BY id"
+        ).fetchall()
+    finally:
+        reader.close()
+    assert rows == [("old", 1, "end", None, None, 3.0), ("new", 1, "start", None, 1.0, 3.0),
+                    ("new", 1, "end", "stream_closed", 1.5, 3.0)]
+    old, *new = [m for _, m in read_events(path, types=("alert",))]
+    assert isinstance(old, AlertMessage) and (old.reason, old.speech_s) == ("", 0.0)
+    assert new == [alert("start", speech_s=1.0), alert("end", "stream_closed", 1.5)]
+
+
+
+LABELS = ("Angry", "Happy", "Neutral", "Sad")
+INFO = ModelInfo(name="m", labels=LABELS, window_s=2.0, hop_s=0.5, sample_rate_hz=16000)
+
+
+def record_call(path: Path, session: str, *, wall: float) -> None:
+    """One call through the real hub with an alert rule: windows, an utterance, an alert."""
+
+    async def scenario() -> None:
+        with TimelineStore(path) as store:
+            alerts = AlertMonitor([parse_rule("angry>=0.6")], LABELS)
+            async with EventHub(INFO, recorder=StoreRecorder(store), session=session,
+                                alerts=alerts) as hub:
+                hub.publish_event(StreamOpened("call", 16000, wall))
+                for seq in range(3):
+                    hub.publish_event(WindowLabel(
+                        "call", seq, 0.5 * seq, 0.5 * seq + 2, wall + seq, (0.7, 0.1, 0.1, 0.1),
+                        "Angry", 0.7, "Angry", 0.7, smoothed_probabilities=(0.7, 0.1, 0.1, 0.1)))
+                hub.publish_event(Utterance("call", 0.0, 3.0, wall + 3, (0.7, 0.1, 0.1, 0.1),
+                                            "Angry", 0.7, windows=3))
+                hub.publish_event(StreamClosed("call", 3.0, wall + 4))
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_export_writes_windows_utterances_and_alerts(tmp_path: Path, suffix: str) -> None:
+    """Every stored window, utterance and alert start/end lands in its file, once per append."""
+    store = tmp_path / "store.sqlite3"
+    record_call(store, "one", wall=1.7e9)
+    out = tmp_path / f"calls{suffix}"
+    assert export_timeline(store, out) == 3 + 1 + 2
+    windows = read_timeline(out)
+    assert [(r["session"], r["seq"]) for r in windows] == [("one", 0), ("one", 1), ("one", 2)]
+    (utterance,) = read_timeline(kind_path(out, "utterance"))
+    assert (utterance["label"], utterance["windows"], utterance["p_Angry"]) == ("Angry", 3, 0.7)
+    alerts = read_timeline(kind_path(out, "alert"))
+    assert [(a["alert_id"], a["state"]) for a in alerts] == [(1, "start"), (1, "end")]
+    assert alerts[0]["rule"] == "Angry>=0.6 for 0s"
+    before = {kind: kind_path(out, kind).read_bytes() for kind in ("window", "alert")}
+    with pytest.raises(ServerError, match="already exists: pass --append"):
+        export_timeline(store, out)
+    assert export_timeline(store, out, append=True) == 0  # nothing new: nothing twice
+    assert {kind: kind_path(out, kind).read_bytes() for kind in before} == before
+    record_call(store, "two", wall=1.8e9)
+    assert export_timeline(store, out, append=True) == 6
+    assert [r["session"] for r in read_timeline(out)] == ["one"] * 3 + ["two"] * 3
+    assert len(read_timeline(kind_path(out, "alert"))) == 4

@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import signal
 
+import pytest
 from conftest import TIMEOUT_S
 from rich.console import Console
 from test_client_api import StandInServer, hello, real_server, window
 from test_log import start_command, wait_for_line
 
 from client.api import Disconnected, EventClient
-from client.watch import WatchState, format_event, label_style, render, watch_live
+from client.errors import ClientError
+from client.watch import (
+    StatsThrottle,
+    WatchConfig,
+    WatchState,
+    format_event,
+    label_style,
+    render,
+    watch_live,
+)
 from streamer.protocol.messages import (
+    AlertMessage,
     SpeechEndMessage,
     SpeechStartMessage,
     StatsMessage,
@@ -59,6 +71,103 @@ def test_every_event_has_a_plain_line() -> None:
     ]
 
 
+def alert(alert_id: int, stream: str, state: str, reason: str = "") -> AlertMessage:
+    return AlertMessage(alert_id=alert_id, stream=stream, state=state, rule="Sad>=0.6 for 3s",
+                        label="Sad", threshold=0.6, for_s=3.0, since_s=2.0, at_s=13.7,
+                        probability=0.62, wall_time=1.7e9, reason=reason, speech_s=4.5)
+
+
+def test_alert_lines_say_the_speech_time_and_why_an_alert_ended() -> None:
+    """A plain alert line carries speech=...; an end line its reason."""
+    assert format_event(alert(3, "c/customer", "start")) == (
+        "alert start #3 c/customer Sad>=0.6 for 3s since=2.00s at=13.70s p=0.62 speech=4.5s")
+    assert format_event(alert(3, "c/customer", "end", "stream_closed")) == (
+        "alert end #3 c/customer Sad>=0.6 for 3s since=2.00s at=13.70s p=0.62 speech=4.5s "
+        "reason=stream_closed")
+
+
+def close(stream: str, wall_time: float) -> StreamCloseMessage:
+    return StreamCloseMessage(stream=stream, end_s=9.0, wall_time=wall_time)
+
+
+def rendered(state: WatchState, now: float) -> str:
+    console = Console(file=io.StringIO(), width=200, color_system=None)
+    console.print(render(state, now=now))
+    return console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def test_live_streams_come_first_and_closed_ones_age_out() -> None:
+    """Live streams by name, then closed ones latest first, gone keep_closed_s after closing."""
+    state = WatchState(url="ws://x/ws", config=WatchConfig(keep_closed_s=60.0))
+    state.apply(hello("s1", ("zeta", "alpha", "old", "recent")))
+    state.apply(close("old", 1000.0))
+    state.apply(close("recent", 1030.0))
+    assert [v.name for v in state.visible(1050.0)] == ["alpha", "zeta", "recent", "old"]
+    assert [v.name for v in state.visible(1061.0)] == ["alpha", "zeta", "recent"]
+    text = rendered(state, 1061.0)
+    assert text.index("alpha") < text.index("zeta") < text.index("recent (closed)")
+    assert "old" not in text
+    state.prune(1061.0)
+    assert sorted(state.streams) == ["alpha", "recent", "zeta"]
+    state.apply(StreamOpenMessage(stream="recent", sample_rate_hz=16000, wall_time=1062.0))
+    assert [v.name for v in state.visible(2000.0)] == ["alpha", "recent", "zeta"]
+
+
+def test_a_reconnect_closes_streams_that_ended_while_away() -> None:
+    """Hello of the same run: a stream we had open that it does not list is closed, aged by
+    its last event."""
+    state = WatchState(url="ws://x/ws", config=WatchConfig(keep_closed_s=10.0))
+    state.apply(hello("s1", ("mic", "call")))
+    state.apply(window(1, stream="call"))  # wall time 1.7e9 + 0.5
+    state.apply(alert(1, "call", "start"))
+    state.apply(hello("s1", ("mic",)))
+    view = state.streams["call"]
+    assert not view.open and view.alerts == {} and view.closed_wall == 1.7e9
+    assert [v.name for v in state.visible(1.7e9 + 11.0)] == ["mic"]
+
+
+def test_active_alerts_show_on_their_stream_and_ended_ones_with_their_reason() -> None:
+    """A start shows on its stream's row; an end moves it to the ended list with its reason."""
+    state = WatchState(url="ws://x/ws")
+    state.apply(hello("s1", ("c/agent", "c/customer")))
+    state.apply(alert(1, "c/customer", "start"))
+    state.apply(alert(2, "c/agent", "start"))
+    assert list(state.streams["c/customer"].alerts) == [1]
+    text = rendered(state, 1.7e9)
+    assert text.count("▲ Sad>=0.6 for 3s since 2.0 s") == 2 and "ended alerts" not in text
+    state.apply(alert(1, "c/customer", "end", "stream_closed"))
+    state.apply(alert(2, "c/agent", "end", "silence"))
+    state.apply(alert(2, "c/agent", "end", "silence"))  # a backlog replay: listed once
+    assert state.streams["c/customer"].alerts == {} and [a.alert_id for a in
+                                                          state.ended_alerts] == [2, 1]
+    text = rendered(state, 1.7e9)
+    assert "▲" not in text
+    assert "#2 c/agent Sad>=0.6 for 3s: no speech for too long at 13.7 s" in text
+    assert "#1 c/customer Sad>=0.6 for 3s: stream closed at 13.7 s (p 0.62, 4.5 s of speech)" \
+        in text
+    for i in range(3, 10):
+        state.apply(alert(i, "c/agent", "end", "cleared"))
+    assert [a.alert_id for a in state.ended_alerts] == [9, 8, 7, 6, 5]
+
+
+def test_stats_throttle_prints_first_then_every_interval_or_on_trouble() -> None:
+    """The plain stats line: the first, then after every_s, or at once when a drop changes."""
+    throttle = StatsThrottle(30.0)
+    at = [dataclasses.replace(STATS, wall_time=t) for t in (100.0, 110.0, 129.9, 130.0, 140.0)]
+    dropped = dataclasses.replace(STATS, wall_time=141.0, windows_dropped=2)
+    refused = dataclasses.replace(STATS, wall_time=142.0, windows_dropped=2,
+                                  refused={"ws_clients": 1})
+    busy = dataclasses.replace(STATS, wall_time=143.0, windows_dropped=2, windows_done=99,
+                               lag_s=1.5, refused={"ws_clients": 1})
+    assert [throttle.due(s) for s in (*at, dropped, refused, busy)] == [
+        True, False, False, True, False, True, True, False
+    ]
+    every = StatsThrottle(0.0)
+    assert all(every.due(s) for s in at)
+    with pytest.raises(ClientError, match=r"\(--stats-every-s\) must be 0..86400 seconds, got -1"):
+        WatchConfig(stats_every_s=-1)
+
+
 def test_state_follows_speech_windows_and_a_new_session() -> None:
     """Speech and windows update their stream; a Hello of another session clears old streams."""
     state = WatchState(url="ws://x/ws")
@@ -99,9 +208,14 @@ def test_watch_command_prints_plain_lines_when_not_a_terminal() -> None:
         proc = None
         try:
             async with real_server("run1", windows=[window(i) for i in range(3)]) as (hub, srv):
-                proc = await start_command("watch", srv.ws_url, "--no-reconnect")
+                proc = await start_command("watch", srv.ws_url, "--no-reconnect",
+                                           "--stats-every-s", "30")
                 assert proc.stdout is not None
                 await wait_for_line(proc.stdout, r"^window mic #2 ", seen)
+                for wall, dropped in ((100.0, 1), (110.0, 1), (115.0, 2), (140.0, 2),
+                                      (145.0, 2)):
+                    hub.publish(dataclasses.replace(STATS, wall_time=wall,
+                                                    windows_dropped=dropped))
                 hub.publish(SpeechStartMessage(stream="mic", start_s=7.0, wall_time=1.7e9))
                 await wait_for_line(proc.stdout, r"^speech_start mic 7.00s", seen)
             async with asyncio.timeout(TIMEOUT_S):
@@ -116,6 +230,10 @@ def test_watch_command_prints_plain_lines_when_not_a_terminal() -> None:
     assert code == 0
     assert lines[0].startswith("hello session=run1 model=tiny ")
     assert [line.split()[2] for line in lines if line.startswith("window ")] == ["#0", "#1", "#2"]
+    # stats at most every 30 s (server time) unless a drop counter changed: 100, 115, 145
+    assert [line.split()[3] for line in lines if line.startswith("stats ")] == [
+        "dropped=1", "dropped=2", "dropped=2"
+    ]
     assert lines[-1].startswith("disconnected: server closed the connection (1001")
 
 

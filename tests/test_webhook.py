@@ -1,8 +1,10 @@
-"""Webhooks without leaking: header credentials, redacted URLs, no redirects, HMAC signatures."""
+"""Webhooks without leaking: header credentials, redacted URLs, no redirects, HMAC signatures;
+alert bodies that say why an alert ended."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import subprocess
 import sys
@@ -11,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from server.alerts import AlertMonitor, parse_rule
 from server.errors import ServerError
+from server.hub import EventHub
+from server.session import ModelInfo
 from server.webhook import (
     SIGNATURE_HEADER,
     WebhookConfig,
@@ -21,6 +26,7 @@ from server.webhook import (
     sign,
     verify_signature,
 )
+from streamer.events import EngineStats, SpeechEnd, SpeechStart, WindowLabel
 from tests.conftest import REPO, TIMEOUT_S
 
 TOKEN = "tok-3f9c2a71b0d4-very-secret"
@@ -173,3 +179,41 @@ def test_run_refuses_a_userinfo_webhook_url_with_one_line() -> None:
     errors = [line for line in result.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and "user:password@" in errors[0], result.stderr
     assert "hunter2" not in result.stderr
+
+
+def test_an_alert_ended_by_silence_is_posted_with_its_reason() -> None:
+    """A stream quiet past the alert gap: the next stats tick ends its alert, and the webhook
+    body (the /ws frame) says why and for how much speech it held."""
+    labels = ("Angry", "Happy")
+
+    async def scenario() -> tuple[Receiver, list[str]]:
+        async with Receiver([]) as hook:
+            sender = WebhookSender(WebhookConfig(f"http://{hook.base}/hook"))
+            async with sender:
+                info = ModelInfo(name="m", labels=labels, window_s=2.0, hop_s=0.5,
+                                 sample_rate_hz=16000)
+                alerts = AlertMonitor([parse_rule("angry>=0.5 for 0.5s")], labels, max_gap_s=10)
+                posted: list[str] = []
+
+                def on_alert(text: str) -> None:
+                    posted.append(text)
+                    sender.submit(text)
+
+                async with EventHub(info, alerts=alerts, on_alert=on_alert) as hub:
+                    now = time.time()
+                    hub.publish_event(SpeechStart("s", 0.0, now))
+                    for end in (2.0, 2.5):
+                        hub.publish_event(WindowLabel("s", int(end * 2), end - 2, end, now,
+                                                      (0.9, 0.1), "Angry", 0.9, "Angry", 0.9,
+                                                      (0.9, 0.1)))
+                    hub.publish_event(SpeechEnd("s", 0.0, 2.8, now))
+                    hub.publish_stats(EngineStats(now, 0.0, 2, 0, 0, 0))  # quiet 0 s: on
+                    hub.publish_stats(EngineStats(now + 60, 0.0, 2, 0, 0, 0))  # 60 s: ended
+            return hook, posted
+
+    hook, posted = run(scenario())  # type: ignore[misc]
+    bodies = [json.loads(body) for _, _, body in hook.requests]
+    assert [body.encode() for body in posted] == [body for _, _, body in hook.requests]
+    assert [(b["state"], b["reason"], b["speech_s"], b["at_s"]) for b in bodies] == [
+        ("start", "", 0.5, 2.5), ("end", "silence", 0.5, 2.5)
+    ]

@@ -76,6 +76,8 @@ __all__ = [
     "AudioForkConnector",
     "AudioForkRefused",
     "ForkSpec",
+    "add_audio_fork_flags",
+    "audio_fork_config_from_args",
     "check_basic_auth",
     "fork_spec",
     "parse_fork_rate",
@@ -274,55 +276,55 @@ class AudioForkConfig:
     def build(self, context: ConnectorContext) -> AudioForkConnector:
         return AudioForkConnector(self, context)
 
-    @staticmethod
-    def add_flags(parser: argparse.ArgumentParser) -> None:
-        """The ``--audio-fork*`` argument group of ``run``."""
-        group = parser.add_argument_group(
-            "FreeSWITCH mod_audio_fork / mod_audio_stream (see docs/connectors.md)",
-            "WS PATH on the main port takes uuid_audio_fork / uuid_audio_stream forks. The "
-            "credential (USER:PASSWORD, sent by FreeSWITCH as HTTP Basic) comes from "
-            f"--audio-fork-credentials-file or ${AUDIO_FORK_CREDENTIALS_ENV}; without one the "
-            "endpoint is not started.")
-        group.add_argument("--audio-fork", action="store_true", default=None,
-                           help="serve FreeSWITCH audio forks")
-        group.add_argument("--audio-fork-path", default=None, metavar="PATH",
-                           help="WebSocket path (default /audio-fork)")
-        group.add_argument("--audio-fork-credentials-file", type=Path, default=None,
-                           metavar="FILE",
-                           help="file whose first line is USER:PASSWORD (chmod 600)")
-        group.add_argument("--audio-fork-mix", default=None, choices=AUDIO_FORK_MIX_TYPES,
-                           help="mix type of forks whose metadata and URL do not say "
-                           "(default stereo)")
-        group.add_argument("--audio-fork-sample-rate", default=None, metavar="RATE",
-                           help="sampling rate (8k, 16k, ...) of forks whose metadata and URL "
-                           "do not say (default 8k)")
-        group.add_argument("--audio-fork-caller-role", default=None, metavar="ROLE",
-                           help="role of the caller's channel (default customer)")
-        group.add_argument("--audio-fork-callee-role", default=None, metavar="ROLE",
-                           help="role of a stereo fork's callee channel (default agent)")
-        group.add_argument("--audio-fork-mixed-role", default=None, metavar="ROLE",
-                           help="role of a mixed fork's one channel (default mixed)")
 
-    @classmethod
-    def config_from_args(cls, args: argparse.Namespace) -> AudioForkConfig | None:
-        """The config the flags give, or None without ``--audio-fork`` (ServerError if bad)."""
-        given = {name: getattr(args, f"audio_fork_{name}") for name in (
-            "path", "mix", "sample_rate", "caller_role", "callee_role", "mixed_role",
-            "credentials_file") if getattr(args, f"audio_fork_{name}") is not None}
-        if not args.audio_fork:
-            if given:
-                raise ServerError(f"--audio-fork-{next(iter(given)).replace('_', '-')} given "
-                                  "without --audio-fork")
-            return None
-        credentials = read_credential(given.pop("credentials_file", None),
-                                      AUDIO_FORK_CREDENTIALS_ENV, "audio-fork credentials")
-        if credentials is None:
-            raise ServerError("--audio-fork needs a credential: --audio-fork-credentials-file "
-                              f"FILE or ${AUDIO_FORK_CREDENTIALS_ENV} (USER:PASSWORD)")
-        if "sample_rate" in given:
-            given["sample_rate_hz"] = _check_config_value(
-                parse_fork_rate, given.pop("sample_rate"), "--audio-fork-sample-rate")
-        return cls(credentials, **given)
+def add_audio_fork_flags(parser: argparse.ArgumentParser) -> None:
+    """The ``--audio-fork*`` argument group of ``run``."""
+    group = parser.add_argument_group(
+        "FreeSWITCH mod_audio_fork / mod_audio_stream (see docs/connectors.md)",
+        "WS PATH on the main port takes uuid_audio_fork / uuid_audio_stream forks. The "
+        "credential (USER:PASSWORD, sent by FreeSWITCH as HTTP Basic) comes from "
+        f"--audio-fork-credentials-file or ${AUDIO_FORK_CREDENTIALS_ENV}; without one the "
+        "endpoint is not started.")
+    group.add_argument("--audio-fork", action="store_true", default=None,
+                       help="serve FreeSWITCH audio forks")
+    group.add_argument("--audio-fork-path", default=None, metavar="PATH",
+                       help="WebSocket path (default /audio-fork)")
+    group.add_argument("--audio-fork-credentials-file", type=Path, default=None,
+                       metavar="FILE",
+                       help="file whose first line is USER:PASSWORD (chmod 600)")
+    group.add_argument("--audio-fork-mix", default=None, choices=AUDIO_FORK_MIX_TYPES,
+                       help="mix type of forks whose metadata and URL do not say "
+                       "(default stereo)")
+    group.add_argument("--audio-fork-sample-rate", default=None, metavar="RATE",
+                       help="sampling rate (8k, 16k, ...) of forks whose metadata and URL "
+                       "do not say (default 8k)")
+    group.add_argument("--audio-fork-caller-role", default=None, metavar="ROLE",
+                       help="role of the caller's channel (default customer)")
+    group.add_argument("--audio-fork-callee-role", default=None, metavar="ROLE",
+                       help="role of a stereo fork's callee channel (default agent)")
+    group.add_argument("--audio-fork-mixed-role", default=None, metavar="ROLE",
+                       help="role of a mixed fork's one channel (default mixed)")
+
+
+def audio_fork_config_from_args(args: argparse.Namespace) -> AudioForkConfig | None:
+    """The config the flags give, or None without ``--audio-fork`` (ServerError if bad)."""
+    given = {name: getattr(args, f"audio_fork_{name}") for name in (
+        "path", "mix", "sample_rate", "caller_role", "callee_role", "mixed_role",
+        "credentials_file") if getattr(args, f"audio_fork_{name}") is not None}
+    if not args.audio_fork:
+        if given:
+            raise ServerError(f"--audio-fork-{next(iter(given)).replace('_', '-')} given "
+                              "without --audio-fork")
+        return None
+    credentials = read_credential(given.pop("credentials_file", None),
+                                  AUDIO_FORK_CREDENTIALS_ENV, "audio-fork credentials")
+    if credentials is None:
+        raise ServerError("--audio-fork needs a credential: --audio-fork-credentials-file "
+                          f"FILE or ${AUDIO_FORK_CREDENTIALS_ENV} (USER:PASSWORD)")
+    if "sample_rate" in given:
+        given["sample_rate_hz"] = _check_config_value(
+            parse_fork_rate, given.pop("sample_rate"), "--audio-fork-sample-rate")
+    return AudioForkConfig(credentials, **given)
 
 
 def _check_config_value(parse: Any, value: object, flag: str) -> Any:

@@ -61,6 +61,8 @@ __all__ = [
     "AudioSocketConfig",
     "AudioSocketConnector",
     "AudioSocketRefused",
+    "add_audiosocket_flags",
+    "audiosocket_config_from_args",
     "parse_audiosocket_header",
     "uuid_from_payload",
 ]
@@ -155,45 +157,45 @@ class AudioSocketConfig:
     def build(self, context: ConnectorContext) -> AudioSocketConnector:
         return AudioSocketConnector(self, context)
 
-    @staticmethod
-    def add_flags(parser: argparse.ArgumentParser) -> None:
-        """The ``--audiosocket-*`` argument group of ``run``."""
-        group = parser.add_argument_group(
-            "Asterisk AudioSocket (see docs/connectors.md)",
-            "A TCP listener for AudioSocket() / Dial(AudioSocket/...) legs, off unless "
-            "--audiosocket-port is given. AudioSocket has no credential: a leg's UUID must be "
-            "in --audiosocket-roles-file (written by the dialplan), once.")
-        group.add_argument("--audiosocket-port", type=int, default=None, metavar="PORT",
-                           help="listen for AudioSocket on this TCP port (0: any free one)")
-        group.add_argument("--audiosocket-host", default=None, metavar="HOST",
-                           help="address to listen on (default 127.0.0.1)")
-        group.add_argument("--audiosocket-roles-file", type=Path, default=None, metavar="FILE",
-                           help="leg map: lines 'UUID CALL_ID ROLE [KEY=VALUE ...]'")
-        group.add_argument("--audiosocket-allow-peer", action="append", default=None,
-                           metavar="ADDR[/BITS]", help="accept legs only from these addresses "
-                           "(repeatable; required with a non-loopback --audiosocket-host)")
-        group.add_argument("--audiosocket-call-roles", default=None, metavar="ROLE,ROLE",
-                           help="the streams of every call (default agent,customer)")
 
-    @classmethod
-    def config_from_args(cls, args: argparse.Namespace) -> AudioSocketConfig | None:
-        """The config the flags give, or None without ``--audiosocket-port``."""
-        given = {name: getattr(args, f"audiosocket_{name}") for name in (
-            "host", "roles_file", "allow_peer", "call_roles")
-            if getattr(args, f"audiosocket_{name}") is not None}
-        if args.audiosocket_port is None:
-            if given:
-                raise ServerError(f"--audiosocket-{next(iter(given)).replace('_', '-')} given "
-                                  "without --audiosocket-port")
-            return None
-        if "roles_file" not in given:
-            raise ServerError("--audiosocket-port needs --audiosocket-roles-file FILE (the leg "
-                              "map; AudioSocket has no other credential)")
-        if "allow_peer" in given:
-            given["allow_peers"] = tuple(given.pop("allow_peer"))
-        if "call_roles" in given:
-            given["call_roles"] = tuple(r.strip() for r in given["call_roles"].split(","))
-        return cls(args.audiosocket_port, **given)
+def add_audiosocket_flags(parser: argparse.ArgumentParser) -> None:
+    """The ``--audiosocket-*`` argument group of ``run``."""
+    group = parser.add_argument_group(
+        "Asterisk AudioSocket (see docs/connectors.md)",
+        "A TCP listener for AudioSocket() / Dial(AudioSocket/...) legs, off unless "
+        "--audiosocket-port is given. AudioSocket has no credential: a leg's UUID must be "
+        "in --audiosocket-roles-file (written by the dialplan), once.")
+    group.add_argument("--audiosocket-port", type=int, default=None, metavar="PORT",
+                       help="listen for AudioSocket on this TCP port (0: any free one)")
+    group.add_argument("--audiosocket-host", default=None, metavar="HOST",
+                       help="address to listen on (default 127.0.0.1)")
+    group.add_argument("--audiosocket-roles-file", type=Path, default=None, metavar="FILE",
+                       help="leg map: lines 'UUID CALL_ID ROLE [KEY=VALUE ...]'")
+    group.add_argument("--audiosocket-allow-peer", action="append", default=None,
+                       metavar="ADDR[/BITS]", help="accept legs only from these addresses "
+                       "(repeatable; required with a non-loopback --audiosocket-host)")
+    group.add_argument("--audiosocket-call-roles", default=None, metavar="ROLE,ROLE",
+                       help="the streams of every call (default agent,customer)")
+
+
+def audiosocket_config_from_args(args: argparse.Namespace) -> AudioSocketConfig | None:
+    """The config the flags give, or None without ``--audiosocket-port``."""
+    given = {name: getattr(args, f"audiosocket_{name}") for name in (
+        "host", "roles_file", "allow_peer", "call_roles")
+        if getattr(args, f"audiosocket_{name}") is not None}
+    if args.audiosocket_port is None:
+        if given:
+            raise ServerError(f"--audiosocket-{next(iter(given)).replace('_', '-')} given "
+                              "without --audiosocket-port")
+        return None
+    if "roles_file" not in given:
+        raise ServerError("--audiosocket-port needs --audiosocket-roles-file FILE (the leg "
+                          "map; AudioSocket has no other credential)")
+    if "allow_peer" in given:
+        given["allow_peers"] = tuple(given.pop("allow_peer"))
+    if "call_roles" in given:
+        given["call_roles"] = tuple(r.strip() for r in given["call_roles"].split(","))
+    return AudioSocketConfig(args.audiosocket_port, **given)
 
 
 @dataclass(slots=True)

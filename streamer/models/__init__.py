@@ -40,6 +40,7 @@ _EXPORTS: dict[str, str] = {
     "log_mel": "streamer.models.features",
     "mel_filterbank": "streamer.models.features",
     "BUNDLED_MODEL_DIR": "streamer.models.loading",
+    "BUNDLED_MODEL_NAME": "streamer.models.loading",
     "load_model": "streamer.models.loading",
     "narrowband_ok": "streamer.models.loading",
     "quiet_progress": "streamer.models.loading",

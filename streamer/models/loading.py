@@ -69,6 +69,7 @@ from streamer.models.torch_runner import TorchRunner, prepare_module, splittable
 
 __all__ = [
     "BUNDLED_MODEL_DIR",
+    "BUNDLED_MODEL_NAME",
     "load_model",
     "narrowband_ok",
     "quiet_progress",
@@ -78,6 +79,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "bundled"
+#: the bundled model's name: what logs, ``hello`` and ``/healthz`` show, and what ``--model``
+#: takes for it (a local folder of that name is ``./bundled``)
+BUNDLED_MODEL_NAME = "bundled"
 _HUB_HOST = ("huggingface.co", 443)
 _HUB_PROBE_TIMEOUT_S = 3.0
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
@@ -197,7 +201,8 @@ def load_model(
     encoder_cache: bool | None = None,
     cache_dir: Path | None = None,
 ) -> TorchRunner | OnnxRunner:
-    """Load a model (folder, optimize folder or hub id; ``None`` = the bundled model).
+    """Load a model (folder, optimize folder or hub id; ``None`` or ``"bundled"`` = the bundled
+    model).
 
     A hub id is looked up in the local cache first; when it is not cached and the hub cannot be
     reached (no network, or ``HF_HUB_OFFLINE=1``) this fails at once with a ModelError that says
@@ -270,11 +275,14 @@ class _Where:
 
 
 def _locate(name_or_path: str | Path | None) -> _Where:
-    """The bundled model, a local folder with a config.json, or a hub-id-shaped string."""
-    if name_or_path is None:
+    """The bundled model (None or the string ``"bundled"``), a local folder with a config.json,
+    or a hub-id-shaped string."""
+    if name_or_path is None or (
+        isinstance(name_or_path, str) and name_or_path.strip() == BUNDLED_MODEL_NAME
+    ):
         if not (BUNDLED_MODEL_DIR / "config.json").is_file():
             raise ModelError(f"the bundled model is missing from {BUNDLED_MODEL_DIR}")
-        return _Where(str(BUNDLED_MODEL_DIR), "bundled", BUNDLED_MODEL_DIR)
+        return _Where(str(BUNDLED_MODEL_DIR), BUNDLED_MODEL_NAME, BUNDLED_MODEL_DIR)
     text = str(name_or_path)
     path = Path(text).expanduser()
     if path.is_dir():

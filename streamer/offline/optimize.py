@@ -61,7 +61,7 @@ from numpy.typing import NDArray
 from streamer.audio import MODEL_RATE_HZ
 from streamer.errors import ModelError
 from streamer.models.features import LOG_MEL_INPUT, WAVEFORM_INPUT
-from streamer.models.loading import BUNDLED_MODEL_DIR, load_model
+from streamer.models.loading import BUNDLED_MODEL_DIR, BUNDLED_MODEL_NAME, load_model
 from streamer.models.settings import (
     COMPACT_MODEL_TYPE,
     MANIFEST_NAME,
@@ -386,7 +386,8 @@ def _checked_folders(model: str | Path | None, out: Path, *, overwrite: bool
     """The source checkpoint folder and ``out``, or a ModelError saying what is wrong. ``out``
     may be ``source`` itself (in place). A folder optimised in place (the bundled model) is
     still a checkpoint; other optimize outputs are not."""
-    source = BUNDLED_MODEL_DIR if model is None else Path(model).expanduser()
+    bundled = model is None or (isinstance(model, str) and model.strip() == BUNDLED_MODEL_NAME)
+    source = BUNDLED_MODEL_DIR if bundled else Path(str(model)).expanduser()
     if not (source / "config.json").is_file():
         raise ModelError(f"{source}: not a local checkpoint folder (optimize needs one)")
     out = Path(out)

@@ -19,6 +19,7 @@ from streamer.protocol.errors import ProtocolError
 from streamer.protocol.limits import UNCERTAIN
 
 __all__ = [
+    "ALERT_END_REASONS",
     "ALERT_STATES",
     "WIDEBAND_MODEL_ON_NARROWBAND_AUDIO",
     "PROTOCOL_VERSION",
@@ -47,6 +48,9 @@ __all__ = [
 PROTOCOL_VERSION = 1
 #: ``AlertMessage.state`` values
 ALERT_STATES = ("start", "end")
+#: ``AlertMessage.reason`` values of an ``end``: the condition stopped holding, no speech for
+#: longer than the server's alert gap, the stream ended, the server is stopping
+ALERT_END_REASONS = ("cleared", "silence", "stream_closed", "shutdown")
 #: a ``stream_open`` warning: the stream's input rate is below 16 kHz (e.g. an 8 kHz call) and
 #: the model is not marked fit for narrowband audio (the same code as ``streamer.events``)
 WIDEBAND_MODEL_ON_NARROWBAND_AUDIO = "wideband_model_on_narrowband_audio"
@@ -183,7 +187,10 @@ class AlertMessage:
 
     ``alert_id`` counts alerts of one server run; the "start" and "end" of one alert share it.
     ``since_s`` is the stream time the condition began to hold, ``at_s`` the stream time of this
-    message, ``probability`` the label's smoothed probability then.
+    message, ``probability`` the label's smoothed probability then. ``speech_s`` is the speech
+    time the condition held (``for_s`` counts speech, not the silence between segments, so it
+    can be less than ``at_s - since_s``). ``reason`` says why an alert ended (one of
+    :data:`ALERT_END_REASONS`); it is empty on a "start" (and from servers before the field).
     """
 
     TYPE: ClassVar[str] = "alert"
@@ -198,6 +205,8 @@ class AlertMessage:
     at_s: float
     probability: float
     wall_time: float
+    reason: str = ""  # on "end": one of ALERT_END_REASONS
+    speech_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,7 +70,9 @@ CALLS_STATE = """() => {
       id: Number(li.dataset.alertId), stream: li.dataset.stream, label: li.dataset.label,
       rule: li.dataset.rule, state: li.dataset.state, value: Number(li.dataset.value),
       text: li.textContent})),
-    selected: document.getElementById('stream-select').value,
+    selected: window.emotionMonitor.state.selected,
+    utterance_count: view.querySelector('.channel-utterance-count') ?
+      view.querySelector('.channel-utterance-count').dataset.total : null,
   };
 }"""
 
@@ -211,7 +213,7 @@ def test_dashboard_shows_pushed_calls_channels_utterances_and_alerts(
                 return Number(ch.querySelector('canvas.channel-chart').dataset.points) === points &&
                   ch.querySelectorAll('.channel-utterances li').length === utterances &&
                   ended === alerts;
-              }""", [len(agent), min(5, len(utterances)), len(alerts)],
+              }""", [len(agent), len(utterances), len(alerts)],
                 what="every window, utterance and ended alert of the run on the page")
             ended = await page.evaluate(CALLS_STATE)
             await page.screenshot(path=str(tmp_path / "calls-ended.png"), full_page=True)
@@ -246,10 +248,27 @@ def test_dashboard_shows_pushed_calls_channels_utterances_and_alerts(
             await settled(page, "reload")
             reloaded = await page.evaluate(CALLS_STATE)
             await page.screenshot(path=str(tmp_path / "calls-reloaded.png"), full_page=True)
+            # A newer server says why an alert ended (reason, speech_s): the page shows it.
+            page_side, _ = sockets[-1]
+            alert = {"type": "alert", "v": 1, "alert_id": 999, "stream": "call-2/ch0",
+                     "state": "start", "rule": "Angry>=0.9 for 1s", "label": "Angry",
+                     "threshold": 0.9, "for_s": 1.0, "since_s": 1.0, "at_s": 2.0,
+                     "probability": 0.95, "wall_time": 2e9}
+            page_side.send(json.dumps(alert))
+            page_side.send(json.dumps({**alert, "state": "end", "at_s": 3.0, "wall_time": 2e9 + 1,
+                                       "reason": "stream_closed", "speech_s": 4.5}))
+            await wait_page(page, """() => {
+                const li = document.querySelector('#alerts li[data-alert-id="999"]');
+                return li && li.dataset.state === 'end' && li.dataset.endReason !== '';
+              }""", what="the injected alert ended with its reason")
+            reason = await page.evaluate("""() => {
+                const li = document.querySelector('#alerts li[data-alert-id="999"]');
+                return {reason: li.dataset.endReason, text: li.textContent}; }""")
             client.cancel()
             await asyncio.gather(client, return_exceptions=True)
             return {"empty": empty, "live": live, "ended": ended, "single": single,
                     "reconnected": reconnected, "reloaded": reloaded, "sockets": len(sockets),
+                    "reason": reason,
                     "recorder": recorder, "console": list(console)}
 
     with ExitStack() as pushes:
@@ -288,12 +307,14 @@ def test_dashboard_shows_pushed_calls_channels_utterances_and_alerts(
     assert live_calls["call-1"]["open"] == "true" and live["view"] == "call-1", live
     assert live["selected"] == "call-1/agent", live
 
-    # Utterances: the agent's closed speech segments, newest first, as the server labelled them.
+    # Utterances: all of the agent's closed speech segments (up to the page's cap of 200),
+    # newest first, as the server labelled them.
     sent = [u for u in recorder.of("utterance") if u["stream"] == "call-1/agent"]
     assert sent, "speech-like audio closes at least one speech segment"
     shown = agent["utterances"]
     assert [(u["label"], u["start_s"], u["end_s"]) for u in shown] == [
-        (u["label"], u["start_s"], u["end_s"]) for u in reversed(sent[-5:])]
+        (u["label"], u["start_s"], u["end_s"]) for u in reversed(sent)]
+    assert ended["utterance_count"] == str(len(sent))
     assert not [u for u in recorder.of("utterance") if u["stream"] == "call-1/customer"]
 
     # Alerts: exactly the alerts the server raised, newest on top, each ended with its stream.
@@ -319,10 +340,14 @@ def test_dashboard_shows_pushed_calls_channels_utterances_and_alerts(
     assert channel["stream"] == "call-2/ch0" and channel["points"] == len(ch0_windows) >= 1
     assert channel["label"] == ch0_windows[-1]["smoothed_label"]
 
-    # After a reconnect (and an unknown frame) and after a reload the page shows the same.
+    # After a reconnect (and an unknown frame) and after a reload (no call is live, so the
+    # call the URL names) the page shows the same.
     assert seen["sockets"] == 3
     assert seen["reconnected"] == single
-    assert seen["reloaded"] == ended
+    assert seen["reloaded"] == single
+    assert seen["reason"]["reason"] == "stream_closed", seen["reason"]
+    assert "ended: call closed" in seen["reason"]["text"]
+    assert "after 4.5 s of speech" in seen["reason"]["text"]
 
     assert (tmp_path / "calls-ended.png").stat().st_size > 0
     errors = [line for line in seen["console"] if line.startswith(("pageerror", "error"))]

@@ -16,6 +16,8 @@ from .monitor import Monitor, Recorder
 pytestmark = pytest.mark.slow
 
 MS = 1000.0
+# the chart of the selected stream: the one canvas of its channel in the call view
+CHART = "document.querySelector('#call-view .channel[data-stream] canvas.channel-chart')"
 
 
 async def wait_js(page: Any, expression: str, arg: Any = None, *, what: str) -> Any:
@@ -24,11 +26,11 @@ async def wait_js(page: Any, expression: str, arg: Any = None, *, what: str) -> 
         handle = await page.wait_for_function(expression, arg=arg, timeout=TIMEOUT_S * 2 * MS)
     except Exception as exc:  # Playwright's TimeoutError: say what was awaited, show the page
         state = await page.evaluate(
-            """() => ({conn: document.getElementById('connection-state')?.dataset.state,
+            f"""() => ({{conn: document.getElementById('connection-state')?.dataset.state,
                        label: document.getElementById('current-label')?.dataset.label,
-                       points: document.getElementById('chart')?.dataset.points,
-                       options: Array.from(document.querySelectorAll('#stream-select option'))
-                                  .map(o => o.value)})"""
+                       points: {CHART}?.dataset.points,
+                       calls: Array.from(document.querySelectorAll('#call-list li'))
+                                  .map(li => li.dataset.call)}})"""
         )
         raise AssertionError(f"timed out waiting for {what}; page state {state}") from exc
     return await handle.json_value()
@@ -39,16 +41,23 @@ async def page_state(page: Any) -> dict[str, Any]:
     return await page.evaluate(
         """() => {
           const $ = id => document.getElementById(id);
+          const chart = document.querySelector(
+            '#call-view .channel[data-stream] canvas.channel-chart');
           return {
             connection: $('connection-state').dataset.state,
             label: $('current-label').dataset.label,
             label_text: $('current-label').textContent.trim(),
             confidence: $('current-confidence').dataset.value,
             window_info: $('window-info').textContent.trim(),
-            points: Number($('chart').dataset.points),
-            chart_stream: $('chart').dataset.stream,
-            options: Array.from($('stream-select').options).map(o => o.value),
-            selected: $('stream-select').value,
+            points: chart ? Number(chart.dataset.points) : 0,
+            chart_stream: chart ? chart.dataset.stream : '',
+            charts: document.querySelectorAll('canvas').length,
+            selected: window.emotionMonitor ? window.emotionMonitor.state.selected : null,
+            call_started: $('call-started').dataset.wallTime,
+            call_duration: $('call-duration').textContent,
+            channel_time: document.querySelector('#call-view .channel-time')?.textContent,
+            channel_confidence: document.querySelector('#call-view .channel-confidence')
+                                  ?.textContent,
             bars: Array.from(document.querySelectorAll('#probabilities li'))
                     .map(li => li.dataset.label),
             session: window.emotionMonitor && window.emotionMonitor.state.hello
@@ -79,12 +88,12 @@ def test_dashboard_shows_live_labels_and_reconnects(
             await page.goto(monitor.url)
             await wait_js(page, "() => document.getElementById('connection-state')"
                                 ".dataset.state === 'connected'", what="connected")
-            await wait_js(page, "() => Number(document.getElementById('chart')"
-                                ".dataset.points) >= 1", what="a first chart point")
+            await wait_js(page, f"() => Number({CHART}?.dataset.points) >= 1",
+                          what="a first chart point")
             first = await page_state(page)
             # Later windows move the chart on: the page follows the live stream.
-            await wait_js(page, "n => Number(document.getElementById('chart')"
-                                ".dataset.points) > n", first["points"], what="more chart points")
+            await wait_js(page, f"n => Number({CHART}?.dataset.points) > n", first["points"],
+                          what="more chart points")
             live = await page_state(page)
             await page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
             match = re.match(r"#(\d+) ", live["window_info"])
@@ -98,12 +107,12 @@ def test_dashboard_shows_live_labels_and_reconnects(
             client.cancel()
             await asyncio.gather(client, return_exceptions=True)
 
-            # Stream selector: lists the stream the windows came from; choosing it shows it.
+            # The one picker: the call list; choosing the call shows its stream, its URL says so.
             stream = live["chart_stream"]
-            assert stream and stream in live["options"], live
-            await page.select_option("#stream-select", stream)
-            await wait_js(page, "s => document.getElementById('chart').dataset.stream === s",
-                          stream, what="the chosen stream in the chart")
+            assert stream and stream in live["calls"], live
+            await page.click(f'#call-list li[data-call="{stream}"] button')
+            await wait_js(page, "s => location.hash === '#calls?call=' + encodeURIComponent(s)",
+                          stream, what="the chosen call in the URL")
             name = await page.text_content("#stream-name")
             assert name is not None and stream in name
 
@@ -120,8 +129,8 @@ def test_dashboard_shows_live_labels_and_reconnects(
                                 "window.emotionMonitor.state.hello.session !== s && "
                                 "document.getElementById('connection-state').dataset.state "
                                 "=== 'connected'", old_session, what="reconnected to the new run")
-            await wait_js(page, "() => Number(document.getElementById('chart')"
-                                ".dataset.points) >= 1", what="chart points of the new run")
+            await wait_js(page, f"() => Number({CHART}?.dataset.points) >= 1",
+                          what="chart points of the new run")
             after = await page_state(page)
             await page.screenshot(path=str(tmp_path / "dashboard-after-restart.png"))
             return {"first": first, "live": live, "after": after, "console": console,
@@ -144,6 +153,12 @@ def test_dashboard_shows_live_labels_and_reconnects(
     [channel] = live["channels"]
     assert channel["stream"] == live["chart_stream"] and channel["label"] == live["label"]
     assert channel["points"] == live["points"], live
+    # one chart on the page (the selected call's one channel), no stream picker but the list
+    assert live["charts"] == 1 and live["selected"] == live["chart_stream"], live
+    # stream seconds come with the time of day, the call's start and its duration, labelled
+    assert float(live["call_started"]) > 0 and ":" in live["call_duration"], live
+    assert re.fullmatch(r"at stream time \d+\.\d s · \d\d:\d\d:\d\d", live["channel_time"])
+    assert re.fullmatch(r"confidence \d\.\d\d", live["channel_confidence"]), live
     assert after["session"] != live["session"] and after["connection"] == "connected", after
     assert (tmp_path / "dashboard.png").stat().st_size > 0
     # Chromium logs each refused reconnect attempt as a console error; anything else is a bug.
