@@ -545,7 +545,7 @@ class EventServer:
         if path == EVENTS_PATH or (path == INGEST_PATH and self.ingest is not None):
             return self._upgrade(connection, request, path, policy)
         if path in self.connectors:
-            return self._upgrade_connector(connection, request, self.connectors[path], policy)
+            return self._upgrade_connector(connection, request, self.connectors[path])
         if path.startswith(API_PREFIX):
             return self._api(connection, request)
         return self._get(connection, request, path)
@@ -601,14 +601,14 @@ class EventServer:
         connection: ServerConnection,
         request: Request,
         connector: WebSocketConnector,
-        policy: OriginPolicy,
     ) -> Response | None:
-        """A platform's WebSocket: origin, then the connector's own credential check."""
-        if not policy.origin_allowed(_origin(request.headers)):
-            return self._refuse(
-                "origin", connection, request, HTTPStatus.FORBIDDEN,
-                "WebSocket from another origin refused (see --allow-origin)\n",
-            )
+        """A platform's WebSocket: the connector's own credential check decides.
+
+        No Origin check here: platforms are servers, not browsers, and some send an Origin of
+        their own (libwebsockets in mod_audio_fork sends ``http://<host>``). What protects these
+        paths is the platform credential (an HMAC signature, an API key header, HTTP Basic),
+        which a page in a browser cannot produce. Host is checked as for every request.
+        """
         if "upgrade" not in ", ".join(request.headers.get_all("Connection")).lower():
             return _text(HTTPStatus.UPGRADE_REQUIRED,
                          f"{request.path[:200]} is a WebSocket endpoint ({connector.name})\n")

@@ -1,8 +1,9 @@
 """What a telephony connector is to the server: its config, its context, its two shapes.
 
 A connector turns one platform's call-audio stream into
-:class:`~server.connectors.calls.PlatformCall` streams. It comes from a frozen config object (one per platform, made from ``run`` flags by
-:mod:`server.connectors.registry`) whose ``build(context)`` returns one of:
+:class:`~server.connectors.calls.PlatformCall` streams. It comes from a frozen config object
+(one per platform, made from ``run`` flags by :mod:`server.connectors.registry`) whose
+``build(context)`` returns one of:
 
 - a :class:`WebSocketConnector`: served by the event server on its own ``path`` of the main
   port. The server checks Host and Origin as for every WebSocket, then hands the upgrade
@@ -137,7 +138,9 @@ class TcpConnector(Protocol):
 class ConnectorConfig(Protocol):
     """A platform's settings (frozen, validated when made); ``build`` makes its connector."""
 
-    name: str
+    @property
+    def name(self) -> str:  # read-only: a frozen dataclass's field satisfies it
+        ...
 
     def build(self, context: ConnectorContext) -> WebSocketConnector | TcpConnector:
         ...

@@ -49,7 +49,7 @@ class CallRefused(Exception):
     """A call (or a frame of it) the server will not take; ``code`` names the case.
 
     Codes: ``duplicate_stream``, ``too_many_calls``, ``call_too_long``, ``shutting_down``,
-    ``bad_call_id``, ``bad_audio``.
+    ``bad_call_id``, ``bad_audio``, ``call_closed`` (audio for a call or role already closed).
     """
 
     def __init__(self, code: str, message: str) -> None:
@@ -94,7 +94,9 @@ class PlatformCall:
     blocks. Past ``max_call_s`` of audio on any role :class:`CallRefused` ``call_too_long``
     (counted in ``stats.refused.call_length``). ``close(reason)`` closes every stream with that
     ``stream_close`` reason (``end``, ``disconnected``, ``idle_timeout``, ``max_length``,
-    ``error``, ``shutdown``) and frees the call id; it is idempotent.
+    ``error``, ``shutdown``) and frees the call id; it is idempotent. Where each party comes on
+    a connection of its own (AudioSocket), ``close_role(role, reason)`` ends that party's
+    stream alone; the call and its id stay live until ``close``.
     """
 
     def __init__(
@@ -131,6 +133,8 @@ class PlatformCall:
         for role, samples in blocks.items():
             if role not in self.feeds:
                 raise CallRefused("bad_audio", f"call {self.call_id!r} has no role {role!r}")
+            if self.feeds[role].closed:
+                raise CallRefused("call_closed", f"{self.call_id}/{role} is closed")
             total = self.samples[role] + len(samples)
             if total > self._max_samples:
                 self.desk.counters.refuse("call_length")
@@ -149,6 +153,10 @@ class PlatformCall:
         except StreamerError as exc:
             raise CallRefused("bad_audio", str(exc)) from exc
 
+    async def close_role(self, role: str, reason: str) -> None:
+        """Close one role's stream with ``reason``; the call stays live. Idempotent."""
+        await self._close_feed(self.feeds[role], reason)
+
     async def close(self, reason: str) -> None:
         """Close every stream of the call with ``reason``; frees the call id. Idempotent."""
         if self.closed:
@@ -156,14 +164,17 @@ class PlatformCall:
         self.closed = True
         try:
             for feed in self.feeds.values():
-                if feed.closed:
-                    continue
-                if self.desk.engine.config.realtime:
-                    feed.close(reason=reason)
-                else:  # the flush may wait for the inference queue: not on the loop
-                    await asyncio.to_thread(feed.close, reason)
+                await self._close_feed(feed, reason)
         finally:
             self.desk.release(self.call_id)
+
+    async def _close_feed(self, feed: StreamFeed, reason: str) -> None:
+        if feed.closed:
+            return
+        if self.desk.engine.config.realtime:
+            feed.close(reason=reason)
+        else:  # the flush may wait for the inference queue: not on the loop
+            await asyncio.to_thread(feed.close, reason)
 
 
 class CallDesk:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+import server.connectors.audio_fork as audio_fork
 import server.connectors.audiohook as audiohook
+import server.connectors.audiosocket as audiosocket
 import server.connectors.twilio as twilio
 from server.connectors.base import ConnectorConfig
 
@@ -22,6 +24,8 @@ CONNECTORS: tuple[tuple[Callable[[argparse.ArgumentParser], None],
                         Callable[[argparse.Namespace], ConnectorConfig | None]], ...] = (
     (twilio.add_twilio_flags, twilio.twilio_config_from_args),
     (audiohook.add_audiohook_flags, audiohook.audiohook_config_from_args),
+    (audio_fork.add_audio_fork_flags, audio_fork.audio_fork_config_from_args),
+    (audiosocket.add_audiosocket_flags, audiosocket.audiosocket_config_from_args),
 )
 
 
