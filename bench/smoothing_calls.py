@@ -232,7 +232,8 @@ def score(call: Call, windows: list[Any], segments: int, labels: tuple[str, ...]
 def line(name: str, s: Score) -> str:
     r = s.row()
     return (f"{name:<24} {r['windows']:>6} {r['raw_acc']:>6.3f} {r['smoothed_acc']:>8.3f} "
-            f"{r['smoothed_class_acc']:>8.3f} {r['shown_acc']:>8.3f} {r['uncertain_share']:>9.3f} {r['first_after_change_raw']:>9.3f} "
+            f"{r['smoothed_class_acc']:>8.3f} {r['shown_acc']:>8.3f} {r['uncertain_share']:>9.3f} "
+            f"{r['first_after_change_raw']:>9.3f} "
             f"{r['first_after_change_smoothed']:>9.3f} {r['turns']:>6} {r['turns_missed_raw']:>7} "
             f"{r['turns_missed_smoothed']:>8} {r['vad_segments']:>5}")
 
@@ -240,7 +241,8 @@ def line(name: str, s: Score) -> str:
 HEADER = (f"{'':<24} {'windows':>6} {'raw':>6} {'smoothed':>8} {'smoothed':>8} {'shown':>8} "
           f"{'uncertain':>9} "
           f"{'1st raw':>9} {'1st smooth':>9} {'turns':>6} {'missed':>7} {'missed':>8} "
-          f"{'segs':>5}\n{'':<24} {'':>6} {'acc':>6} {'acc':>8} {'class':>8} {'acc':>8} {'share':>9} "
+          f"{'segs':>5}\n{'':<24} {'':>6} {'acc':>6} {'acc':>8} {'class':>8} {'acc':>8} "
+          f"{'share':>9} "
           f"{'after chg':>9} "
           f"{'after chg':>9} {'':>6} {'raw':>7} {'smoothed':>8} {'(VAD)':>5}")
 

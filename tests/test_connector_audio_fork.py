@@ -22,7 +22,6 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from server.auth import SecurityConfig
 from server.config import IngestConfig, ServerConfig
 from server.connectors.audio_fork import (
     AUDIO_FORK_CREDENTIALS_ENV,

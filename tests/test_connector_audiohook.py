@@ -435,7 +435,8 @@ def test_config_fails_closed_and_keeps_secrets_out_of_the_command_line(
                                 "--audiohook-client-secret-file", str(secret_file)]))
     monkeypatch.setenv(API_KEY_ENV, "key-from-env")
     monkeypatch.setenv(CLIENT_SECRET_ENV, DOC_CLIENT_SECRET)
-    config = audiohook_config_from_args(parse(["--audiohook", "--audiohook-external-role", "agent"]))
+    config = audiohook_config_from_args(
+        parse(["--audiohook", "--audiohook-external-role", "agent"]))
     assert config is not None and config.api_key == "key-from-env"
     assert config.client_secret == b"MySuperSecretKeyTellNo-1!2@3#4$5"
     assert config.roles_of(("external", "internal")) == ("agent", "customer")

@@ -39,8 +39,8 @@ from server.connectors.twilio import (
     TwilioStop,
     TwilioUnknown,
     add_twilio_flags,
-    twilio_config_from_args,
     parse_twilio_message,
+    twilio_config_from_args,
     twilio_signature,
     twilio_signature_ok,
 )
