@@ -134,7 +134,7 @@ def test_utterance_and_alert_files_sit_beside_the_window_file(tmp_path: Path) ->
         "p_Neutral", "p_Sad", "windows", "windows_dropped", "wall_time")
     assert kind_columns("alert", LABELS) == (
         "session", "stream", "alert_id", "state", "rule", "label", "threshold", "for_s",
-        "since_s", "at_s", "probability", "wall_time")
+        "since_s", "at_s", "probability", "reason", "speech_s", "wall_time")
     assert tuple(utterance_row(utterance(1.0), LABELS, session="s")) == kind_columns(
         "utterance", LABELS)
     assert tuple(alert_row(alert(1, "start"), session="s")) == kind_columns("alert", LABELS)
