@@ -85,6 +85,7 @@ _EXPORTS: dict[str, str] = {
     "check_ranges": "server.limits",
     "AudioSource": "server.monitor",
     "Monitor": "server.monitor",
+    "register_serve_ray": "server.ray_command",
     "StoreRecorder": "server.recorder",
     "ModelInfo": "server.session",
     "StreamRegistry": "server.session",
