@@ -1,13 +1,13 @@
 """The Ray Serve inference tier against the in-process engine, same machine, same model, one run.
 
-Starts a private Ray head (``ray start --head --block``: 127.0.0.1, no dashboard, token auth
-from the environment, its files in a temp folder), deploys the tier with the project's own
+Starts a private Ray head (``ray start --head --block``: no dashboard, token auth with a
+fresh token in the environment, its files in a temp folder), deploys the tier with the project's own
 command (``emotion-monitor serve-ray``, bundled model, ``--replicas``), then runs the same
 workload in "ingest node" processes, each an :class:`~streamer.engine.Engine` with
 ``--streams`` streams of continuous speech-like audio, first with its own model (``local``)
 and then through the tier (``ray``), with 1 node and with ``--nodes`` nodes at once:
 
-- throughput: every stream fed ``--seconds`` of audio as fast as the engine takes it
+- throughput: every stream fed ``--throughput-s`` of audio as fast as the engine takes it
   (``realtime=False``: nothing dropped); windows per second over all nodes;
 - label latency: every stream paced in real time for ``--seconds`` (live mode, drops counted):
   a label's arrival at the engine's sink minus the moment the window's last sample was fed,
@@ -17,8 +17,8 @@ It prints a table and the overhead ratios (Ray / in-process) at each node count.
 wait at a barrier so they start together; every wait has a timeout. Needs
 ``emotion-monitor[ray]``.
 
-    python bench/cluster.py [--streams 4] [--seconds 8] [--nodes 2] [--replicas 1]
-        [--cpus-per-replica 1] [--ray-cpus 2]
+    python bench/cluster.py [--streams 4] [--seconds 10] [--throughput-s 30] [--nodes 2]
+        [--replicas 1] [--cpus-per-replica 1] [--ray-cpus 2]
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def _worker(args: argparse.Namespace) -> int:
     print("ready", flush=True)
     if sys.stdin.readline().strip() != "go":
         return 1
-    result = {"throughput": _phase(model, args.streams, args.seconds, paced=False,
+    result = {"throughput": _phase(model, args.streams, args.throughput_s, paced=False,
                                    node=args.node)}
     print("ready", flush=True)
     if sys.stdin.readline().strip() != "go":
@@ -161,12 +161,12 @@ def _drain(stream: Any) -> None:
 
 
 def _start_head(folder: Path, cpus: int, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
-    """A private Ray head on 127.0.0.1 (our child: SIGTERM stops it); its GCS address."""
+    """A private Ray head (our child, in its own session); its GCS address."""
     port = _free_port()
     ray_cli = [sys.executable, "-c", "from ray.scripts.scripts import main; main()"]
     head = subprocess.Popen(
         [*ray_cli, "start", "--head", "--block", f"--port={port}", f"--num-cpus={cpus}",
-         "--node-ip-address=127.0.0.1", "--include-dashboard=false", f"--temp-dir={folder}",
+         "--include-dashboard=false", f"--temp-dir={folder}",
          "--disable-usage-stats"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True)
@@ -183,6 +183,20 @@ def _start_head(folder: Path, cpus: int, env: dict[str, str]) -> tuple[subproces
     raise SystemExit("the Ray head did not start")
 
 
+def _stop_head(head: subprocess.Popen[str]) -> None:
+    """SIGTERM to ``ray start`` (it stops its processes), then SIGKILL to what is left of its
+    session (only the head's own processes are in it)."""
+    head.terminate()
+    try:
+        head.wait(30)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(head.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def _nodes(mode: str, count: int, address: str, args: argparse.Namespace, env: dict[str, str],
            folder: Path) -> list[dict[str, Any]]:
     """Run ``count`` ingest-node processes together (two barriers); their results."""
@@ -191,7 +205,8 @@ def _nodes(mode: str, count: int, address: str, args: argparse.Namespace, env: d
     for i in range(count):
         procs.append(subprocess.Popen(
             [sys.executable, __file__, "--worker", mode, "--address", address,
-             "--streams", str(args.streams), "--seconds", str(args.seconds), "--node", str(i),
+             "--streams", str(args.streams), "--seconds", str(args.seconds),
+             "--throughput-s", str(args.throughput_s), "--node", str(i),
              "--out", str(outs[i])],
             env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
     for _ in ("throughput", "latency"):
@@ -254,7 +269,8 @@ def _drive(args: argparse.Namespace) -> int:
             env=env, check=True, timeout=START_TIMEOUT_S)
         print(f"tier deployed in {time.monotonic() - t0:.1f} s; {platform.processor() or ''} "
               f"{os.cpu_count()} CPU(s) on this machine; {args.streams} stream(s) per node, "
-              f"{args.seconds:g} s of audio per stream and phase", flush=True)
+              f"{args.throughput_s:g} s (throughput) and {args.seconds:g} s (live) of audio per "
+              "stream", flush=True)
         counts = sorted({1, args.nodes})
         rows = {}
         for count in counts:
@@ -262,11 +278,7 @@ def _drive(args: argparse.Namespace) -> int:
                 rows[(mode, count)] = _summary(_nodes(mode, count, address, args, env, folder))
         _print(rows, counts)
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
+        _stop_head(head)
         shutil.rmtree(folder, ignore_errors=True)
     return 0
 
@@ -274,8 +286,10 @@ def _drive(args: argparse.Namespace) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--streams", type=int, default=4, help="streams per node (default 4)")
-    parser.add_argument("--seconds", type=float, default=8.0,
-                        help="audio per stream and phase (default 8)")
+    parser.add_argument("--seconds", type=float, default=10.0,
+                        help="audio per stream in the live (latency) phase (default 10)")
+    parser.add_argument("--throughput-s", type=float, default=30.0,
+                        help="audio per stream in the throughput phase (default 30)")
     parser.add_argument("--nodes", type=int, default=2,
                         help="ingest nodes sharing the tier in the second round (default 2)")
     parser.add_argument("--replicas", type=int, default=1, help="tier replicas (default 1)")
@@ -288,8 +302,9 @@ def main() -> int:
     parser.add_argument("--out", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not (1 <= args.streams <= 200 and 1 <= args.nodes <= 16 and 1 <= args.replicas <= 16
-            and 0 < args.seconds <= 600):
-        parser.error("bounds: streams 1..200, nodes 1..16, replicas 1..16, seconds (0, 600]")
+            and 0 < args.seconds <= 600 and 0 < args.throughput_s <= 600):
+        parser.error("bounds: streams 1..200, nodes 1..16, replicas 1..16, seconds and "
+                     "throughput-s (0, 600]")
     return _worker(args) if args.worker else _drive(args)
 
 
