@@ -102,6 +102,7 @@ _EXPORTS: dict[str, str] = {
     "render_metrics": "server.metrics",
     "AudioSource": "server.monitor",
     "Monitor": "server.monitor",
+    "register_serve_ray": "server.ray_command",
     "RecordingStore": "server.recorder",
     "StoreRecorder": "server.recorder",
     "ModelInfo": "server.session",

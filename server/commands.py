@@ -1,4 +1,5 @@
-"""The server's subcommands: ``run``, ``analyze``, ``export`` (main thread; asyncio for ``run``).
+"""The server's subcommands: ``run``, ``analyze``, ``export`` (main thread; asyncio for ``run``),
+and ``serve-ray`` (:mod:`server.ray_command`).
 
 ``register`` adds them to the top-level parser and imports nothing heavy; each handler imports
 what it needs when it runs. Handlers print results to stdout (the dashboard URL first, so a
@@ -15,7 +16,11 @@ server flags of ``run`` onto :class:`~server.config.ServerConfig` and its parts 
 whose contents fill ``security.credentials``, ``webhook.token``, ``webhook.secret`` and
 ``postgres_store.password`` (a store URL holding a password is refused). ``--source``, ``--device``,
 ``--channel``, ``--realtime`` and ``--exit-when-done`` choose the audio source and how the
-run ends. ``devices`` is capture's own command (:mod:`streamer.capture_command`).
+run ends. ``--inference`` picks where the model runs: ``local`` (the engine's own worker
+threads, the default) or the shared Ray Serve tier (``ray:auto``, ``ray:HOST:PORT``,
+``ray://HOST:PORT``; :class:`~streamer.models.ray_model.RayInferenceConfig` from ``--ray-app``,
+``--ray-timeout-s``, ``--ray-retries``; ``--workers`` is then the requests in flight).
+``devices`` is capture's own command (:mod:`streamer.capture_command`).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from server.config import DEFAULT_STORE_PATH, IngestConfig, ServerConfig
 from server.connectors.registry import add_connector_flags, connector_configs
 from server.errors import ServerError
 from server.limits import LimitsConfig
+from server.ray_command import register_serve_ray
 from server.store_pg import PostgresStoreConfig, is_postgres_url
 from server.webhook import WebhookConfig
 
@@ -58,10 +64,11 @@ _INGEST_FLAGS = {
 
 
 def register(subparsers: Any) -> None:
-    """Add ``run``, ``analyze`` and ``export`` to the top-level parser."""
+    """Add ``run``, ``analyze``, ``export`` and ``serve-ray`` to the top-level parser."""
     _register_run(subparsers)
     _register_analyze(subparsers)
     _register_export(subparsers)
+    register_serve_ray(subparsers)
 
 
 def _register_run(subparsers: Any) -> None:
@@ -101,6 +108,7 @@ def _register_run(subparsers: Any) -> None:
         help="exit once a file source has ended and its events are delivered",
     )
     _add_model_flags(run)
+    _add_inference_flags(run)
     _add_engine_flags(run)
     _add_server_flags(run)
     _add_ingest_flags(run)
@@ -214,6 +222,60 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
         "checkpoints, made on first use (default: $XDG_CACHE_HOME/emotion-monitor, else "
         "~/.cache/emotion-monitor)",
     )
+
+
+def _add_inference_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "inference tier (Ray Serve, emotion-monitor[ray]; see 'serve-ray')",
+        "With --inference ray:..., windows of every stream go to the shared tier, which "
+        "batches them across streams and ingest nodes; the model is the tier's (serve-ray "
+        "--model), so the model flags above do not apply. --workers is the requests kept in "
+        "flight (default 8) and --max-batch the windows per request (default 8). A request "
+        "that fails is sent once more; one with no answer by --ray-timeout-s is dropped, "
+        "counted in stats.windows_dropped and stats.windows_failed.",
+    )
+    group.add_argument("--inference", default="local", metavar="WHERE",
+                       help="local (default: this process), ray:auto (the Ray cluster this "
+                       "machine belongs to), ray:HOST:PORT (its GCS) or ray://HOST:PORT "
+                       "(Ray Client)")
+    group.add_argument("--ray-app", default=None, metavar="NAME",
+                       help="the tier's Serve application (default: emotion-monitor)")
+    group.add_argument("--ray-timeout-s", type=float, default=None,
+                       help="most time one request may take, retry included (default: "
+                       "--max-lag-s)")
+    group.add_argument("--ray-retries", type=int, default=None,
+                       help="sends more of a request that failed (default: 1)")
+
+
+def _inference_model(args: argparse.Namespace, engine_config: Any) -> Any:
+    """The engine's model: loaded here (``--inference local``), or the Ray Serve tier."""
+    from streamer.models.ray_model import RayInferenceConfig, connect_ray_model, ray_address
+
+    try:
+        address = ray_address(args.inference)
+    except ValueError as exc:
+        raise ServerError(str(exc)) from exc
+    if address is None:
+        from streamer.models.loading import load_model
+
+        return load_model(
+            args.model, device=args.model_device, backend=args.backend,
+            precision=args.precision, cache_dir=_cache_dir(args),
+        )
+    local_only = [flag for flag, given in (
+        ("--model", args.model is not None), ("--model-device", args.model_device != "auto"),
+        ("--backend", args.backend != "auto"), ("--precision", args.precision != "auto"),
+        ("--cache-dir", args.cache_dir is not None)) if given]
+    if local_only:
+        raise ServerError(f"{', '.join(local_only)}: the tier chooses the model with --inference "
+                          "ray:... (set it with 'serve-ray --model')")
+    fields = {"address": address, "timeout_s": engine_config.max_lag_s, **_given(args, {
+        "ray_app": "app_name", "ray_timeout_s": "timeout_s", "ray_retries": "retries"})}
+    try:
+        config = RayInferenceConfig(**fields)
+    except ValueError as exc:
+        raise ServerError(str(exc)) from exc
+    return connect_ray_model(config)
 
 
 def _cache_dir(args: argparse.Namespace) -> Path:
@@ -578,8 +640,6 @@ def _quiet_websockets() -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from streamer.models.loading import load_model
-
     server_config = _server_config(args)
     engine_config = _engine_config(args, realtime=args.realtime)
     security = server_config.security
@@ -602,16 +662,17 @@ def _run(args: argparse.Namespace) -> int:
         from streamer.sources import FileSource
 
         sources.append(FileSource(args.source, channel=args.channel, realtime=args.realtime))
+    model = None
     try:
-        model = load_model(
-            args.model, device=args.model_device, backend=args.backend,
-            precision=args.precision, cache_dir=_cache_dir(args),
-        )
+        model = _inference_model(args, engine_config)
         _quiet_websockets()
         return asyncio.run(_serve(model, engine_config, server_config, sources, args))
     finally:
         for source in sources:
             source.close()
+        close = getattr(model, "close", None)  # the tier's client leaves the cluster
+        if close is not None:
+            close()
 
 
 async def _serve(

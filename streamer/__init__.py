@@ -56,6 +56,7 @@ _EXPORTS: dict[str, str] = {
     "Utterance": "streamer.events",
     "WindowLabel": "streamer.events",
     "POSTGRES_EXTRA": "streamer.extras",
+    "RAY_EXTRA": "streamer.extras",
     "TORCH_EXTRA": "streamer.extras",
     "MissingExtraError": "streamer.extras",
     "import_extra": "streamer.extras",

@@ -93,6 +93,7 @@ def stats_message(
         windows_dropped=int(stats.windows_dropped),
         blocks_dropped=int(stats.blocks_dropped),
         input_overflows=int(stats.input_overflows),
+        windows_failed=int(stats.windows_failed),
         clients=clients,
         client_messages_dropped=client_messages_dropped,
     )

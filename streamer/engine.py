@@ -22,6 +22,10 @@ Queue rules (per stream, ``queue_windows`` deep; :mod:`streamer.scheduler`):
   window older than ``max_lag_s`` instead of running it. Both count in ``windows_dropped``.
 - ``realtime=False`` (``analyze``): ``feed`` blocks until there is room; nothing is dropped
   (except windows still queued when ``close`` times out, which are counted).
+- Either way, a model call that fails (raises, e.g. a remote tier that timed out, or returns no
+  valid probabilities) drops its windows: counted in ``windows_dropped`` and ``windows_failed``.
+  A :class:`~streamer.errors.ModelError` is an expected failure and logged as one line at most
+  every few seconds; anything else is logged with its traceback.
 
 The model is driven only through :class:`~streamer.models.protocol.ClassifierModel`: its
 ``device`` and ``preferred_batch`` size batches, ``worker_count`` sizes the pool, and each
@@ -190,8 +194,11 @@ class Engine:
         self._in_flight = 0  # windows taken by a worker and not yet settled
         self._windows_done = 0
         self._windows_dropped = 0
+        self._windows_failed = 0  # of those dropped: the model call failed
         self._drops_logged_at = -math.inf  # monotonic time of the last drop warning
         self._drops_logged = 0
+        self._failures_logged_at = -math.inf  # monotonic time of the last ModelError warning
+        self._failures_unlogged = 0  # failed calls since that warning
         self._closing = False  # workers stop; blocked feeds give up
         self._closed = False
         self._close_lock = threading.Lock()
@@ -276,6 +283,7 @@ class Engine:
                 windows_dropped=self._windows_dropped,
                 blocks_dropped=dropped,
                 input_overflows=overflows,
+                windows_failed=self._windows_failed,
             )
 
     def drain(self, timeout: float | None = None) -> bool:
@@ -396,6 +404,7 @@ class Engine:
             with self._cond:
                 if probs is None:
                     self._count_drops_locked(len(jobs))
+                    self._windows_failed += len(jobs)
                 else:
                     self._windows_done += len(jobs)
             for i, job in enumerate(jobs):
@@ -409,6 +418,9 @@ class Engine:
             windows = np.stack([job.window.samples for job in jobs])
         try:
             probs = np.asarray(self.model.predict_proba(windows), dtype=np.float32)
+        except ModelError as exc:  # expected (e.g. a remote tier is down): one line, rate-limited
+            self._log_model_error(exc, len(jobs))
+            return None
         except Exception:
             logger.exception("model failed on %s window(s); skipping them", len(jobs))
             return None
@@ -417,6 +429,18 @@ class Engine:
                          probs.shape, (len(jobs), len(self.labels)))
             return None
         return probs
+
+    def _log_model_error(self, exc: ModelError, windows: int) -> None:
+        """Warn about a failed model call, at most every few seconds with the calls since."""
+        now = time.monotonic()
+        with self._cond:
+            self._failures_unlogged += 1
+            if now - self._failures_logged_at < _DROP_LOG_INTERVAL_S:
+                return
+            calls, self._failures_unlogged = self._failures_unlogged, 0
+            self._failures_logged_at = now
+        logger.warning("model failed on %s window(s), skipping them (%s failed call(s) since the "
+                       "last warning): %s", windows, calls, exc)
 
     def _abandon(self, batch: TakenWindows[_OpenStream]) -> None:
         """Mark the batch's still-pending windows dropped (counted) so their streams move on."""

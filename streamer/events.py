@@ -122,6 +122,9 @@ class EngineStats:
     windows_dropped: int
     blocks_dropped: int  # capture hand-off queue overflows (drop-oldest)
     input_overflows: int  # driver-reported overflows
+    #: windows dropped because the model call failed (raised, timed out, or returned no valid
+    #: probabilities); they are in ``windows_dropped`` too
+    windows_failed: int = 0
 
 
 Event = (

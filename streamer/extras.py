@@ -4,9 +4,11 @@ The monitor runs on its core dependencies alone (ONNX Runtime, numpy, ...). torc
 transformers, the ONNX export tools and matplotlib come with ``emotion-monitor[torch]``, needed
 only for Hugging Face checkpoints not yet optimised, training, cross-validation, evaluation with
 torch models, report plots and ``optimize``; the PostgreSQL timeline store's driver comes with
-``emotion-monitor[postgres]``. Code on those paths asks for its modules here first, so a
-missing extra is one :class:`MissingExtraError` (exit 2 from the CLI) naming the extra, not a
-traceback. Any thread; importing this module imports nothing optional.
+``emotion-monitor[postgres]``; Ray Serve comes with ``emotion-monitor[ray]``, needed only for
+the shared inference tier (``serve-ray``, ``run --inference ray:...``). Code on those paths asks
+for its modules here first, so a missing extra is one :class:`MissingExtraError` (exit 2 from
+the CLI) naming the extra, not a traceback. Any thread; importing this module imports nothing
+optional.
 """
 
 from __future__ import annotations
@@ -17,12 +19,17 @@ from types import ModuleType
 
 from streamer.errors import StreamerError
 
-__all__ = ["POSTGRES_EXTRA", "TORCH_EXTRA", "MissingExtraError", "import_extra", "require_extra"]
+__all__ = [
+    "POSTGRES_EXTRA", "RAY_EXTRA", "TORCH_EXTRA", "MissingExtraError", "import_extra",
+    "require_extra",
+]
 
 #: the extra of torch, transformers and the export tools
 TORCH_EXTRA = "torch"
 #: the extra of the PostgreSQL timeline store (its driver, psycopg)
 POSTGRES_EXTRA = "postgres"
+#: the extra of Ray Serve (the shared inference tier)
+RAY_EXTRA = "ray"
 
 
 class MissingExtraError(StreamerError):
@@ -39,8 +46,8 @@ class MissingExtraError(StreamerError):
         self.extra = extra
 
 
-def import_extra(module: str, *, purpose: str) -> ModuleType:
-    """Import ``module`` (e.g. ``"torch"``) of the torch extra; MissingExtraError when absent.
+def import_extra(module: str, *, purpose: str, extra: str = TORCH_EXTRA) -> ModuleType:
+    """Import ``module`` (e.g. ``"torch"``) of ``extra``; MissingExtraError when absent.
 
     Only the module itself (or a package above it) being absent is a missing extra; a module
     that is installed but fails on a missing dependency of its own is a broken install, and
@@ -50,7 +57,7 @@ def import_extra(module: str, *, purpose: str) -> ModuleType:
         return importlib.import_module(module)
     except ModuleNotFoundError as exc:
         if exc.name is not None and _is_self_or_parent(exc.name, module):
-            raise MissingExtraError(exc.name, purpose=purpose) from exc
+            raise MissingExtraError(exc.name, purpose=purpose, extra=extra) from exc
         raise
 
 

@@ -227,6 +227,7 @@ class StatsMessage:
     log_lines_suppressed: int = 0
     store_errors: int = 0  # failed timeline store writes (events kept for retry, bounded)
     store_events_dropped: int = 0  # events the store never got (retry buffer full)
+    windows_failed: int = 0  # of windows_dropped: the model call failed (e.g. remote tier down)
 
 
 @dataclass(frozen=True, slots=True)
