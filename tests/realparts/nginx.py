@@ -233,6 +233,12 @@ class NginxProxy:
         """nginx's error log so far."""
         return self.process.output() if self.process is not None else ""
 
+    def wait_for_log(self, pattern: str) -> str:
+        """The first error-log line matching ``pattern`` (waits for it: the log is read by a
+        thread, so a line nginx just wrote may not be collected yet)."""
+        assert self.process is not None, "nginx is not running"
+        return self.process.wait_for(pattern, timeout_s=self.timeout_s, stream="stderr")[0]
+
     def stop(self) -> None:
         """Stop nginx (safe to call twice)."""
         if self.process is not None:
