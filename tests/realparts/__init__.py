@@ -1,7 +1,7 @@
 """Tests with real parts: PulseAudio for capture, Debian's Chromium for the dashboard, crashes.
 
 Needs the Debian packages pulseaudio, pulseaudio-utils, libasound2-plugins, libportaudio2,
-espeak-ng and chromium, and Playwright from PyPI (``bash .ci/install`` installs them;
+espeak-ng, chromium, nginx-light and libnginx-mod-stream, and Playwright from PyPI (``bash .ci/install`` installs them;
 never ``playwright install``). Locally a missing one skips the tests that need it, naming the
 package; with ``CI`` set in the environment it fails them instead.
 
