@@ -1,9 +1,10 @@
 """Tests with real parts: PulseAudio for capture, Debian's Chromium for the dashboard, crashes.
 
 Needs the Debian packages pulseaudio, pulseaudio-utils, libasound2-plugins, libportaudio2,
-espeak-ng and chromium, and Playwright from PyPI (``bash .ci/install`` installs them;
-never ``playwright install``). Locally a missing one skips the tests that need it, naming the
-package; with ``CI`` set in the environment it fails them instead.
+espeak-ng, chromium, nginx-light and libnginx-mod-stream, and Playwright from PyPI
+(``bash .ci/install`` installs them; never ``playwright install``). Locally a missing one
+skips the tests that need it, naming the package; with ``CI`` set in the environment it fails
+them instead.
 
 Every program under test runs as a subprocess (the monitor must import sounddevice after the
 private audio server is up, and in its environment); fixtures start each process by PID and

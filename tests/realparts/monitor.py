@@ -99,12 +99,17 @@ class Recorder:
         """The server run's id, from the first hello."""
         return str(self.of("hello")[0]["session"])
 
-    async def run(self, ws_url: str, *, on_open: Callable[[], None] | None = None) -> None:
-        """Receive until the server closes the connection (or the task is cancelled)."""
+    async def run(self, ws_url: str, *, on_open: Callable[[], None] | None = None,
+                  headers: Mapping[str, str] | None = None) -> None:
+        """Receive until the server closes the connection (or the task is cancelled).
+
+        ``headers``: extra handshake headers (e.g. ``Authorization`` with a view token).
+        """
         from websockets.asyncio.client import connect
         from websockets.exceptions import ConnectionClosed
 
-        async with connect(ws_url, max_size=None, open_timeout=None) as ws:
+        async with connect(ws_url, max_size=None, open_timeout=None,
+                           additional_headers=headers) as ws:
             if on_open is not None:
                 on_open()
             try:
