@@ -53,6 +53,7 @@ _EXPORTS: dict[str, str] = {
     "StreamOpened": "streamer.events",
     "Utterance": "streamer.events",
     "WindowLabel": "streamer.events",
+    "REDIS_EXTRA": "streamer.extras",
     "TORCH_EXTRA": "streamer.extras",
     "MissingExtraError": "streamer.extras",
     "import_extra": "streamer.extras",

@@ -227,6 +227,8 @@ class StatsMessage:
     log_lines_suppressed: int = 0
     store_errors: int = 0  # failed timeline store writes (events kept for retry, bounded)
     store_events_dropped: int = 0  # events the store never got (retry buffer full)
+    #: the node whose counters these are, in a cluster (``run --bus``); "" for a single node
+    node: str = ""
 
 
 @dataclass(frozen=True, slots=True)
