@@ -303,7 +303,10 @@ class RedisBus:
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
-            await asyncio.wait(list(self._tasks))
+            _, pending = await asyncio.wait(list(self._tasks), timeout=timeout_s)
+            if pending:
+                logger.warning("event bus %s: %d task(s) still stopping",
+                               self.config.address, len(pending))
         if self._writer is not None and self._drained.is_set():
             try:  # a clean goodbye: no one waits for this node's key to expire
                 await asyncio.wait_for(self._writer.delete(self._keys.node(self._node)),
@@ -371,7 +374,7 @@ class RedisBus:
     async def _supervise(self, part: str, body: Callable[[], Awaitable[None]]) -> None:
         """Run one of the bus's tasks; a bug in it is logged and the task started again."""
         attempt = 0
-        while True:
+        while not self._stopped(part):
             try:
                 await body()
                 return
@@ -381,6 +384,14 @@ class RedisBus:
                 self._failed(part, exc)
                 attempt += 1
                 await self._pause(attempt)
+
+    def _stopped(self, part: str) -> bool:
+        """Whether a task of the bus is to end: the writer at the very end, others at close.
+
+        The loops check it too: a cancellation that a client library turned into an error
+        would otherwise only start the next retry.
+        """
+        return self._stop.is_set() or (part != "writer" and self._closing)
 
     async def _pause(self, attempt: int) -> None:
         """Wait before retry ``attempt`` (capped doubling; ends early when closing)."""
@@ -435,7 +446,7 @@ class RedisBus:
         """Write the outbox (and the heartbeat) until closed; retries counted."""
         attempt = 0
         idle_s = self.config.node_ttl_s / 3
-        while True:
+        while not self._stopped("writer"):
             self._wake.clear()
             try:
                 await self._write_once()
@@ -511,7 +522,7 @@ class RedisBus:
     async def _read_loop(self) -> None:
         """Follow the shared stream until closed; retries counted."""
         attempt = 0
-        while True:
+        while not self._stopped("reader"):
             try:
                 reply = await self._read_once()
             except self._exc.RedisError as exc:
@@ -614,7 +625,7 @@ class RedisBus:
         """
         interval = self.config.node_ttl_s / 3
         loop = asyncio.get_running_loop()
-        while True:
+        while not self._stopped("watcher"):
             await asyncio.sleep(interval)
             if not self.up or loop.time() - self._up_since < self.config.node_ttl_s:
                 continue
