@@ -347,6 +347,10 @@ def test_two_nodes_show_every_call_in_order_with_the_same_backlog(
                 hello = await receive(joining)
                 out["joining_hello"] = hello
                 out["joining_first"] = await receive(joining)
+            async with node(redis_server.url, "c") as c, client(c.ws_url) as on_c:
+                # a node that joins mid-call reads the call's history for its backlog
+                out["c_hello"] = await receive(on_c)
+                out["c_backlog"] = await read_until(on_c, window_of(call_a.stream))
             call_b = await Call.open(b.ingest_url, "call-b")
             await call_b.speak(2.0, seed=2)
             await call_a.end()
@@ -376,6 +380,9 @@ def test_two_nodes_show_every_call_in_order_with_the_same_backlog(
     assert [s.stream for s in hello.streams] == ["call-a/ch0"]  # A's call, on B's hello
     assert isinstance(out["joining_first"], StreamOpenMessage)  # its backlog, bracketed
     assert out["joining_first"].stream == "call-a/ch0"
+    assert [s.stream for s in out["c_hello"].streams] == ["call-a/ch0"]
+    from_c = of_stream(out["c_backlog"], "call-a/ch0")
+    assert from_c == of_stream(on_b, "call-a/ch0")[: len(from_c)]  # the same history
     assert {m.node for m in out["b"] if isinstance(m, StatsMessage)} >= {"a", "b"}
     health = out["health_b"]
     assert health["state"] == "up" and health["errors"] == 0 and health["node"] == "b"
@@ -522,6 +529,125 @@ def test_frames_published_while_the_bus_starts_down_reach_local_clients(
     assert_bracketed_in_order(got, "solo/ch0", "end")
     assert health["state"] == "down" and health["errors"] > 0 and health["local_only"] > 0
     assert health["outbox"] > 0  # kept for Redis, bounded
+
+
+def test_a_refused_password_stops_the_start_and_is_never_shown(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis asks for a password: none is a one-line ServerError; the right one works, unlogged."""
+    import redis
+
+    secret = "s3cret-for-the-test"
+
+    async def scenario() -> dict[str, Any]:
+        admin = redis.asyncio.Redis.from_url(redis_server.url)
+        await admin.config_set("requirepass", secret)
+        await admin.aclose()
+        with pytest.raises(ServerError, match="event bus redis://127.0.0.1:.*[Aa]uth"):
+            async with node(redis_server.url, "nopass"):
+                pass
+        bus = BusConfig(url=redis_server.url, node_id="pass", password=secret)
+        config = ServerConfig(port=0, store_path=None, bus=bus)
+        async with Monitor(FixedProbabilitiesModel(), engine_config=EngineConfig(),
+                           server_config=config) as running:
+            return bus_health(running)
+
+    with caplog.at_level(logging.DEBUG):
+        health = run(scenario())
+    assert health["state"] == "up" and health["errors"] == 0
+    assert secret not in repr(health) and secret not in caplog.text
+
+
+class Cutter:
+    """A TCP forwarder between one node and Redis that the test cuts and restores (one port)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._transports: set[asyncio.WriteTransport] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._forward, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def cut(self) -> None:
+        """Drop every connection and stop listening (no FIN handshake: an abort)."""
+        for transport in list(self._transports):
+            transport.abort()
+        self._transports.clear()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._transports |= {writer.transport, up_writer.transport}
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                sink.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+def test_a_node_cut_off_too_long_is_lost_then_fenced_and_goes_on(
+    redis_server: RedisServer,
+) -> None:
+    """Cut A off past its TTL: B closes A's call (node_lost); back, A keeps it closed, goes on."""
+
+    async def scenario() -> dict[str, Any]:
+        cutter = Cutter(redis_server.port)
+        await cutter.start()
+        try:
+            async with node(f"redis://127.0.0.1:{cutter.port}/0", "cut") as a, \
+                    node(redis_server.url, "b") as b, \
+                    client(a.ws_url) as on_a, client(b.ws_url) as on_b:
+                for ws in (on_a, on_b):
+                    assert isinstance(await receive(ws), Hello)
+                call = await Call.open(a.ingest_url, "cut-off")
+                await call.speak(2.0, seed=9)
+                got_a = await read_until(on_a, utterance_of(call.stream))
+                got_b = await read_until(on_b, utterance_of(call.stream))
+                await cutter.cut()
+                await read_until(on_b, closed(call.stream), got_b)  # B: A is lost
+                await call.speak(1.5, seed=10)  # A's own clients still get it, cut off
+                await read_until(on_a, utterance_of(call.stream), got_a)
+                await cutter.start()
+                await read_until(on_a, closed(call.stream), got_a)  # the cluster's verdict
+                await until(lambda: bus_health(a)["state"] == "up", "node a back on the bus")
+                await call.speak(1.5, seed=11)  # a fenced stream: its frames go nowhere
+                await call.end()
+                fresh = await Call.open(a.ingest_url, "fresh")  # new calls are published
+                await fresh.speak(1.5, seed=12)
+                await fresh.end()
+                await read_until(on_a, closed(fresh.stream), got_a)
+                await read_until(on_b, closed(fresh.stream), got_b)
+                return {"a": got_a, "b": got_b, "health": (bus_health(a), bus_health(b))}
+        finally:
+            await cutter.cut()
+
+    out = run(scenario())
+    for name in ("a", "b"):
+        mine = of_stream(out[name], "cut-off/ch0")
+        assert isinstance(mine[0], StreamOpenMessage)
+        closes = [m for m in mine if isinstance(m, StreamCloseMessage)]
+        assert closes == [mine[-1]] and closes[0].reason == "node_lost"  # once, and last
+        assert_bracketed_in_order(out[name], "fresh/ch0", "end")
+    health_a, health_b = out["health"]
+    assert health_a["fences"] == 1 and health_a["fenced_frames"] > 0
+    assert health_a["local_only"] > 0 and health_b["nodes_lost"] == 1
 
 
 def test_hub_without_a_bus_sends_stats_without_a_node() -> None:
