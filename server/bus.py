@@ -102,6 +102,8 @@ return n
 # KEYS: the lost node's liveness key, the claim key, events, live.
 # ARGV: the lost incarnation, the claiming node, claim ttl s, maxlen,
 #       then per stream: stream, stream time, stream_close text.
+# A stream passed but absent from the live index is closed too (a Redis restarted without its
+# data before the lost node could announce it again); one live under another owner is not.
 _CLAIM = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return -1 end
 if not redis.call('SET', KEYS[2], ARGV[2], 'NX', 'EX', ARGV[3]) then return -2 end
@@ -109,10 +111,10 @@ local owner = ARGV[1] .. string.char(31)
 local n = 0
 for i = 5, #ARGV, 3 do
   local v = redis.call('HGET', KEYS[4], ARGV[i])
-  if v and string.sub(v, 1, #owner) == owner then
+  if not v or string.sub(v, 1, #owner) == owner then
     redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'n', ARGV[2], 'c', '', 'i', '0',
       'r', 'close', 's', ARGV[i], 'y', 'stream_close', 'e', ARGV[i + 1], 't', ARGV[i + 2])
-    redis.call('HDEL', KEYS[4], ARGV[i])
+    if v then redis.call('HDEL', KEYS[4], ARGV[i]) end
     n = n + 1
   end
 end

@@ -606,6 +606,7 @@ def test_a_node_cut_off_too_long_is_lost_then_fenced_and_goes_on(
     redis_server: RedisServer,
 ) -> None:
     """Cut A off past its TTL: B closes A's call (node_lost); back, A keeps it closed, goes on."""
+    import redis
 
     async def scenario() -> dict[str, Any]:
         cutter = Cutter(redis_server.port)
@@ -621,6 +622,10 @@ def test_a_node_cut_off_too_long_is_lost_then_fenced_and_goes_on(
                 got_a = await read_until(on_a, utterance_of(call.stream))
                 got_b = await read_until(on_b, utterance_of(call.stream))
                 await cutter.cut()
+                # as after a Redis restart without its data: B closes the call from its view
+                admin = redis.asyncio.Redis.from_url(redis_server.url)
+                await admin.delete("{emotion-monitor}:live")
+                await admin.aclose()
                 await read_until(on_b, closed(call.stream), got_b)  # B: A is lost
                 await call.speak(1.5, seed=10)  # A's own clients still get it, cut off
                 await read_until(on_a, utterance_of(call.stream), got_a)
