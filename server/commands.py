@@ -12,9 +12,11 @@ server flags of ``run`` onto :class:`~server.config.ServerConfig` and its parts 
 ``--max-ws-clients`` onto ``limits.max_ws_clients``, ``--store``/``--no-store`` onto
 ``store_path``, or ``--store postgresql://...`` onto ``postgres_store``; see
 :data:`_INGEST_FLAGS`). Secrets never come from flags: ``--token-file``,
-``--webhook-token-file``, ``--webhook-secret-file`` and ``--store-password-file`` name files
-whose contents fill ``security.credentials``, ``webhook.token``, ``webhook.secret`` and
-``postgres_store.password`` (a store URL holding a password is refused). ``--source``, ``--device``,
+``--webhook-token-file``, ``--webhook-secret-file``, ``--store-password-file`` and
+``--bus-password-file`` name files whose contents fill ``security.credentials``,
+``webhook.token``, ``webhook.secret``, ``postgres_store.password`` and ``bus.password`` (a store
+URL holding a password is refused); the ``--bus`` flags map onto
+:class:`~server.cluster.BusConfig` (:data:`_BUS_FLAGS`). ``--source``, ``--device``,
 ``--channel``, ``--realtime`` and ``--exit-when-done`` choose the audio source and how the
 run ends. ``--inference`` picks where the model runs: ``local`` (the engine's own worker
 threads, the default) or the shared Ray Serve tier (``ray:auto``, ``ray:HOST:PORT``,
@@ -37,6 +39,7 @@ from typing import Any
 
 from server.alerts import DEFAULT_MAX_GAP_S, AlertsConfig
 from server.auth import SecurityConfig, load_credentials
+from server.cluster import BUS_PASSWORD_ENV, BusConfig
 from server.config import DEFAULT_STORE_PATH, IngestConfig, ServerConfig
 from server.connectors.registry import add_connector_flags, connector_configs
 from server.errors import ServerError
@@ -60,6 +63,16 @@ _INGEST_FLAGS = {
     "ingest_idle_timeout_s": "idle_timeout_s",
     "max_ingest_calls": "max_calls",
     "ingest_max_call_s": "max_call_s",
+}
+#: bus flag dest -> BusConfig field (the flags other than --bus need --bus)
+_BUS_FLAGS = {
+    "node_id": "node_id",
+    "bus_node_ttl_s": "node_ttl_s",
+    "bus_max_entries": "max_entries",
+    "bus_replay_entries": "replay_entries",
+    "bus_outbox_size": "outbox_size",
+    "bus_timeout_s": "timeout_s",
+    "bus_key_prefix": "key_prefix",
 }
 
 
@@ -115,6 +128,7 @@ def _register_run(subparsers: Any) -> None:
     _add_limit_flags(run)
     _add_alert_flags(run)
     _add_security_flags(run)
+    _add_bus_flags(run)
     add_connector_flags(run)
     run.set_defaults(handler=_run)
 
@@ -496,6 +510,56 @@ def _add_alert_flags(parser: argparse.ArgumentParser) -> None:
                         "$EMOTION_MONITOR_WEBHOOK_SECRET if set)")
 
 
+def _add_bus_flags(parser: argparse.ArgumentParser) -> None:
+    d = BusConfig(url="redis://localhost")
+    bus = parser.add_argument_group(
+        "cluster event bus (see docs/scaling.md)",
+        "Several nodes that share a Redis server show every node's calls to every node's "
+        "clients. Needs the redis extra: pip install 'emotion-monitor[redis]'.",
+    )
+    bus.add_argument("--bus", dest="bus_url", default=None, metavar="URL",
+                     help="join the cluster on this Redis: redis://HOST[:PORT][/DB] or "
+                     "rediss://... (TLS); no password in the URL")
+    bus.add_argument("--bus-password-file", type=Path, default=None, metavar="FILE",
+                     help="the Redis password: first line of FILE (default: "
+                     f"${BUS_PASSWORD_ENV} if set)")
+    bus.add_argument("--node-id", default=None, metavar="NAME",
+                     help="this node's name in the cluster, unique among running nodes "
+                     "(default: the session id, random per run)")
+    bus.add_argument("--bus-node-ttl-s", type=float, default=None, metavar="SECONDS",
+                     help="a node silent this long is lost: the others close its calls with "
+                     f"reason node_lost (default: {d.node_ttl_s:g})")
+    bus.add_argument("--bus-max-entries", type=int, default=None,
+                     help=f"the shared Redis stream is trimmed to about this many frames "
+                     f"(default: {d.max_entries})")
+    bus.add_argument("--bus-replay-entries", type=int, default=None,
+                     help="recent frames a starting node reads for its backlog "
+                     f"(default: {d.replay_entries})")
+    bus.add_argument("--bus-outbox-size", type=int, default=None,
+                     help="own frames kept while Redis is slow or down, oldest dropped past "
+                     f"that (default: {d.outbox_size})")
+    bus.add_argument("--bus-timeout-s", type=float, default=None, metavar="SECONDS",
+                     help=f"timeout of one Redis call (default: {d.timeout_s:g})")
+    bus.add_argument("--bus-key-prefix", default=None, metavar="NAME",
+                     help=f"the cluster's name: its Redis keys start with {{NAME}} "
+                     f"(default: {d.key_prefix})")
+
+
+def _bus_config(args: argparse.Namespace) -> BusConfig | None:
+    """The bus settings (None without ``--bus``); the password from a file or env."""
+    from server.webhook import read_credential
+
+    given = _given(args, _BUS_FLAGS)
+    if args.bus_url is None:
+        extra = [f"--{dest.replace('_', '-')}" for dest in (*_BUS_FLAGS, "bus_password_file")
+                 if getattr(args, dest) is not None]
+        if extra:
+            raise ServerError(f"{', '.join(extra)} need(s) --bus URL")
+        return None
+    password = read_credential(args.bus_password_file, BUS_PASSWORD_ENV, "bus password")
+    return BusConfig(url=args.bus_url, password=password, **given)
+
+
 def _alert_rule(text: str) -> Any:
     """argparse type for --alert: a parsed rule, or a one-line usage error."""
     from server.alerts import parse_rule
@@ -573,6 +637,7 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
             session_ttl_s=args.session_ttl_s,
         ),
         connectors=connector_configs(args),
+        bus=_bus_config(args),
     )
 
 
@@ -642,6 +707,10 @@ def _quiet_websockets() -> None:
 def _run(args: argparse.Namespace) -> int:
     server_config = _server_config(args)
     engine_config = _engine_config(args, realtime=args.realtime)
+    if server_config.bus is not None:
+        from streamer.extras import REDIS_EXTRA, require_extra
+
+        require_extra("redis", purpose="--bus (the cluster event bus)", extra=REDIS_EXTRA)
     security = server_config.security
     if security.tls_cert is not None and security.tls_key is not None:
         from server.tls import server_context

@@ -5,11 +5,12 @@ one part per component: :class:`IngestConfig` (``WS /ingest``),
 :class:`~server.limits.LimitsConfig` (what one client may cost),
 :class:`~server.alerts.AlertsConfig` (the rules), :class:`~server.webhook.WebhookConfig`
 (where alerts are POSTed; None = no webhook), :class:`~server.auth.SecurityConfig` (tokens,
-TLS, allowed hosts and origins) and ``connectors`` (telephony platforms,
-:mod:`server.connectors`). ``emotion-monitor run`` flags map one to one onto these fields
-(``--store``/``--no-store`` onto ``store_path``, ``--max-ws-clients`` onto
-``limits.max_ws_clients``, ...; ``--store postgresql://...`` onto ``postgres_store``).
-Defaults: listen on 127.0.0.1:8765, record to ``./emotion-monitor.sqlite3``.
+TLS, allowed hosts and origins), :class:`~server.cluster.BusConfig` (the cluster event bus;
+None = a single node) and ``connectors`` (telephony platforms, :mod:`server.connectors`).
+``emotion-monitor run`` flags map one to one onto these fields (``--store``/``--no-store``
+onto ``store_path``, ``--max-ws-clients`` onto ``limits.max_ws_clients``, ...; ``--store
+postgresql://...`` onto ``postgres_store``). Defaults: listen on 127.0.0.1:8765, record to
+``./emotion-monitor.sqlite3``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from server.alerts import AlertsConfig
 from server.auth import OriginPolicy, SecurityConfig, is_loopback, is_wildcard
+from server.cluster import BusConfig
 from server.errors import ServerError
 from server.limits import LimitsConfig, check_ranges
 from server.store_pg import PostgresStoreConfig
@@ -73,7 +75,8 @@ class ServerConfig:
       when given, ``store_path`` becomes None.
     - ``store_retry_events``: events kept in memory while the store cannot write (then the
       oldest are dropped, counted).
-    - ``ingest``, ``limits``, ``alerts``, ``webhook``, ``security``: see the module doc.
+    - ``ingest``, ``limits``, ``alerts``, ``webhook``, ``security``, ``bus``: see the module
+      doc.
     """
 
     host: str = DEFAULT_HOST
@@ -90,6 +93,8 @@ class ServerConfig:
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     webhook: WebhookConfig | None = None
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    #: the cluster event bus (``run --bus``); None: a single node, nothing shared
+    bus: BusConfig | None = None
     #: telephony connectors turned on (configs of :mod:`server.connectors`; none by default)
     connectors: tuple[Any, ...] = ()
     #: a shared PostgreSQL timeline store instead of the file (see ``store_path``)
@@ -131,6 +136,8 @@ class ServerConfig:
             raise ServerError(f"each connector may be configured once, got {names}")
         if self.webhook is not None and not isinstance(self.webhook, WebhookConfig):
             raise ServerError(f"webhook must be WebhookConfig or None, got {self.webhook!r}")
+        if self.bus is not None and not isinstance(self.bus, BusConfig):
+            raise ServerError(f"bus must be BusConfig or None, got {self.bus!r}")
         self._check_exposure()
 
     def _check_exposure(self) -> None:

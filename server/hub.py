@@ -13,7 +13,10 @@
 :meth:`EventHub.publish` is one message's part: encode once, **record in the store
 (committed)** (:class:`~server.recorder.StoreRecorder`), note open streams
 (:class:`~server.session.StreamRegistry`), and only then queue it for the clients and the
-backlog (:class:`~server.fanout.FanOut`): whatever a client has received is on disk.
+backlog (:class:`~server.fanout.FanOut`): whatever a client has received is on disk. With a
+cluster bus (``run --bus``, :class:`~server.cluster.EventBus`) the last step is the bus's: it
+sends the frame to the cluster and feeds the fan-out from there, so ``hello`` lists the
+cluster's live streams and stats frames carry this node's id.
 
 The hub also answers what a client asks about the run: ``hello`` and ``health``. Getting events
 here from the engine's threads is :class:`~server.bridge.ThreadBridge`'s job; the periodic
@@ -29,6 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from server.alerts import AlertMonitor
+from server.cluster import EventBus
 from server.errors import ServerError
 from server.fanout import Backlog, BacklogRole, FanOut, Frame, text_frame
 from server.limits import ServerCounters
@@ -106,6 +110,7 @@ class EventHub:
         alerts: AlertMonitor | None = None,
         on_alert: AlertSink | None = None,
         counters: ServerCounters | None = None,
+        bus: EventBus | None = None,
     ) -> None:
         self.info = info
         self.session = session or new_session_id()
@@ -115,7 +120,9 @@ class EventHub:
         self.on_alert = on_alert
         #: refusals and suppressed log lines of the server and ingest (shared with them)
         self.counters = counters if counters is not None else ServerCounters()
-        self.registry = StreamRegistry()
+        self.registry = StreamRegistry()  # this node's own open streams
+        #: the cluster event bus (None: a single node, its fan-out fed here directly)
+        self.bus = bus
         self.started_at = time.time()
         self.events_published = 0
         self.events_lost = 0  # published after close, or failed to convert/encode
@@ -200,10 +207,11 @@ class EventHub:
         self.registry.note(message)
         stream = getattr(message, "stream", None)
         data = text.encode()
-        self.fanout.publish(
-            Frame(text, stream if isinstance(stream, str) else None, data, text_frame(data)),
-            backlog=backlog_role(message),
-        )
+        frame = Frame(text, stream if isinstance(stream, str) else None, data, text_frame(data))
+        if self.bus is None:
+            self.fanout.publish(frame, backlog=backlog_role(message))
+        else:
+            self.bus.publish(message, frame, backlog_role(message))
         self.events_published += 1
         if isinstance(message, WindowMessage):
             logger.debug("window %s#%d %s", message.stream, message.seq, message.smoothed_label)
@@ -230,6 +238,7 @@ class EventHub:
                 log_lines_suppressed=self.counters.log_lines_suppressed,
                 store_errors=recorder.errors,
                 store_events_dropped=recorder.events_dropped,
+                node="" if self.bus is None else self.bus.node,
             )
         return message
 
@@ -247,20 +256,23 @@ class EventHub:
 
     @property
     def streams(self) -> tuple[StreamInfo, ...]:
-        """Streams open now, in opening order."""
-        return self.registry.streams
+        """Streams open now, in opening order (with a bus: anywhere in the cluster)."""
+        return self.registry.streams if self.bus is None else self.bus.streams
 
     def hello(self) -> Hello:
         """The first message for a new client."""
-        return hello(self.session, self.info, self.registry.streams)
+        return hello(self.session, self.info, self.streams)
 
     def health(self) -> dict[str, Any]:
         """The ``GET /healthz`` body: ``ok`` is false while the store cannot write (``reason``).
 
         The server shows only ``ok`` (and its version) to the public; the rest is for admins.
+        With a cluster bus, ``bus`` holds its state and counters (a bus that is down leaves
+        ``ok`` true: this node's calls go on).
         """
         store = self.recorder.health()  # also tries a failed store again (rate-limited)
         error = store["store_error"]
+        bus = {} if self.bus is None else {"bus": self.bus.health()}
         return {
             "ok": error is None,
             "reason": None if error is None else f"timeline store: {error}",
@@ -277,4 +289,5 @@ class EventHub:
             "refused": dict(self.counters.refused),
             "log_lines_suppressed": self.counters.log_lines_suppressed,
             "uptime_s": round(time.time() - self.started_at, 3),
+            **bus,
         }

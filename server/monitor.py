@@ -6,7 +6,9 @@
    :class:`~server.store_pg.PostgresTimelineStore` with ``postgres_store``, behind a
    :class:`~server.recorder.StoreRecorder`;
 2. the :class:`~server.webhook.WebhookSender` (with a webhook URL; its own task and queue);
-3. the :class:`~server.hub.EventHub` (the publish path: convert, alerts, record, fan out);
+3. with ``bus`` configured, the :class:`~server.bus.RedisBus` (the cluster's frames in and
+   out; it feeds the fan-out), then the :class:`~server.hub.EventHub` (the publish path:
+   convert, alerts, record, fan out or hand to the bus);
 4. the :class:`~server.bridge.ThreadBridge` and the :class:`~streamer.engine.Engine` (its
    inference worker threads hand events to the bridge, the bridge to the hub on the loop);
 5. the :class:`~server.ticker.StatsTicker` (engine and server counters every interval);
@@ -18,10 +20,11 @@
 7. one task per audio source (a tracked set) feeding the source's blocks to its engine stream.
 
 :meth:`Monitor.close` shuts down from source to sink, each wait bounded: stop the sources and
-the pushed calls and connectors (their streams close and flush; senders get 1001), drain the engine,
-publish what it produced and the final stats, let clients receive their queues and close them
-with 1001, stop the engine, send the webhook's queued alerts, close the store. ``close()`` is
-idempotent. Offline analysis of files (no server) is :mod:`streamer.analyze`.
+the pushed calls and connectors (their streams close and flush; senders get 1001), drain the
+engine, publish what it produced and the final stats, flush the bus (bounded) and leave the
+cluster, let clients receive their queues and close them with 1001, stop the engine, send the
+webhook's queued alerts, close the store. ``close()`` is idempotent. Offline analysis of
+files (no server) is :mod:`streamer.analyze`.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from numpy.typing import NDArray
 from server.alerts import AlertMonitor
 from server.app import EventServer
 from server.bridge import ThreadBridge
+from server.bus import RedisBus
 from server.config import ServerConfig
 from server.connectors.base import ConnectorContext, TcpConnector, WebSocketConnector
 from server.connectors.calls import CallDesk
@@ -111,6 +115,7 @@ class Monitor:
         self.sources_done = asyncio.Event()
         self.store: TimelineStore | PostgresTimelineStore | None = None
         self.webhook: WebhookSender | None = None
+        self.bus: RedisBus | None = None
         self.hub: EventHub | None = None
         self.bridge: ThreadBridge | None = None
         self.engine: Engine | None = None
@@ -194,10 +199,12 @@ class Monitor:
         )
         fanout = FanOut(queue_size=config.client_queue_size,
                         backlog=Backlog(per_stream=config.backlog_per_stream))
+        if config.bus is not None:
+            self.bus = await RedisBus(config.bus, fanout, session=self.session).start()
         hub = EventHub(
             info, fanout=fanout, session=self.session, counters=counters, alerts=alerts,
             recorder=StoreRecorder(self.store, retry_events=config.store_retry_events),
-            on_alert=None if self.webhook is None else self.webhook.submit,
+            on_alert=None if self.webhook is None else self.webhook.submit, bus=self.bus,
         )
         return await hub.start()
 
@@ -255,6 +262,8 @@ class Monitor:
         await self._drain_engine()
         if self.ticker is not None:
             await self.ticker.close()
+        if self.bus is not None:
+            await self.bus.close(self.server_config.shutdown_timeout_s)
         if self.hub is not None:
             await self.hub.close()
         if self.server is not None:

@@ -57,6 +57,7 @@ _EXPORTS: dict[str, str] = {
     "WindowLabel": "streamer.events",
     "POSTGRES_EXTRA": "streamer.extras",
     "RAY_EXTRA": "streamer.extras",
+    "REDIS_EXTRA": "streamer.extras",
     "TORCH_EXTRA": "streamer.extras",
     "MissingExtraError": "streamer.extras",
     "import_extra": "streamer.extras",

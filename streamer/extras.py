@@ -5,10 +5,11 @@ transformers, the ONNX export tools and matplotlib come with ``emotion-monitor[t
 only for Hugging Face checkpoints not yet optimised, training, cross-validation, evaluation with
 torch models, report plots and ``optimize``; the PostgreSQL timeline store's driver comes with
 ``emotion-monitor[postgres]``; Ray Serve comes with ``emotion-monitor[ray]``, needed only for
-the shared inference tier (``serve-ray``, ``run --inference ray:...``). Code on those paths asks
-for its modules here first, so a missing extra is one :class:`MissingExtraError` (exit 2 from
-the CLI) naming the extra, not a traceback. Any thread; importing this module imports nothing
-optional.
+the shared inference tier (``serve-ray``, ``run --inference ray:...``); the Redis client comes
+with ``emotion-monitor[redis]``, needed only for the cluster event bus (``run --bus``). Code on
+those paths asks for its modules here first, so a missing extra is one
+:class:`MissingExtraError` (exit 2 from the CLI) naming the extra, not a traceback. Any thread;
+importing this module imports nothing optional.
 """
 
 from __future__ import annotations
@@ -20,16 +21,18 @@ from types import ModuleType
 from streamer.errors import StreamerError
 
 __all__ = [
-    "POSTGRES_EXTRA", "RAY_EXTRA", "TORCH_EXTRA", "MissingExtraError", "import_extra",
-    "require_extra",
+    "POSTGRES_EXTRA", "RAY_EXTRA", "REDIS_EXTRA", "TORCH_EXTRA", "MissingExtraError",
+    "import_extra", "require_extra",
 ]
 
-#: the extra of torch, transformers and the export tools
+#: the extra of torch, transformers and the export tools (the default extra named)
 TORCH_EXTRA = "torch"
 #: the extra of the PostgreSQL timeline store (its driver, psycopg)
 POSTGRES_EXTRA = "postgres"
 #: the extra of Ray Serve (the shared inference tier)
 RAY_EXTRA = "ray"
+#: the extra of the Redis client (the cluster event bus)
+REDIS_EXTRA = "redis"
 
 
 class MissingExtraError(StreamerError):
@@ -62,7 +65,7 @@ def import_extra(module: str, *, purpose: str, extra: str = TORCH_EXTRA) -> Modu
 
 
 def require_extra(*modules: str, purpose: str, extra: str = TORCH_EXTRA) -> None:
-    """Check, without importing them, that top-level ``modules`` are installed.
+    """Check, without importing them, that top-level ``modules`` of ``extra`` are installed.
 
     For command handlers: a missing extra is reported before any work starts (and before
     seconds spent importing torch); the modules are imported later where they are used.

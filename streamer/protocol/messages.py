@@ -228,6 +228,8 @@ class StatsMessage:
     store_errors: int = 0  # failed timeline store writes (events kept for retry, bounded)
     store_events_dropped: int = 0  # events the store never got (retry buffer full)
     windows_failed: int = 0  # of windows_dropped: the model call failed (e.g. remote tier down)
+    #: the node whose counters these are, in a cluster (``run --bus``); "" for a single node
+    node: str = ""
 
 
 @dataclass(frozen=True, slots=True)
