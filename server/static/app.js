@@ -92,7 +92,8 @@
     selected: null,     // the stream shown in "Selected party"; its call is the call shown
     pinned: false,      // the user (or the URL) chose the selection: never move it for them
     wantedCall: null,   // the call the URL hash names, chosen once the backlog is in if live
-    stats: null,
+    stats: null,        // the cluster's stats: sums over nodeStats, the largest lag
+    nodeStats: new Map(), // node id ("" for a single server) -> its latest stats frame
     replaying: true,    // until this connection's first stats (after hello): the backlog
     alerts: [],         // alert records, newest first, at most MAX_ALERTS
     alertIndex: new Map(), // session + "/" + alert_id -> alert record
@@ -172,6 +173,7 @@
       // a different server run: its sequence numbers, stream times and alert ids start over
       state.streams.clear();
       state.stats = null;
+      state.nodeStats.clear();
       state.alerts.forEach(function (a) {
         if (a.state !== "end") { a.state = "end"; a.interrupted = true; a.dirty = true; }
       });
@@ -275,8 +277,28 @@
     addAlert(state.alerts, state.alertIndex, session + "/" + m.alert_id, m, MAX_ALERTS);
   }
 
+  // A node whose stats stopped this long ago (server seconds) no longer counts.
+  var NODE_STATS_MAX_AGE_S = 10;
+  var SUMMED_STATS = ["windows_done", "windows_dropped", "blocks_dropped", "input_overflows",
+    "clients", "client_messages_dropped"];
+
+  // In a cluster (run --bus) every node sends its own stats, told apart by "node": keep the
+  // latest per node and show their sums (the largest lag), so the panel does not alternate.
+  function clusterStats(byNode, now) {
+    var total = { lag_s: 0, nodes: 0, wall_time: now };
+    SUMMED_STATS.forEach(function (key) { total[key] = 0; });
+    byNode.forEach(function (st, node) {
+      if (now - st.wall_time > NODE_STATS_MAX_AGE_S) { byNode.delete(node); return; }
+      total.nodes += 1;
+      total.lag_s = Math.max(total.lag_s, Number(st.lag_s) || 0);
+      SUMMED_STATS.forEach(function (key) { total[key] += Number(st[key]) || 0; });
+    });
+    return total;
+  }
+
   function onStats(m) {
-    state.stats = m;
+    state.nodeStats.set(typeof m.node === "string" ? m.node : "", m);
+    state.stats = clusterStats(state.nodeStats, m.wall_time);
     // stats are never replayed: their wall_time is the server's clock now
     if (typeof m.wall_time === "number") state.clockOffset = m.wall_time - nowS();
     state.replaying = false;
@@ -1062,7 +1084,8 @@
     setText(el.stats, "lag " + fmt(st.lag_s, 2) + " s · windows " + st.windows_done +
       " · dropped " + st.windows_dropped + " · blocks dropped " + st.blocks_dropped +
       " · overflows " + st.input_overflows + " · clients " + st.clients +
-      " · client drops " + st.client_messages_dropped);
+      " · client drops " + st.client_messages_dropped +
+      (st.nodes > 1 ? " · nodes " + st.nodes : ""));
   }
 
   // ---- the wallboard ----------------------------------------------------------------------
