@@ -50,7 +50,7 @@ from server.cluster import (
 from server.errors import ServerError
 from server.fanout import BacklogRole, FanOut, Frame
 from streamer.extras import REDIS_EXTRA, import_extra
-from streamer.protocol.messages import Message, StreamInfo, encode
+from streamer.protocol.messages import Message, StreamCloseMessage, StreamInfo, encode
 
 __all__ = ["RedisBus"]
 
@@ -108,17 +108,17 @@ _CLAIM = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return -1 end
 if not redis.call('SET', KEYS[2], ARGV[2], 'NX', 'EX', ARGV[3]) then return -2 end
 local owner = ARGV[1] .. string.char(31)
-local n = 0
+local closed = {}
 for i = 5, #ARGV, 3 do
   local v = redis.call('HGET', KEYS[4], ARGV[i])
   if not v or string.sub(v, 1, #owner) == owner then
     redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'n', ARGV[2], 'c', '', 'i', '0',
       'r', 'close', 's', ARGV[i], 'y', 'stream_close', 'e', ARGV[i + 1], 't', ARGV[i + 2])
     if v then redis.call('HDEL', KEYS[4], ARGV[i]) end
-    n = n + 1
+    closed[#closed + 1] = ARGV[i]
   end
 end
-return n
+return closed
 """
 
 
@@ -154,8 +154,18 @@ class RedisBus:
     gets ``timeout_s`` to reach Redis, then the liveness key is removed.
     """
 
-    def __init__(self, config: BusConfig, fanout: FanOut, *, session: str) -> None:
+    def __init__(
+        self,
+        config: BusConfig,
+        fanout: FanOut,
+        *,
+        session: str,
+        record: Callable[[Message, str], None] | None = None,
+    ) -> None:
         self.config = config
+        #: records the node_lost closes this node claims and publishes (the store's recorder):
+        #: the closes of a dead node's calls are stored by the node that closed them
+        self._record = record
         self._node = config.node_name(session)
         self._session = session
         self._epoch = 0
@@ -662,9 +672,11 @@ class RedisBus:
                 self._bad_entry(exc)
         now = time.time()
         args = [incarnation, self._node, str(_CLAIM_TTL_S), str(self.config.max_entries)]
+        closes: dict[str, tuple[StreamCloseMessage, str]] = {}
         for stream in streams:
             close = self._view.lost_close(stream, now)
-            args += (stream, repr(close.end_s), encode(close))
+            closes[stream] = (close, encode(close))
+            args += (stream, repr(close.end_s), closes[stream][1])
         keys = [self._keys.node(node), self._keys.lost(incarnation), self._keys.events,
                 self._keys.live]
         result = await self._scripts["claim"](keys=keys, args=args, client=self._writer)
@@ -673,9 +685,14 @@ class RedisBus:
         self._lost[incarnation] = None
         while len(self._lost) > _LOST_REMEMBERED:
             self._lost.popitem(last=False)
-        if result >= 0:
+        if isinstance(result, list):  # ours: the streams the claim closed (-2: another's)
+            names = [n.decode() if isinstance(n, bytes) else str(n) for n in result]
+            if self._record is not None:  # the claimer stores the closes it published
+                for name in names:
+                    if name in closes:
+                        self._record(*closes[name])
             self.counts["nodes_lost"] += 1
-            self.counts["lost_streams_closed"] += result
+            self.counts["lost_streams_closed"] += len(names)
             logger.warning("event bus %s: node %s (incarnation %s) stopped refreshing its "
                            "liveness key; closed its %d live stream(s) with reason node_lost",
-                           self.config.address, node, incarnation, result)
+                           self.config.address, node, incarnation, len(names))

@@ -199,11 +199,13 @@ class Monitor:
         )
         fanout = FanOut(queue_size=config.client_queue_size,
                         backlog=Backlog(per_stream=config.backlog_per_stream))
+        recorder = StoreRecorder(self.store, retry_events=config.store_retry_events)
         if config.bus is not None:
-            self.bus = await RedisBus(config.bus, fanout, session=self.session).start()
+            self.bus = await RedisBus(config.bus, fanout, session=self.session,
+                                      record=recorder.record).start()
         hub = EventHub(
             info, fanout=fanout, session=self.session, counters=counters, alerts=alerts,
-            recorder=StoreRecorder(self.store, retry_events=config.store_retry_events),
+            recorder=recorder,
             on_alert=None if self.webhook is None else self.webhook.submit, bus=self.bus,
         )
         return await hub.start()
