@@ -4,9 +4,10 @@
 session (no dashboard, token auth with a fresh token, its files in a short folder under /tmp:
 socket paths must fit in 108 bytes), then deploys the tier with the project's own
 ``emotion-monitor serve-ray``. Processes that join it (ingest nodes with ``--inference
-ray:HOST:PORT``) take :meth:`RayHead.env`. Stopping sends SIGTERM to ``ray start`` (it stops
-its processes), then SIGKILL to what is left of its session: only the head's own processes
+ray:HOST:PORT``) take :meth:`RayHead.env`. Stopping sends SIGTERM to the head's session,
+then (after a grace period) SIGKILL to what is left of it: only the head's own processes
 are in it, so no other Ray on the machine is touched (``ray stop`` would stop them all).
+The whole session gets SIGTERM at once: ``ray start``'s own orderly stop takes some 30 s.
 
 :class:`ReplicaKiller` is ``replica_killer.py`` in a child process: a Ray driver connected
 ahead of time, so that the kill itself is prompt when the test asks for it (SIGUSR1).
@@ -83,13 +84,19 @@ class RayHead:
     def stop(self) -> None:
         if self.process is not None:
             pid = self.process.pid
-            self.process.stop(grace_s=self.timeout_s)
-            try:
-                os.killpg(pid, signal.SIGKILL)  # the head's session, nothing else
-            except ProcessLookupError:
-                pass
+            self._signal_session(pid, signal.SIGTERM)  # all at once: ray start alone takes 30 s
+            self.process.stop()
+            self._signal_session(pid, signal.SIGKILL)
             self.process = None
         shutil.rmtree(self.folder, ignore_errors=True)
+
+    @staticmethod
+    def _signal_session(pid: int, signum: int) -> None:
+        """``signum`` to the head's process group (its session: nothing else is in it)."""
+        try:
+            os.killpg(pid, signum)
+        except ProcessLookupError:
+            pass
 
     def __enter__(self) -> RayHead:
         try:
