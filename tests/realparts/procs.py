@@ -117,6 +117,8 @@ class OutputProcess:
 
     Use as a context manager: leaving it stops the process (SIGTERM, then SIGKILL), also when
     the test failed. ``wait_for(pattern)`` blocks on a condition until a line matches.
+    ``new_session``: the child leads a session (and process group) of its own, so that what
+    it spawned can be stopped with it (``os.killpg(pid, ...)``).
     """
 
     def __init__(
@@ -126,6 +128,7 @@ class OutputProcess:
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
         log_path: Path | None = None,
+        new_session: bool = False,
     ) -> None:
         self.argv = list(argv)
         self._cond = threading.Condition()
@@ -139,6 +142,7 @@ class OutputProcess:
             stderr=subprocess.PIPE,
             env=dict(env) if env is not None else None,
             cwd=cwd,
+            start_new_session=new_session,
         )
         self._readers = [
             threading.Thread(target=self._read, args=(self.proc.stdout, self.stdout), daemon=True),
