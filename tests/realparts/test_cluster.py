@@ -208,19 +208,18 @@ async def all_closed_on(recorders: dict[str, Recorder], on: Sequence[str],
 
 
 def assert_stored(cluster: Cluster, recorders: dict[str, Recorder]) -> int:
-    """Every event any client received is in PostgreSQL, frame for frame, except the
-    ``node_lost`` closes (made by the survivor's bus claim, recorded by no node). Their count."""
+    """Every event any client received is in PostgreSQL, frame for frame, the ``node_lost``
+    closes too (stored by the survivor whose bus claim made them). Their count."""
     stored = {encode(message) for _, message in read_events(cluster.store)}
-    unstored = 0
+    lost = 0
     for session, recorder in recorders.items():
         for message in received(recorder):
             if isinstance(message, Hello):
                 continue
             if isinstance(message, StreamCloseMessage) and message.reason == "node_lost":
-                unstored += 1
-                continue
+                lost += 1
             assert encode(message) in stored, f"{session}: not in the store: {message}"
-    return unstored
+    return lost
 
 
 def session_of(cluster: Cluster, name: str) -> str:
