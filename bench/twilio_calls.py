@@ -33,8 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import hashlib
-import hmac
 import json
 import os
 import platform
@@ -59,6 +57,7 @@ from capacity_ingest import cpu_model, server_urls  # noqa: E402
 from pipeline import proc_cpu_s  # noqa: E402
 from websockets.asyncio.client import ClientConnection, connect  # noqa: E402
 
+from server.connectors.twilio import twilio_signature  # noqa: E402
 from streamer.audio import float32_to_int16, int16_to_float32  # noqa: E402
 from streamer.engine import Engine, EngineConfig  # noqa: E402
 from streamer.events import WindowLabel  # noqa: E402
@@ -273,10 +272,6 @@ async def run_phase(name: str, open_call: Callable[[int], Coroutine[Any, Any, tu
     return out
 
 
-def sign(token: str, url: str) -> str:
-    return base64.b64encode(hmac.new(token.encode(), url.encode(), hashlib.sha1).digest()).decode()
-
-
 def show(phase: Phase) -> None:
     print(f"{phase.name:>7} {phase.labelled:>8} {phase.expected:>8} {phase.dropped:>7} "
           f"{phase.starved:>7} {phase.pct(50):>7.2f}s {phase.pct(95):>5.2f}s "
@@ -341,7 +336,7 @@ async def main() -> int:
         urls = await server_urls(server.stdout)
         base = urls["ingest"].rsplit("/", 1)[0]
         port = base.rsplit(":", 1)[1]
-        signature = sign(token, f"wss://127.0.0.1:{port}/twilio")
+        signature = twilio_signature(token, f"wss://127.0.0.1:{port}/twilio")
 
         async def twilio(i: int) -> tuple[str, Sender]:
             call = f"CA{i:032x}"

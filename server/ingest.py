@@ -41,7 +41,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
 from server.config import IngestConfig
-from server.connectors.calls import CallDesk, CallRefused
+from server.connectors.calls import CallDesk, CallRefused, HandlerTasks
 from server.limits import ClientLog, ServerCounters, address_of
 from streamer.audio import f32le_to_float32, s16le_to_float32
 from streamer.engine import Engine, StreamFeed
@@ -275,34 +275,25 @@ class IngestEndpoint:
         self.desk = desk if desk is not None else CallDesk(engine, config, counters)
         #: rejected senders by error code (``bad_format``, ``idle_timeout``, ...; /metrics)
         self.rejected: dict[str, int] = {}
-        self._tasks: set[asyncio.Task[object]] = set()
-        self._closing = False
+        self._handlers = HandlerTasks()  # the connections' handler tasks, for shutdown
 
     async def close(self) -> None:
         """Close every ingest connection with 1001; their streams close with reason shutdown."""
-        self._closing = True
-        tasks = set(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=self.shutdown_timeout_s)
+        await self._handlers.end_all(self.shutdown_timeout_s)
 
     async def handle(self, connection: ServerConnection) -> None:
         """One pushed call, start to end (the connection's handler task)."""
-        if self._closing:
+        if self._handlers.closing:
             await connection.close(CloseCode.GOING_AWAY, "server shutting down")
             return
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
         call = _Call(connection, address_of(connection.remote_address))
-        try:
-            await self._serve(call)
-        finally:
-            await self._close_feeds(call.feeds, call.reason)
-            if call.spec is not None and call.reserved:
-                self.desk.release(call.spec.call)
-            self._tasks.discard(task)
+        with self._handlers.track():
+            try:
+                await self._serve(call)
+            finally:
+                await self._close_feeds(call.feeds, call.reason)
+                if call.spec is not None and call.reserved:
+                    self.desk.release(call.spec.call)
 
     async def _serve(self, call: _Call) -> None:
         """Run the call; every way it can end sets ``call.reason`` and closes the connection."""
@@ -337,7 +328,7 @@ class IngestEndpoint:
     async def _accept(self, call: _Call) -> IngestSpec:
         """Read and check ``ingest_start``, open the streams, answer ``ingest_ack``."""
         call.spec = spec = await self._start(call.connection)
-        if self._closing:
+        if self._handlers.closing:
             raise IngestRejected("shutting_down", "the server is shutting down",
                                  CloseCode.GOING_AWAY)
         try:

@@ -74,6 +74,7 @@ _EXPORTS: dict[str, str] = {
     "MAX_METADATA_KEYS": "server.connectors.calls",
     "CallDesk": "server.connectors.calls",
     "CallRefused": "server.connectors.calls",
+    "HandlerTasks": "server.connectors.calls",
     "PlatformCall": "server.connectors.calls",
     "bounded_metadata": "server.connectors.calls",
     "call_id_ok": "server.connectors.calls",

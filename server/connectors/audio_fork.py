@@ -60,7 +60,13 @@ from websockets.typing import Subprotocol
 
 from server.auth import MIN_TOKEN_CHARS
 from server.connectors.base import ConnectorContext, ConnectorStats, Refusal
-from server.connectors.calls import CallRefused, PlatformCall, bounded_metadata, call_id_ok
+from server.connectors.calls import (
+    CallRefused,
+    HandlerTasks,
+    PlatformCall,
+    bounded_metadata,
+    call_id_ok,
+)
 from server.errors import ServerError
 from server.limits import address_of
 from server.webhook import read_credential
@@ -360,8 +366,7 @@ class AudioForkConnector:
         self._stats = ConnectorStats()
         self._text_frames = 0
         self._live = 0
-        self._tasks: set[asyncio.Task[object]] = set()
-        self._closing = False
+        self._handlers = HandlerTasks()  # the connections' handler tasks, for shutdown
 
     @property
     def max_message_bytes(self) -> int:
@@ -389,27 +394,19 @@ class AudioForkConnector:
 
     async def close(self) -> None:
         """End every fork (1001, streams closed ``shutdown``); waits up to the shutdown time."""
-        self._closing = True
-        tasks = set(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=self.context.shutdown_timeout_s)
+        await self._handlers.end_all(self.context.shutdown_timeout_s)
 
     async def handle(self, connection: ServerConnection) -> None:
         """One fork, metadata to close (the connection's handler task)."""
-        if self._closing:
+        if self._handlers.closing:
             await connection.close(CloseCode.GOING_AWAY, "server shutting down")
             return
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        fork = _Fork(connection, address_of(connection.remote_address))
-        try:
-            await self._serve(fork)
-        finally:
-            await self._end_call(fork)
-            self._tasks.discard(task)
+        with self._handlers.track():
+            fork = _Fork(connection, address_of(connection.remote_address))
+            try:
+                await self._serve(fork)
+            finally:
+                await self._end_call(fork)
 
     async def _end_call(self, fork: _Fork) -> None:
         """Close the fork's streams with ``fork.reason`` (before its close frame, if any)."""

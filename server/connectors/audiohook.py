@@ -61,7 +61,7 @@ from server.connectors.audiohook_protocol import (
     OpenRequest,
 )
 from server.connectors.base import ConnectorContext, ConnectorStats, Refusal
-from server.connectors.calls import CallRefused, PlatformCall, bounded_metadata
+from server.connectors.calls import CallRefused, HandlerTasks, PlatformCall, bounded_metadata
 from server.connectors.httpsig import (
     CLOCK_SKEW_S,
     NonceCache,
@@ -262,8 +262,7 @@ class AudioHookConnector:
         self._probes = 0
         self._dropped = 0
         self._client_errors: dict[str, int] = {}
-        self._tasks: set[asyncio.Task[object]] = set()
-        self._closing = False
+        self._handlers = HandlerTasks()  # the connections' handler tasks, for shutdown
 
     @property
     def max_message_bytes(self) -> int:
@@ -314,28 +313,25 @@ class AudioHookConnector:
 
     async def handle(self, connection: ServerConnection) -> None:
         """One AudioHook session, start to end (the connection's handler task)."""
-        if self._closing:
+        if self._handlers.closing:
             await connection.close(CloseCode.GOING_AWAY, "server shutting down")
             return
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        link = self._link(connection)
-        try:
-            await self._serve(link)
-        except ConnectionClosed:
-            pass  # link.reason says how far the session got
-        except asyncio.CancelledError:
-            await self._shut(link)
-            raise
-        except Exception:
-            logger.exception("audiohook session %s: handler failed; closing that session only",
-                             link.name)
-            link.reason = "error"
-            await connection.close(CloseCode.INTERNAL_ERROR, "internal error")
-        finally:
-            await self._finish(link)
-            self._tasks.discard(task)
+        with self._handlers.track():
+            link = self._link(connection)
+            try:
+                await self._serve(link)
+            except ConnectionClosed:
+                pass  # link.reason says how far the session got
+            except asyncio.CancelledError:
+                await self._shut(link)
+                raise
+            except Exception:
+                logger.exception("audiohook session %s: handler failed; closing that session only",
+                                 link.name)
+                link.reason = "error"
+                await connection.close(CloseCode.INTERNAL_ERROR, "internal error")
+            finally:
+                await self._finish(link)
 
     def _link(self, connection: ServerConnection) -> _Link:
         headers = connection.request.headers if connection.request is not None else Headers()
@@ -534,9 +530,4 @@ class AudioHookConnector:
 
     async def close(self) -> None:
         """End every session (streams close with reason shutdown); idempotent."""
-        self._closing = True
-        tasks = set(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=self.context.shutdown_timeout_s)
+        await self._handlers.end_all(self.context.shutdown_timeout_s)

@@ -45,7 +45,7 @@ from typing import Any
 from server.auth import is_loopback
 from server.connectors.audiosocket_map import AudioSocketMap, LegEntry
 from server.connectors.base import ConnectorContext, ConnectorStats
-from server.connectors.calls import CallRefused, PlatformCall
+from server.connectors.calls import CallRefused, HandlerTasks, PlatformCall
 from server.errors import ServerError
 from server.limits import address_of
 from streamer.audio import s16le_to_float32
@@ -237,7 +237,7 @@ class AudioSocketConnector:
         self._stats = ConnectorStats()
         self._kinds = {"dtmf": 0, "unknown_kinds": 0}
         self._asterisk_errors: dict[str, int] = {}
-        self._tasks: set[asyncio.Task[object]] = set()
+        self._handlers = HandlerTasks()  # the legs' tasks, for shutdown
         self._server: asyncio.Server | None = None
         self._closed = False
 
@@ -277,26 +277,19 @@ class AudioSocketConnector:
         self._closed = True
         if self._server is not None:
             self._server.close()
-        tasks = set(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=self.context.shutdown_timeout_s)
+        await self._handlers.end_all(self.context.shutdown_timeout_s)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One leg, UUID to hangup (the connection's task, made by asyncio's server)."""
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        leg = _Leg(reader, writer, address_of(writer.get_extra_info("peername")))
-        try:
-            await self._serve(leg)
-        except AudioSocketRefused as exc:
-            await self._refuse(leg, exc)
-        finally:
-            await self._end_leg(leg)
-            writer.close()
-            self._tasks.discard(task)
+        with self._handlers.track():
+            leg = _Leg(reader, writer, address_of(writer.get_extra_info("peername")))
+            try:
+                await self._serve(leg)
+            except AudioSocketRefused as exc:
+                await self._refuse(leg, exc)
+            finally:
+                await self._end_leg(leg)
+                writer.close()
 
     async def _serve(self, leg: _Leg) -> None:
         """Run the leg; each way it can end sets ``leg.reason`` (refusals propagate)."""

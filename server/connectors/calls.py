@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 from numpy.typing import NDArray
@@ -32,6 +33,7 @@ __all__ = [
     "MAX_METADATA_KEYS",
     "CallDesk",
     "CallRefused",
+    "HandlerTasks",
     "PlatformCall",
     "bounded_metadata",
     "call_id_ok",
@@ -255,6 +257,39 @@ class CallDesk:
             self.release(call_id)
             raise CallRefused("bad_audio", str(exc)) from exc
         return PlatformCall(self, call_id, feeds, sample_rate_hz)
+
+
+class HandlerTasks:
+    """The live handler tasks of one endpoint, so that a shutdown can end them all (loop).
+
+    A handler runs inside ``with tasks.track():``; ``end_all(timeout_s)`` sets ``closing``
+    (new connections are then turned away by their handler), cancels every tracked task and
+    waits for them up to ``timeout_s``. Shared by ``/ingest`` and every connector.
+    """
+
+    def __init__(self) -> None:
+        self.closing = False
+        self._tasks: set[asyncio.Task[object]] = set()
+
+    @contextmanager
+    def track(self) -> Iterator[None]:
+        """Track the current task for the duration of the block."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            yield
+        finally:
+            self._tasks.discard(task)
+
+    async def end_all(self, timeout_s: float) -> None:
+        """Cancel every tracked task and wait for them up to ``timeout_s``; sets ``closing``."""
+        self.closing = True
+        tasks = set(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout_s)
 
 
 def _feed_pairs(pairs: Sequence[tuple[StreamFeed, NDArray[np.float32]]]) -> None:

@@ -55,7 +55,7 @@ from websockets.frames import CloseCode
 from websockets.http11 import Request
 
 from server.connectors.base import ConnectorContext, ConnectorStats, Refusal
-from server.connectors.calls import CallRefused, PlatformCall, bounded_metadata
+from server.connectors.calls import CallRefused, HandlerTasks, PlatformCall, bounded_metadata
 from server.errors import ServerError
 from server.ingest import IdleWatch, frame_waiting
 from server.limits import address_of
@@ -547,8 +547,7 @@ class TwilioConnector:
         self._extra = dict.fromkeys(
             ("dtmf", "marks", "sequence_gaps", "skipped", "disconnected"), 0)
         self._live: set[str] = set()
-        self._tasks: set[asyncio.Task[object]] = set()
-        self._closing = False
+        self._handlers = HandlerTasks()  # the connections' handler tasks, for shutdown
 
     @property
     def max_message_bytes(self) -> int:
@@ -581,20 +580,17 @@ class TwilioConnector:
 
     async def handle(self, connection: ServerConnection) -> None:
         """One Twilio stream, connect to close (the connection's handler task)."""
-        if self._closing:
+        if self._handlers.closing:
             await connection.close(CloseCode.GOING_AWAY, "server shutting down")
             return
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        stream = _Stream(connection, address_of(connection.remote_address))
-        try:
-            await self._serve(stream)
-        finally:
-            if stream.call is not None:
-                self._live.discard(stream.call.call_id)
-                await stream.call.close(stream.reason)
-            self._tasks.discard(task)
+        with self._handlers.track():
+            stream = _Stream(connection, address_of(connection.remote_address))
+            try:
+                await self._serve(stream)
+            finally:
+                if stream.call is not None:
+                    self._live.discard(stream.call.call_id)
+                    await stream.call.close(stream.reason)
 
     async def _serve(self, stream: _Stream) -> None:
         """Run the stream; every way it can end sets ``stream.reason`` and closes the socket."""
@@ -743,7 +739,7 @@ class TwilioConnector:
 
     async def _open(self, stream: _Stream, start: TwilioStart) -> None:
         """Open ``<callSid>/<role>`` per track, with the stream's ids and custom parameters."""
-        if self._closing:
+        if self._handlers.closing:
             raise TwilioRejected("shutting_down", "the server is shutting down",
                                  CloseCode.GOING_AWAY)
         roles = {track: self.config.roles[track] for track in start.tracks}
@@ -795,9 +791,4 @@ class TwilioConnector:
 
     async def close(self) -> None:
         """Close every stream with 1001; their calls end with reason ``shutdown``."""
-        self._closing = True
-        tasks = set(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=self.context.shutdown_timeout_s)
+        await self._handlers.end_all(self.context.shutdown_timeout_s)
