@@ -103,7 +103,8 @@ def loco(d: dict[str, np.ndarray], norm: str, side: int, c_reg: float) -> list[d
         tr, te = corpus != held, corpus == held
         mu, sd = train_x[tr].mean(0), train_x[tr].std(0) + 1e-6
         clf = LogisticRegression(C=c_reg, max_iter=3000)
-        clf.fit((train_x[tr] - mu) / sd, y[tr], sample_weight=balanced_weights(y[tr], corpus[tr], n))
+        weights = balanced_weights(y[tr], corpus[tr], n)
+        clf.fit((train_x[tr] - mu) / sd, y[tr], sample_weight=weights)
         pred = clf.predict((test_x[te] - mu) / sd)
         present = np.unique(y[te])
         rows.append({"corpus": str(name),
