@@ -600,17 +600,21 @@ def test_analyze_runs_on_onnx_int8(optimized_tiny: Path, tmp_path: Path) -> None
 def test_workers_default_to_one_per_core_for_transformer_models(
     tiny_wav2vec2: Path, optimized_tiny: Path, optimized_bundled: Path
 ) -> None:
-    """The runners' worker policy: one for the compact model (torch or ONNX) and on CUDA; one
-    per available CPU (at most 8) for a wav2vec2 classifier on CPU; the engine follows it
+    """The runners' worker policy: one per available CPU (at most 8) for a wav2vec2 classifier
+    on CPU and for the compact model's fused ONNX graph (GIL-free); one for the compact model
+    on torch or from an older folder's numpy log-mel, and on CUDA; the engine follows it
     unless told otherwise."""
     from streamer.engine import available_cpus
     from streamer.models.runner import workers_for
 
     bundled = load_model()
     tiny = load_model(tiny_wav2vec2, backend="torch", precision="fp32")
-    assert bundled.worker_count(16) == 1
+    assert (bundled.worker_count(1), bundled.worker_count(2), bundled.worker_count(16)) == (
+        1, 2, 8)
     assert load_model(backend="torch").worker_count(16) == 1
-    assert load_model(optimized_bundled, backend="onnx", precision="fp32").worker_count(16) == 1
+    assert load_model(optimized_bundled, backend="onnx", precision="fp32").worker_count(16) == 8
+    assert workers_for("cpu", "emotion-compact", 16) == 1
+    assert workers_for("cpu", "emotion-compact", 16, gil_free=True) == 8
     assert (tiny.worker_count(1), tiny.worker_count(3), tiny.worker_count(16)) == (1, 3, 8)
     assert load_model(optimized_tiny, backend="onnx", precision="int8").worker_count(16) == 8
     assert workers_for("cuda", "wav2vec2", 16) == 1 and workers_for("cpu", None, 16) == 1

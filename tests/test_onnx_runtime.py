@@ -237,6 +237,8 @@ def test_an_old_log_mel_folder_loads_and_agrees_with_the_fused_graph(
     assert not fused.feature_extractor.do_normalize
     assert (old.labels, old.temperature, old.narrowband_ok) == (
         fused.labels, fused.temperature, fused.narrowband_ok)
+    # the numpy front end holds the GIL between calls: one worker there, one per CPU fused
+    assert (old.worker_count(2), fused.worker_count(2)) == (1, 2)
     for windows in (_windows(), _windows()[:, :12000], _windows()[:2, :300],
                     np.zeros((1, WINDOW), np.float32)):
         np.testing.assert_allclose(fused.predict_proba(windows), old.predict_proba(windows),

@@ -33,7 +33,7 @@ from numpy.typing import NDArray
 from streamer.errors import ModelError
 from streamer.models.encoder_cache import FrameCache
 from streamer.models.features import LOG_MEL_INPUT, WAVEFORM_INPUT
-from streamer.models.runner import Runner
+from streamer.models.runner import Runner, workers_for
 
 __all__ = ["DISABLED_OPTIMIZERS", "OnnxFiles", "OnnxRunner", "onnx_session"]
 
@@ -135,6 +135,12 @@ class OnnxRunner(Runner):
     @property
     def split(self) -> bool:
         return self.files.encoder is not None
+
+    def worker_count(self, cpus: int) -> int:
+        """:func:`~streamer.models.runner.workers_for`, GIL-free when one graph takes the raw
+        samples (no numpy features between calls; the compact model's fused graph)."""
+        gil_free = not self.split and self._input_names == (WAVEFORM_INPUT,)
+        return workers_for(self.device, self.model_type, cpus, gil_free=gil_free)
 
     def set_worker_threads(self, threads: int) -> None:
         """Rebuild the sessions with ``intra_op_num_threads = threads`` (when it changed)."""
