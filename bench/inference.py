@@ -34,8 +34,9 @@ that import the loader and load the bundled model, alternating ``--backend torch
 training checkpoint, the way it loaded before the ONNX graph shipped) with the default (ONNX
 Runtime, no torch): wall time from the first import to a loaded model, peak resident memory
 (``VmHWM``) and whether torch got imported; then, in this process, the bundled model's time
-per 2 s window on torch fp32 against ONNX fp32 (numpy log-mel + the CNN graph), one thread
-each, the two interleaved over the same windows.
+per 2 s window on torch fp32 against ONNX fp32 (one graph: the log-mel front end and the CNN;
+in folders optimised before, numpy log-mel + the CNN graph), one thread each, the two
+interleaved over the same windows.
 
     nice python bench/inference.py                       # everything, ~15-25 min on 2 cores
     nice python bench/inference.py --quick               # bundled + base, short runs

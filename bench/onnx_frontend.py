@@ -1,20 +1,28 @@
-"""The bundled model's log-mel front end as an ONNX graph against the numpy one (a prototype).
+"""The bundled model's fused ONNX graph (log-mel front end + CNN, what the runtime runs)
+against the numpy front end + the CNN graph alone (what folders optimised before ran).
 
-The runtime computes the compact model's features in numpy (``streamer.models.features``),
-holding the GIL for part of every window. This builds the same front end as a small ONNX graph
-(reflect padding, the STFT as a Conv1d with cosine and sine kernels, power, the mel filterbank
-as a MatMul, log, per-band normalisation) and compares it with the numpy front end in the same
-run: largest difference, then windows/s at a few batch sizes on one thread, and the ratio. Not
-used by the runtime (see docs/model-card.md, the capacity row).
+Both halves come out of the bundled ``model.onnx`` itself (``onnx.utils.Extractor`` at its
+``log_mel`` tensor), so the CNN is the same nodes and weights either way. In the same run:
 
-    python bench/onnx_frontend.py [--batches 1,8] [--seconds 1.5]
+- agreement: largest feature difference (ONNX front end vs numpy) and largest probability
+  difference (fused graph vs numpy front end + CNN graph) on speech-like windows and, where
+  present, the first 2 s of URDU clips;
+- speed on one thread, per window, at a few batch sizes: each front end alone, then the whole
+  window both ways, and the ratio;
+- the GIL: pure-Python work a second thread gets done per second while a worker thread runs
+  windows back to back, either way, against the same thread alone (the engine's event loop is
+  such a thread; the numpy front end holds the GIL, ``InferenceSession.run`` releases it).
+
+    nice python bench/onnx_frontend.py [--batches 1,4,8] [--seconds 1.5] [--urdu DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,106 +33,149 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from streamer.models.features import LogMelFeatures, hann_window, mel_filterbank  # noqa: E402
+from streamer.audio import read_audio  # noqa: E402
+from streamer.models.calibration import softmax  # noqa: E402
+from streamer.models.features import LOG_MEL_INPUT, WAVEFORM_INPUT, LogMelFeatures  # noqa: E402
+from streamer.testing import speech_like  # noqa: E402
 
-BUNDLED = REPO / "streamer" / "bundled" / "config.json"
-LOG_FLOOR = 1e-6  # as compact.py: log(mel + 1e-6)
-NORM_EPS = 1e-5  # as compact.py: (logmel - mean) / (std + 1e-5)
-
-
-def frontend_graph(fe: LogMelFeatures) -> Any:
-    """The ONNX model: ``input_values`` (batch, samples) -> ``log_mel`` (batch, mels, frames)."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    n_fft, half, bins = fe.n_fft, fe.n_fft // 2, fe.n_fft // 2 + 1
-    angle = 2 * np.pi * np.arange(bins)[:, None] * np.arange(n_fft)[None, :] / n_fft
-    window = hann_window(fe.win_length, n_fft)
-    kernels = np.concatenate([np.cos(angle) * window, -np.sin(angle) * window])[:, None, :]
-    filterbank = mel_filterbank(sample_rate_hz=fe.sampling_rate, n_fft=n_fft, n_mels=fe.n_mels,
-                                f_min_hz=fe.f_min_hz, f_max_hz=fe.f_max_hz)
-    node = helper.make_node
-    nodes = [
-        node("Unsqueeze", ["input_values", "axis1"], ["x"]),
-        node("Pad", ["x", "pads"], ["padded"], mode="reflect"),  # torch.stft(center=True)
-        node("Conv", ["padded", "kernels"], ["spec"], strides=[fe.hop_length]),
-        node("Mul", ["spec", "spec"], ["squares"]),
-        node("Split", ["squares", "halves"], ["real2", "imag2"], axis=1),
-        node("Add", ["real2", "imag2"], ["power"]),  # (batch, bins, frames)
-        node("Transpose", ["power"], ["power_t"], perm=[0, 2, 1]),
-        node("MatMul", ["power_t", "filterbank"], ["mel"]),  # (batch, frames, mels)
-        node("Add", ["mel", "floor"], ["mel_floor"]),
-        node("Log", ["mel_floor"], ["logmel"]),
-        node("Shape", ["logmel"], ["shape"]),
-        node("Gather", ["shape", "one"], ["frames"], axis=0),
-        node("Cast", ["frames"], ["frames_f"], to=TensorProto.FLOAT),
-        node("Sub", ["frames_f", "one_f"], ["ddof1"]),  # torch.std is unbiased
-        node("ReduceMean", ["logmel", "axis1"], ["mean"], keepdims=1),
-        node("Sub", ["logmel", "mean"], ["centred"]),
-        node("Mul", ["centred", "centred"], ["centred2"]),
-        node("ReduceSum", ["centred2", "axis1"], ["sum2"], keepdims=1),
-        node("Div", ["sum2", "ddof1"], ["variance"]),
-        node("Sqrt", ["variance"], ["std"]),
-        node("Add", ["std", "eps"], ["scale"]),
-        node("Div", ["centred", "scale"], ["normed"]),
-        node("Transpose", ["normed"], ["log_mel"], perm=[0, 2, 1]),
-    ]
-    constants = {
-        "axis1": np.array([1], np.int64), "pads": np.array([0, 0, half, 0, 0, half], np.int64),
-        "kernels": kernels.astype(np.float32), "halves": np.array([bins, bins], np.int64),
-        "filterbank": np.asarray(filterbank, np.float32),
-        "floor": np.array(LOG_FLOOR, np.float32), "eps": np.array(NORM_EPS, np.float32),
-        "one": np.array(1, np.int64), "one_f": np.array(1.0, np.float32),
-    }
-    graph = helper.make_graph(
-        nodes, "log_mel_frontend",
-        [helper.make_tensor_value_info("input_values", TensorProto.FLOAT, ["batch", "samples"])],
-        [helper.make_tensor_value_info("log_mel", TensorProto.FLOAT,
-                                       ["batch", fe.n_mels, "frames"])],
-        [numpy_helper.from_array(value, name) for name, value in constants.items()],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+BUNDLED = REPO / "streamer" / "bundled"
+WINDOW = 32000
 
 
-def rate(run: Callable[[], object], batch: int, seconds: float) -> float:
-    """Windows per second of ``run`` (one call = ``batch`` windows), after one warm-up call."""
+def sessions() -> dict[str, Any]:
+    """One-thread sessions of the fused graph and of its two halves."""
+    import onnx
+    import onnxruntime as ort
+    from onnx.utils import Extractor
+
+    from streamer.models.onnx_runner import DISABLED_OPTIMIZERS
+
+    fused = onnx.load(str(BUNDLED / "model.onnx"))
+    inputs = [i.name for i in fused.graph.input]
+    if inputs != [WAVEFORM_INPUT]:
+        raise SystemExit(f"{BUNDLED / 'model.onnx'} takes {inputs}, not the fused graph's "
+                         f"{WAVEFORM_INPUT} (re-run emotion-monitor optimize --out {BUNDLED})")
+    output = fused.graph.output[0].name
+    extractor = Extractor(fused)
+    graphs = {"fused": fused,
+              "front end": extractor.extract_model([WAVEFORM_INPUT], [LOG_MEL_INPUT]),
+              "cnn": extractor.extract_model([LOG_MEL_INPUT], [output])}
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return {name: ort.InferenceSession(graph.SerializeToString(), options,
+                                       providers=["CPUExecutionProvider"],
+                                       disabled_optimizers=list(DISABLED_OPTIMIZERS))
+            for name, graph in graphs.items()}
+
+
+def per_window_ms(run: Callable[[], object], batch: int, seconds: float) -> float:
+    """Best of three: milliseconds per window of ``run`` (one call = ``batch`` windows)."""
     run()
-    start, windows = time.perf_counter(), 0
+    best = float("inf")
+    for _ in range(3):
+        start, calls = time.perf_counter(), 0
+        while time.perf_counter() - start < seconds / 3:
+            run()
+            calls += 1
+        best = min(best, (time.perf_counter() - start) / calls / batch * 1000.0)
+    return best
+
+
+def python_rate(seconds: float, worker: Callable[[], object] | None) -> float:
+    """Loop iterations per second of a pure-Python loop while ``worker`` runs back to back on
+    another thread (None: alone)."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            worker()  # type: ignore[misc]
+
+    thread = threading.Thread(target=loop, daemon=True) if worker is not None else None
+    if thread is not None:
+        thread.start()
+        time.sleep(0.2)
+    count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        run()
-        windows += batch
-    return windows / (time.perf_counter() - start)
+        for _ in range(1000):
+            count += 1
+    rate = count / (time.perf_counter() - start)
+    stop.set()
+    if thread is not None:
+        thread.join()
+    return rate
+
+
+def urdu_windows(folder: Path, per_label: int = 10) -> np.ndarray | None:
+    if not (folder / "Angry").is_dir():
+        return None
+    rows = []
+    for label in sorted(p.name for p in folder.iterdir() if p.is_dir()):
+        for clip in sorted((folder / label).glob("*.wav"))[:per_label]:
+            audio = read_audio(clip)[:WINDOW]
+            rows.append(np.pad(audio, (0, WINDOW - audio.size)))
+    return np.stack(rows).astype(np.float32)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--batches", default="1,4,8")
     parser.add_argument("--seconds", type=float, default=1.5)
+    parser.add_argument("--urdu", type=Path, default=REPO.parent / "shared" / "data" / "urdu")
     args = parser.parse_args()
-    import onnx
-    import onnxruntime as ort
+    print(f"machine: {os.cpu_count()} CPU(s), load average at start "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    config = json.loads((BUNDLED / "config.json").read_text())
+    temperature = float(config.get("logit_temperature", 1.0))
+    numpy_fe = LogMelFeatures.from_config(config)
+    s = sessions()
 
-    fe = LogMelFeatures.from_config(json.loads(BUNDLED.read_text()))
-    if fe.feature_norm != "band":
-        print(f"the bundled model uses feature_norm {fe.feature_norm!r}; this prototype does band")
-        return 2
-    model = frontend_graph(fe)
-    onnx.checker.check_model(model)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    session = ort.InferenceSession(model.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
-    audio = (np.random.default_rng(0).standard_normal((8, 32000)) * 0.1).astype(np.float32)
-    ours = session.run(None, {"input_values": audio})[0]
-    reference = fe(audio)["log_mel"]
-    print(f"largest difference from the numpy front end: {np.abs(ours - reference).max():.2e} "
-          f"(features up to {np.abs(reference).max():.2f})")
-    print("batch  numpy win/s  onnx win/s  onnx / numpy   (one thread)")
+    def fused(w: np.ndarray) -> np.ndarray:
+        return np.asarray(s["fused"].run(None, {WAVEFORM_INPUT: w})[0])
+
+    def numpy_path(w: np.ndarray) -> np.ndarray:
+        return np.asarray(s["cnn"].run(None, {LOG_MEL_INPUT: numpy_fe(w)[LOG_MEL_INPUT]})[0])
+
+    sets = {"speech-like": np.stack([speech_like(2.0, seed=i, pitch_hz=100.0 + 9 * i)
+                                     for i in range(32)]).astype(np.float32)}
+    urdu = urdu_windows(args.urdu)
+    if urdu is not None:
+        sets[f"URDU ({len(urdu)} clips, first 2 s)"] = urdu
+    print("agreement (fused graph vs numpy front end + CNN graph):")
+    for name, windows in sets.items():
+        feats = s["front end"].run(None, {WAVEFORM_INPUT: windows})[0]
+        reference = numpy_fe(windows)[LOG_MEL_INPUT]
+        probs = softmax(fused(windows), temperature)
+        old = softmax(numpy_path(windows), temperature)
+        print(f"  {name}: features {np.abs(feats - reference).max():.1e} (up to "
+              f"{np.abs(reference).max():.1f}), probabilities {np.abs(probs - old).max():.1e}, "
+              f"same top-1 {np.mean(probs.argmax(1) == old.argmax(1)):.0%}")
+    audio = sets["speech-like"]
+    print("ms per window, one thread:")
+    print(f"  {'batch':>5} {'numpy fe':>9} {'onnx fe':>8} {'cnn':>6} {'numpy+cnn':>10} "
+          f"{'fused':>6} {'fused / numpy+cnn':>18}")
     for batch in (int(b) for b in args.batches.split(",")):
-        windows = np.repeat(audio[:1], batch, axis=0)
-        numpy_rate = rate(lambda w=windows: fe(w), batch, args.seconds)
-        onnx_rate = rate(lambda w=windows: session.run(None, {"input_values": w}), batch,
-                         args.seconds)
-        print(f"{batch:>5} {numpy_rate:>12.0f} {onnx_rate:>11.0f} {onnx_rate / numpy_rate:>12.2f}")
+        w = np.ascontiguousarray(audio[:batch])
+        feats = numpy_fe(w)[LOG_MEL_INPUT]
+        runs: dict[str, Callable[[], object]] = {
+            "numpy fe": lambda w=w: numpy_fe(w),
+            "onnx fe": lambda w=w: s["front end"].run(None, {WAVEFORM_INPUT: w}),
+            "cnn": lambda f=feats: s["cnn"].run(None, {LOG_MEL_INPUT: f}),
+            "numpy+cnn": lambda w=w: numpy_path(w),
+            "fused": lambda w=w: fused(w),
+        }
+        ms = {name: per_window_ms(run, batch, args.seconds) for name, run in runs.items()}
+        print(f"  {batch:>5} {ms['numpy fe']:>9.2f} {ms['onnx fe']:>8.2f} {ms['cnn']:>6.2f} "
+              f"{ms['numpy+cnn']:>10.2f} {ms['fused']:>6.2f} "
+              f"{ms['fused'] / ms['numpy+cnn']:>18.2f}")
+    one = np.ascontiguousarray(audio[:1])
+    alone = python_rate(args.seconds, None)
+    with_numpy = python_rate(args.seconds, lambda: numpy_path(one))
+    with_fused = python_rate(args.seconds, lambda: fused(one))
+    print("pure-Python loop on a second thread while a worker runs 1-window calls back to back "
+          "(share of its rate alone):")
+    print(f"  numpy front end + CNN {with_numpy / alone:.0%}, fused graph "
+          f"{with_fused / alone:.0%}")
     return 0
 
 

@@ -201,7 +201,13 @@ def test_onnx_export_matches_torch_and_int8_predicts(which: str,
     short = windows[:, :12000]  # a final window shorter than 2 s
     assert _relative(onnx.logits(short), reference.logits(short)) < 1e-3
     if manifest["model_type"] == "emotion-compact":  # a CNN: no int8 graph (optimize.py)
-        assert manifest["model_input"] == "log_mel" and manifest["files"]["int8"] is None
+        # one graph from input_values: the log-mel front end fused ahead of the CNN
+        assert manifest["model_input"] == "input_values" and manifest["files"]["int8"] is None
+        import onnx
+
+        graph = onnx.load(str(folder / "model.onnx")).graph
+        assert [i.name for i in graph.input] == ["input_values"]
+        assert any("log_mel" in node.output for node in graph.node)
         assert "unavailable" in manifest["checks"]["onnx/int8"]
         with pytest.raises(ModelError, match="no ONNX int8 model"):
             load_model(folder, backend="onnx", precision="int8")
@@ -594,17 +600,21 @@ def test_analyze_runs_on_onnx_int8(optimized_tiny: Path, tmp_path: Path) -> None
 def test_workers_default_to_one_per_core_for_transformer_models(
     tiny_wav2vec2: Path, optimized_tiny: Path, optimized_bundled: Path
 ) -> None:
-    """The runners' worker policy: one for the compact model (torch or ONNX) and on CUDA; one
-    per available CPU (at most 8) for a wav2vec2 classifier on CPU; the engine follows it
+    """The runners' worker policy: one per available CPU (at most 8) for a wav2vec2 classifier
+    on CPU and for the compact model's fused ONNX graph (GIL-free); one for the compact model
+    on torch or from an older folder's numpy log-mel, and on CUDA; the engine follows it
     unless told otherwise."""
     from streamer.engine import available_cpus
     from streamer.models.runner import workers_for
 
     bundled = load_model()
     tiny = load_model(tiny_wav2vec2, backend="torch", precision="fp32")
-    assert bundled.worker_count(16) == 1
+    assert (bundled.worker_count(1), bundled.worker_count(2), bundled.worker_count(16)) == (
+        1, 2, 8)
     assert load_model(backend="torch").worker_count(16) == 1
-    assert load_model(optimized_bundled, backend="onnx", precision="fp32").worker_count(16) == 1
+    assert load_model(optimized_bundled, backend="onnx", precision="fp32").worker_count(16) == 8
+    assert workers_for("cpu", "emotion-compact", 16) == 1
+    assert workers_for("cpu", "emotion-compact", 16, gil_free=True) == 8
     assert (tiny.worker_count(1), tiny.worker_count(3), tiny.worker_count(16)) == (1, 3, 8)
     assert load_model(optimized_tiny, backend="onnx", precision="int8").worker_count(16) == 8
     assert workers_for("cuda", "wav2vec2", 16) == 1 and workers_for("cpu", None, 16) == 1

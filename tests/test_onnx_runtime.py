@@ -1,10 +1,13 @@
 """The runtime without torch: numpy feature extraction against transformers and torch, the
-bundled ONNX graph against the torch checkpoint, and fresh processes that never import torch."""
+log-mel front end as ONNX nodes against numpy, the bundled ONNX graph against the torch
+checkpoint and against the numpy front end + CNN graph of older folders, and fresh processes
+that never import torch."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +29,17 @@ from streamer.testing import speech_like, tone
 WINDOW = 32000
 # what the bundled ONNX graph must keep of the torch checkpoint's logits
 MAX_REL_LOGIT_DIFF = 1e-4
+# the ONNX front end (float32) against numpy's float64 one, on normalised features of size 1
+# to 10: float32 rounding of the DFT sums (20 + 20 terms for n_fft 400), amplified in quiet
+# frames by the log and by the division by the band's standard deviation: measured up to
+# 3e-5; the numpy front end against torch's float32 one is held to the same bound. A prime
+# n_fft has one DFT of n_fft terms: up to 1.5e-4 in 3 of 213k features measured (torch's own
+# float32 front end was 9e-5 from numpy in that setting)
+FEATURE_ATOL = 1e-4
+PRIME_FEATURE_ATOL = 3e-4
+# probabilities of the fused bundled graph against the numpy front end + the same CNN graph:
+# measured up to 3e-7 on speech-like windows and URDU clips
+MAX_PROBABILITY_DIFF = 1e-5
 
 
 def _windows() -> NDArray[np.float32]:
@@ -137,6 +151,100 @@ def test_log_mel_settings_are_checked() -> None:
         LogMelFeatures.from_config({"hop_length": 0})
 
 
+# -- the front end as ONNX nodes ---------------------------------------------------------------
+
+
+def _run_graph(model: object, feed: dict[str, NDArray[np.float32]]) -> NDArray[np.float32]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(),  # type: ignore[attr-defined]
+                                   providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(None, feed)[0])
+
+
+@pytest.mark.parametrize("feature_norm", ["band", "global", "none"])
+@pytest.mark.parametrize("settings", [
+    {},  # the bundled model's: n_fft 400 = 20 x 20, hop 160 (blocks of 80 samples)
+    {"win_length": 320, "f_min_hz": 50.0, "f_max_hz": 4000.0, "n_mels": 40},
+    {"n_fft": 512, "win_length": 400, "hop_length": 128},  # 16 x 32
+    {"n_fft": 401, "win_length": 400, "hop_length": 77},  # prime: one DFT matrix, blocks of 1
+], ids=["bundled", "narrow-band", "512", "prime"])
+def test_onnx_front_end_matches_numpy(feature_norm: str, settings: dict[str, float]) -> None:
+    """The front end's ONNX nodes give numpy's log-mel for each norm, window, FFT size and hop,
+    windows shorter than one FFT included, and digital silence as flat as numpy's."""
+    from streamer.offline.onnx_frontend import log_mel_graph
+
+    config = {**json.loads((BUNDLED_MODEL_DIR / "config.json").read_text()), **settings,
+              "feature_norm": feature_norm}
+    ours = LogMelFeatures.from_config(config)
+    graph = log_mel_graph(
+        window=ours.window, hop_length=ours.hop_length, feature_norm=feature_norm,
+        filterbank=mel_filterbank(sample_rate_hz=16000, n_fft=ours.n_fft, n_mels=ours.n_mels,
+                                  f_min_hz=ours.f_min_hz, f_max_hz=ours.f_max_hz))
+    atol = PRIME_FEATURE_ATOL if ours.n_fft == 401 else FEATURE_ATOL
+    for samples in (WINDOW, 12345, ours.n_fft + 1, 200):
+        windows = np.ascontiguousarray(_windows()[:, :samples])
+        got = _run_graph(graph, {"input_values": windows})
+        want = ours(windows)["log_mel"]
+        assert got.shape == want.shape and got.dtype == np.float32
+        np.testing.assert_allclose(got, want, atol=atol, rtol=0)
+        assert np.abs(got - want).mean() < 1e-5
+    silence = _run_graph(graph, {"input_values": np.zeros((1, WINDOW), np.float32)})
+    assert np.all(np.isfinite(silence)) and np.ptp(silence) == 0.0
+    np.testing.assert_allclose(silence, ours(np.zeros((1, WINDOW), np.float32))["log_mel"],
+                               atol=FEATURE_ATOL, rtol=0)
+
+
+def test_onnx_front_end_settings_are_checked() -> None:
+    """A bad norm or a filterbank of the wrong size is a ModelError naming it."""
+    from streamer.offline.onnx_frontend import log_mel_graph
+
+    window, fb = np.hanning(400), np.ones((201, 8))
+    with pytest.raises(ModelError, match="feature_norm"):
+        log_mel_graph(window=window, filterbank=fb, hop_length=160, feature_norm="utterance")
+    with pytest.raises(ModelError, match=r"filterbank \(200, 8\)"):
+        log_mel_graph(window=window, filterbank=fb[:200], hop_length=160, feature_norm="band")
+
+
+def _old_log_mel_folder(folder: Path) -> Path:
+    """The bundled model as optimize wrote it before the front end was fused: the CNN graph
+    from log_mel (cut out of the fused graph: the same nodes and weights) and a manifest
+    saying so."""
+    import onnx
+    from onnx.utils import Extractor
+
+    folder.mkdir()
+    for name in ("config.json", "preprocessor_config.json"):
+        shutil.copy(BUNDLED_MODEL_DIR / name, folder / name)
+    fused = onnx.load(str(BUNDLED_MODEL_DIR / "model.onnx"))
+    onnx.save(Extractor(fused).extract_model(["log_mel"], ["output"]), str(folder / "model.onnx"))
+    manifest = json.loads((BUNDLED_MODEL_DIR / MANIFEST_NAME).read_text())
+    manifest.update(model_input="log_mel", source=str(BUNDLED_MODEL_DIR))
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
+    return folder
+
+
+def test_an_old_log_mel_folder_loads_and_agrees_with_the_fused_graph(
+    bundled_pair: tuple[OnnxRunner, TorchRunner], tmp_path: Path,
+) -> None:
+    """A compact folder whose graph takes log_mel still loads (numpy features), and its
+    probabilities equal the fused bundled graph's on speech-like audio, short windows and
+    silence; the fused one takes raw samples and computes no features in numpy."""
+    fused, _ = bundled_pair
+    old = load_model(_old_log_mel_folder(tmp_path / "old"), backend="onnx")
+    assert isinstance(old, OnnxRunner) and isinstance(old.feature_extractor, LogMelFeatures)
+    assert isinstance(fused.feature_extractor, WaveformFeatures)
+    assert not fused.feature_extractor.do_normalize
+    assert (old.labels, old.temperature, old.narrowband_ok) == (
+        fused.labels, fused.temperature, fused.narrowband_ok)
+    # the numpy front end holds the GIL between calls: one worker there, one per CPU fused
+    assert (old.worker_count(2), fused.worker_count(2)) == (1, 2)
+    for windows in (_windows(), _windows()[:, :12000], _windows()[:2, :300],
+                    np.zeros((1, WINDOW), np.float32)):
+        np.testing.assert_allclose(fused.predict_proba(windows), old.predict_proba(windows),
+                                   atol=MAX_PROBABILITY_DIFF, rtol=0)
+
+
 # -- the bundled graph against the torch checkpoint --------------------------------------------
 
 
@@ -184,10 +292,10 @@ def test_bundled_onnx_agrees_with_torch_on_urdu_clips(
 
 
 def test_bundled_manifest_is_an_in_place_optimize_output() -> None:
-    """optimize.json names the folder itself as source, log_mel as the graph input, and the
-    ONNX fp32 setting within bounds (so auto takes it)."""
+    """optimize.json names the folder itself as source, input_values as the graph input (the
+    front end is in the graph), and the ONNX fp32 setting within bounds (so auto takes it)."""
     manifest = json.loads((BUNDLED_MODEL_DIR / MANIFEST_NAME).read_text())
-    assert manifest["source"] == "." and manifest["model_input"] == "log_mel"
+    assert manifest["source"] == "." and manifest["model_input"] == "input_values"
     assert manifest["files"]["fp32"] == "model.onnx"
     check = manifest["checks"]["onnx/fp32"]
     assert check["top1_agreement"] == 1.0 and check["rel_logit_diff"] < MAX_REL_LOGIT_DIFF
@@ -202,7 +310,8 @@ def test_optimize_in_place_writes_beside_the_checkpoint(tmp_path: Path) -> None:
     config = (folder / "config.json").read_bytes()
     optimize_model(folder, folder, max_windows=4, repeats=1)
     assert (folder / "config.json").read_bytes() == config
-    assert json.loads((folder / MANIFEST_NAME).read_text())["source"] == "."
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    assert manifest["source"] == "." and manifest["model_input"] == "input_values"
     assert load_model(folder).backend == "onnx"
     assert load_model(folder, backend="torch").backend == "torch"
     optimize_model(folder, folder, max_windows=4, repeats=1)  # again, in place

@@ -3,7 +3,8 @@
 ``CompactEmotionForAudioClassification`` takes raw mono 16 kHz audio (``input_values``, shape
 batch x samples, like wav2vec2) and computes a 64-band log-mel spectrogram inside the model
 (25 ms Hann window, 10 ms hop, torch.stft and the slaney-style triangular filterbank of
-:mod:`streamer.models.features`, whose numpy copy of this front end feeds the ONNX graph).
+:mod:`streamer.models.features`; ``emotion-monitor optimize`` writes the same front end as
+ONNX nodes ahead of the exported CNN, :mod:`streamer.offline.onnx_frontend`).
 By default the log-mel is only shifted and scaled by constants, so loudness and spectral tilt
 stay visible (per-utterance normalisation, per band or global, is a config option). A small
 1-D CNN (batch norm, dilated residual blocks, mean + standard-deviation pooling over time)
@@ -218,8 +219,8 @@ class CompactEmotionForAudioClassification(CompactEmotionPreTrainedModel):
 
     def classify(self, feats: torch.Tensor, fmask: torch.Tensor | None = None) -> torch.Tensor:
         """Log-mel features (batch, n_mels, frames) -> logits: the network after the front end
-        (what ``emotion-monitor optimize`` exports to ONNX; the front end runs in numpy there,
-        :class:`streamer.models.features.LogMelFeatures`). ``fmask`` (batch, frames) keeps
+        (what ``emotion-monitor optimize`` exports to ONNX, then puts the front end ahead of as
+        ONNX nodes, :mod:`streamer.offline.onnx_frontend`). ``fmask`` (batch, frames) keeps
         padding frames out of the pooled statistics."""
         if len(self.members) == 1:
             return self.members[0](feats, fmask)

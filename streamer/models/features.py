@@ -14,8 +14,10 @@ Two front ends, each called like a transformers feature extractor
   (:mod:`streamer.models.compact` computes it in torch inside the model): a centred STFT with a
   periodic Hann window and reflect padding, power spectrum, a slaney-normalised triangular
   HTK-mel filterbank, ``log(mel + 1e-6)`` and the configured feature norm. It gives ``log_mel``
-  (batch, n_mels, frames), the input of the compact model's ONNX graph (the CNN only; its STFT
-  ran about 6x slower inside ONNX Runtime than torch's). Agrees with torch to about 1e-5.
+  (batch, n_mels, frames), the input of the compact model's ONNX graph in folders optimised
+  before the front end became part of that graph (:mod:`streamer.offline.onnx_frontend`; it
+  held the GIL for about as long as the CNN ran). Agrees with torch to about 1e-5, and is the
+  reference the fused graph is checked against.
 
 Thread-safety: both hold read-only arrays and keep no per-call state.
 """

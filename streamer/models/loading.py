@@ -18,10 +18,11 @@ The runners never call back into this module. A loaded runner is used by the eng
 threads, several at once (see :mod:`streamer.models.runner`).
 
 The ONNX path imports neither torch nor transformers: it reads ``config.json`` and
-``preprocessor_config.json`` with :mod:`json` and extracts features in numpy
-(:mod:`streamer.models.features`), and ``device="auto"`` asks torch about GPUs only where one
-can be there (:func:`resolve_device`). So the bundled model and any optimize folder run on an
-install without torch.
+``preprocessor_config.json`` with :mod:`json` and prepares the graph's input in numpy
+(:mod:`streamer.models.features`: samples as they are or normalised per window; the log-mel
+features of a compact folder written before its front end became part of the graph), and
+``device="auto"`` asks torch about GPUs only where one can be there (:func:`resolve_device`).
+So the bundled model and any optimize folder run on an install without torch.
 """
 
 from __future__ import annotations
@@ -383,8 +384,9 @@ def _read_configs(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _features(manifest: dict[str, Any], config: dict[str, Any], preprocessor: dict[str, Any],
               folder: Path) -> LogMelFeatures | WaveformFeatures:
-    """The numpy front end for the graph's input: ``log_mel`` (the compact model's CNN) or
-    ``input_values`` (raw samples, normalised per window where ``do_normalize``)."""
+    """The numpy front end for the graph's input: ``input_values`` (raw samples, normalised
+    per window where ``do_normalize``; the compact model's graph computes its log-mel itself)
+    or ``log_mel`` (the CNN alone, in compact folders written before that)."""
     model_input = manifest.get("model_input", WAVEFORM_INPUT)
     if model_input == LOG_MEL_INPUT:
         return LogMelFeatures.from_config(config)

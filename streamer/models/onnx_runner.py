@@ -1,11 +1,14 @@
 """The ONNX Runtime runner: the graphs of an ``emotion-monitor optimize`` folder on CPU (built
 on the main thread, run by the inference worker threads).
 
-One full graph from ``input_values`` (or, for the compact model, from its ``log_mel``
-features, computed in numpy by :class:`streamer.models.features.LogMelFeatures`), or, for a
-wav2vec2 classifier, the conv encoder and the head from its features, so that the frame cache
-can skip the encoder for frames it has seen. Neither this module nor the feature extractors
-import torch or transformers.
+One full graph from ``input_values`` (the compact model's too: its log-mel front end is part
+of the graph, :mod:`streamer.offline.onnx_frontend`, so a window runs in one
+``InferenceSession.run``, which releases the GIL throughout), or, for a wav2vec2 classifier,
+the conv encoder and the head from its features, so that the frame cache can skip the encoder
+for frames it has seen. A compact folder optimised before the front end was fused holds the
+CNN alone, from ``log_mel`` features that :class:`streamer.models.features.LogMelFeatures`
+computes in numpy (holding the GIL for about as long as the CNN runs). Neither this module
+nor the feature extractors import torch or transformers.
 :class:`OnnxFiles` names the graphs of one precision from the folder's manifest;
 :class:`OnnxRunner` opens and runs them. It imports nothing of the loader and reads no
 transformers config: ``streamer.models.loading`` reads the folder and passes what the runner
@@ -30,7 +33,7 @@ from numpy.typing import NDArray
 from streamer.errors import ModelError
 from streamer.models.encoder_cache import FrameCache
 from streamer.models.features import LOG_MEL_INPUT, WAVEFORM_INPUT
-from streamer.models.runner import Runner
+from streamer.models.runner import Runner, workers_for
 
 __all__ = ["DISABLED_OPTIMIZERS", "OnnxFiles", "OnnxRunner", "onnx_session"]
 
@@ -39,7 +42,8 @@ __all__ = ["DISABLED_OPTIMIZERS", "OnnxFiles", "OnnxRunner", "onnx_session"]
 # about a quarter of that (docs/performance.md, session 3). Same arithmetic either way.
 DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 # what a graph of an optimize folder takes: raw samples, the compact CNN's log-mel features
-# (computed in numpy, streamer.models.features), or a split wav2vec2's conv features
+# (older compact folders; computed in numpy, streamer.models.features), or a split wav2vec2's
+# conv features
 _KNOWN_INPUTS = (WAVEFORM_INPUT, LOG_MEL_INPUT, "extract_features")
 
 
@@ -132,6 +136,12 @@ class OnnxRunner(Runner):
     def split(self) -> bool:
         return self.files.encoder is not None
 
+    def worker_count(self, cpus: int) -> int:
+        """:func:`~streamer.models.runner.workers_for`, GIL-free when one graph takes the raw
+        samples (no numpy features between calls; the compact model's fused graph)."""
+        gil_free = not self.split and self._input_names == (WAVEFORM_INPUT,)
+        return workers_for(self.device, self.model_type, cpus, gil_free=gil_free)
+
     def set_worker_threads(self, threads: int) -> None:
         """Rebuild the sessions with ``intra_op_num_threads = threads`` (when it changed)."""
         import onnxruntime as ort
@@ -172,7 +182,7 @@ class OnnxRunner(Runner):
             feats = self._full_encoder_session.run(None, {"input_values": values})[0]
             return self.head(np.asarray(feats, np.float32))
         session = self._session
-        # the graph's own inputs: input_values, or log_mel for the compact model's CNN
+        # the graph's own inputs: input_values, or log_mel for an older compact folder's CNN
         feed = {name: np.ascontiguousarray(inputs[name], dtype=np.float32)
                 for name in self._input_names}
         return np.asarray(session.run(None, feed)[0], np.float32)

@@ -43,16 +43,22 @@ def check_windows(windows: object) -> None:
         raise AudioError(f"windows must not be empty, got shape {windows.shape}")
 
 
-def workers_for(device: str, model_type: str | None, cpus: int) -> int:
+def workers_for(device: str, model_type: str | None, cpus: int, *,
+                gil_free: bool = False) -> int:
     """Inference workers that pay off for a model of ``model_type`` on ``device``.
 
     One per available CPU (at most :data:`MAX_CPU_WORKERS`) for transformer-size models on CPU:
     each worker runs one intra-op thread, and two workers doubled wav2vec2 throughput on two
-    idle cores (``docs/performance.md``). One for the compact model, whose 2 ms windows leave
-    the Python side (VAD, windowing, one feeder thread) as the limit, and one on CUDA, where
-    the engine batches windows across streams instead.
+    idle cores (``docs/performance.md``). The same for the compact model when ``gil_free``
+    (its fused ONNX graph: the whole window in one ``InferenceSession.run``, which releases the
+    GIL): on 2 busy cores 2 workers labelled every window of 40 pushed streams where one lost
+    up to 23 % (docs/performance.md). One for the compact model otherwise (torch, or an older
+    folder's numpy front end, which holds the GIL against the event loop), and one on CUDA,
+    where the engine batches windows across streams instead.
     """
-    if device.startswith("cuda") or model_type in (None, COMPACT_MODEL_TYPE):
+    if device.startswith("cuda") or model_type is None:
+        return 1
+    if model_type == COMPACT_MODEL_TYPE and not gil_free:
         return 1
     return max(1, min(MAX_CPU_WORKERS, cpus))
 

@@ -10,13 +10,17 @@ checks (main thread; one process, CPU).
   ``model.onnx`` starts at the conv features (input ``extract_features``) and
   ``feature_encoder.onnx`` / ``feature_encoder.int8.onnx`` hold the conv encoder, so its frames
   can be cached (:mod:`streamer.models.encoder_cache`); the compact model's graph is its CNN
-  from ``log_mel`` features (its log-mel front end runs in numpy at load time,
-  :class:`streamer.models.features.LogMelFeatures`: the STFT inside ONNX Runtime took about 6x
-  torch's time per window); other models are one graph from ``input_values``;
+  exported from ``log_mel`` features with its log-mel front end fused ahead of it as ONNX
+  nodes (:mod:`streamer.offline.onnx_frontend`: the STFT as a Conv, not the ``DFT`` that
+  ``torch.stft`` exports to, which took about 6x torch's time per window), so it too is one
+  graph from ``input_values``, as other models are. Folders written before that hold the CNN
+  alone (``model_input`` ``log_mel``) and still load: the runtime computes those features in
+  numpy (:class:`streamer.models.features.LogMelFeatures`);
 - ``optimize.json``: the files, the source checkpoint, and for each backend/precision its
   top-1 agreement and relative logit difference against fp32 torch on the checked windows and
   its median time per window with one thread on this machine, and the graphs' ``model_input``
-  (``input_values`` or ``log_mel``). ``auto`` reads it (:mod:`streamer.models.settings`).
+  (``input_values``; ``log_mel`` in older compact folders). ``auto`` reads it
+  (:mod:`streamer.models.settings`).
 
 ``out`` may be the checkpoint folder itself (in place): the graphs and ``optimize.json`` go
 beside the weights, the configs are left as they are and the manifest's source is ``"."``.
@@ -402,18 +406,16 @@ def _checked_folders(model: str | Path | None, out: Path, *, overwrite: bool
 
 def _export_graphs(hf: Any, out: Path) -> tuple[dict[str, Any], str]:
     """Write the fp32 and int8 graphs of the loaded model ``hf``; returns the manifest's
-    ``files`` entry and the graphs' input (``input_values`` or ``log_mel``)."""
+    ``files`` entry and the graphs' input (``input_values`` for every kind now)."""
     example = torch.zeros(1, _WINDOW)
     files: dict[str, Any] = {"fp32": "model.onnx", "int8": "model.int8.onnx", "encoder": None}
     prepare_for_export(hf)  # the loaded copy only; the checkpoint is untouched
     if hf.config.model_type == COMPACT_MODEL_TYPE:
-        with torch.no_grad():
-            feats = hf.log_mel(example)
-        _export(_LogMelHead(hf).eval(), feats, out / "model.onnx", LOG_MEL_INPUT, 2)
+        _export_compact(hf, out / "model.onnx")
         # no int8 graph: dynamic quantisation turns MatMuls into int8 and the CNN is
         # convolutions, so only its last layer changed; as large and no faster (measured)
         files["int8"] = None
-        return files, LOG_MEL_INPUT
+        return files, WAVEFORM_INPUT
     if splittable(hf):
         with torch.no_grad():  # not inference_mode: export must not see inference tensors
             feats = hf.wav2vec2.feature_extractor(example)
@@ -426,6 +428,31 @@ def _export_graphs(hf: Any, out: Path) -> tuple[dict[str, Any], str]:
         _export(_Full(hf).eval(), example, out / "model.onnx", WAVEFORM_INPUT, 800)
     _quantize(out / "model.onnx", out / "model.int8.onnx")
     return files, WAVEFORM_INPUT
+
+
+def _export_compact(hf: Any, path: Path) -> None:
+    """The compact model as one graph from ``input_values``: its CNN exported from ``log_mel``
+    features, with the front end (:mod:`streamer.offline.onnx_frontend`, built from the
+    checkpoint's own window and filterbank buffers) fused ahead of it."""
+    import onnx
+
+    from streamer.offline.onnx_frontend import fuse_front_end
+
+    config = hf.config
+    with torch.no_grad():
+        feats = hf.log_mel(torch.zeros(1, _WINDOW))
+    cnn_path = path.with_name(path.stem + ".cnn.onnx")
+    try:
+        _export(_LogMelHead(hf).eval(), feats, cnn_path, LOG_MEL_INPUT, 2)
+        cnn = onnx.load(str(cnn_path))
+    finally:
+        cnn_path.unlink(missing_ok=True)
+    taps = hf.window.detach().double().numpy()
+    left = (config.n_fft - taps.size) // 2  # torch.stft pads a short window in the middle
+    window = np.pad(taps, (left, config.n_fft - taps.size - left))
+    fused = fuse_front_end(cnn, window=window, filterbank=hf.mel_fb.detach().double().numpy(),
+                           hop_length=config.hop_length, feature_norm=config.feature_norm)
+    onnx.save(fused, str(path))
 
 
 def _new_manifest(source: Path | None, model_type: str, files: dict[str, Any],
