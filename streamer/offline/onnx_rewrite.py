@@ -56,6 +56,9 @@ def _eligible(node: Any, weights: dict[str, Any]) -> bool:
     )
 
 
+_WEIGHT_MAX = 63
+
+
 def quantize_grouped_convs(model: Any) -> int:
     """Rewrite, in place, every eligible grouped 1-D ``Conv`` of ``model`` (an
     ``onnx.ModelProto``); returns how many were rewritten. Eligible: constant weight and bias,
@@ -89,9 +92,13 @@ def _int8_group_weights(weight: NDArray[np.float32], groups: int
     # wg[g, k * per_group + c, o] = weight[g * per_group + o, c, k]
     wg = (weight.reshape(groups, per_group, per_group, kernel)
           .transpose(0, 3, 2, 1).reshape(groups, kernel * per_group, per_group))
-    scale = np.abs(wg).max(axis=1, keepdims=True) / 127.0
+    # 7-bit weights (ONNX Runtime's reduce_range): on x86 without VNNI the u8 x s8 kernel adds
+    # pairs of products in saturating 16-bit lanes, and 255 * 127 * 2 overflows them (a 0.16
+    # relative error on an AVX2-only machine); 255 * 63 * 2 does not.
+    scale = np.abs(wg).max(axis=1, keepdims=True) / _WEIGHT_MAX
     scale[scale == 0] = 1.0
-    return np.clip(np.rint(wg / scale), -127, 127).astype(np.int8), scale.astype(np.float32)
+    return (np.clip(np.rint(wg / scale), -_WEIGHT_MAX, _WEIGHT_MAX).astype(np.int8),
+            scale.astype(np.float32))
 
 
 def _int8_im2col(node: Any, weights: dict[str, Any], graph: Any) -> list[Any]:
