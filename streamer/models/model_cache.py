@@ -73,7 +73,7 @@ logger = logging.getLogger(__name__)
 #: the folder under $XDG_CACHE_HOME (or ~/.cache)
 CACHE_APP_NAME = "emotion-monitor"
 #: our side of the export: raise it when optimize's graphs or manifest change meaning
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 2  # 2: 7-bit int8 weights (reduce_range)
 #: distributions whose versions change what the export writes (part of the key)
 EXPORT_PACKAGES = ("torch", "transformers", "onnx", "onnxruntime", "onnxscript")
 
