@@ -69,7 +69,10 @@ def assert_rows_match(streamed: list[dict[str, Any]], analyzed: list[dict[str, A
         assert a.keys() == b.keys()
         for key in a:
             if isinstance(a[key], float):
-                assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+                # the live run and analyze batch windows differently across the workers (one
+                # per CPU since the front end is in the ONNX graph); ONNX Runtime's fp32 sums
+                # then run in another order: 4e-5 seen on 2 cores
+                assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
             else:
                 assert a[key] == b[key], key
 
