@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -161,11 +162,11 @@ def main() -> int:
         w = np.ascontiguousarray(audio[:batch])
         feats = numpy_fe(w)[LOG_MEL_INPUT]
         runs: dict[str, Callable[[], object]] = {
-            "numpy fe": lambda w=w: numpy_fe(w),
-            "onnx fe": lambda w=w: s["front end"].run(None, {WAVEFORM_INPUT: w}),
-            "cnn": lambda f=feats: s["cnn"].run(None, {LOG_MEL_INPUT: f}),
-            "numpy+cnn": lambda w=w: numpy_path(w),
-            "fused": lambda w=w: fused(w),
+            "numpy fe": partial(numpy_fe, w),
+            "onnx fe": partial(s["front end"].run, None, {WAVEFORM_INPUT: w}),
+            "cnn": partial(s["cnn"].run, None, {LOG_MEL_INPUT: feats}),
+            "numpy+cnn": partial(numpy_path, w),
+            "fused": partial(fused, w),
         }
         ms = {name: per_window_ms(run, batch, args.seconds) for name, run in runs.items()}
         print(f"  {batch:>5} {ms['numpy fe']:>9.2f} {ms['onnx fe']:>8.2f} {ms['cnn']:>6.2f} "
@@ -176,8 +177,7 @@ def main() -> int:
           f"gives it up every {sys.getswitchinterval() * 1000:g} ms, the switch interval):")
     for batch in (1, 8):
         w = np.ascontiguousarray(audio[:batch])
-        paths = (("numpy+cnn", lambda w=w: numpy_path(w)), ("fused", lambda w=w: fused(w)))
-        for name, run in paths:
+        for name, run in (("numpy+cnn", partial(numpy_path, w)), ("fused", partial(fused, w))):
             rates = {busy: float(np.median([worker_rate(run, batch, args.seconds / 3, busy=busy)
                                             for _ in range(3)])) for busy in (False, True)}
             print(f"  batch {batch} {name:<10} {rates[False]:>5.0f} -> {rates[True]:>5.0f} "
