@@ -9,9 +9,9 @@ Both halves come out of the bundled ``model.onnx`` itself (``onnx.utils.Extracto
   present, the first 2 s of URDU clips;
 - speed on one thread, per window, at a few batch sizes: each front end alone, then the whole
   window both ways, and the ratio;
-- the GIL: pure-Python work a second thread gets done per second while a worker thread runs
-  windows back to back, either way, against the same thread alone (the engine's event loop is
-  such a thread; the numpy front end holds the GIL, ``InferenceSession.run`` releases it).
+- the GIL: windows per second of a worker thread running windows back to back, either way,
+  with the main thread idle and with it busy in pure Python (the engine's event loop at
+  capacity), at batch 1 and 8.
 
     nice python bench/onnx_frontend.py [--batches 1,4,8] [--seconds 1.5] [--urdu DIR]
 """
@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -82,28 +83,31 @@ def per_window_ms(run: Callable[[], object], batch: int, seconds: float) -> floa
     return best
 
 
-def python_rate(seconds: float, worker: Callable[[], object] | None) -> float:
-    """Loop iterations per second of a pure-Python loop while ``worker`` runs back to back on
-    another thread (None: alone)."""
+def worker_rate(run: Callable[[], object], batch: int, seconds: float, *, busy: bool) -> float:
+    """Windows per second of ``run`` (``batch`` windows a call) called back to back on a worker
+    thread, while the main thread sleeps or, ``busy``, runs a pure-Python loop (as the event
+    loop does when the server is at capacity)."""
     stop = threading.Event()
+    calls = [0]
 
     def loop() -> None:
         while not stop.is_set():
-            worker()  # type: ignore[misc]
+            run()
+            calls[0] += 1
 
-    thread = threading.Thread(target=loop, daemon=True) if worker is not None else None
-    if thread is not None:
-        thread.start()
-        time.sleep(0.2)
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        for _ in range(1000):
+    run()
+    thread = threading.Thread(target=loop, daemon=True)
+    start = time.perf_counter()
+    thread.start()
+    if busy:
+        count = 0
+        while time.perf_counter() - start < seconds:
             count += 1
-    rate = count / (time.perf_counter() - start)
+    else:
+        time.sleep(seconds)
     stop.set()
-    if thread is not None:
-        thread.join()
-    return rate
+    thread.join()
+    return calls[0] * batch / (time.perf_counter() - start)
 
 
 def urdu_windows(folder: Path, per_label: int = 10) -> np.ndarray | None:
@@ -158,24 +162,26 @@ def main() -> int:
         w = np.ascontiguousarray(audio[:batch])
         feats = numpy_fe(w)[LOG_MEL_INPUT]
         runs: dict[str, Callable[[], object]] = {
-            "numpy fe": lambda w=w: numpy_fe(w),
-            "onnx fe": lambda w=w: s["front end"].run(None, {WAVEFORM_INPUT: w}),
-            "cnn": lambda f=feats: s["cnn"].run(None, {LOG_MEL_INPUT: f}),
-            "numpy+cnn": lambda w=w: numpy_path(w),
-            "fused": lambda w=w: fused(w),
+            "numpy fe": partial(numpy_fe, w),
+            "onnx fe": partial(s["front end"].run, None, {WAVEFORM_INPUT: w}),
+            "cnn": partial(s["cnn"].run, None, {LOG_MEL_INPUT: feats}),
+            "numpy+cnn": partial(numpy_path, w),
+            "fused": partial(fused, w),
         }
         ms = {name: per_window_ms(run, batch, args.seconds) for name, run in runs.items()}
         print(f"  {batch:>5} {ms['numpy fe']:>9.2f} {ms['onnx fe']:>8.2f} {ms['cnn']:>6.2f} "
               f"{ms['numpy+cnn']:>10.2f} {ms['fused']:>6.2f} "
               f"{ms['fused'] / ms['numpy+cnn']:>18.2f}")
-    one = np.ascontiguousarray(audio[:1])
-    alone = python_rate(args.seconds, None)
-    with_numpy = python_rate(args.seconds, lambda: numpy_path(one))
-    with_fused = python_rate(args.seconds, lambda: fused(one))
-    print("pure-Python loop on a second thread while a worker runs 1-window calls back to back "
-          "(share of its rate alone):")
-    print(f"  numpy front end + CNN {with_numpy / alone:.0%}, fused graph "
-          f"{with_fused / alone:.0%}")
+    print("windows/s of a worker thread calling back to back, main thread idle -> busy in "
+          "Python (the GIL: each call needs it back when it returns, and a busy main thread "
+          f"gives it up every {sys.getswitchinterval() * 1000:g} ms, the switch interval):")
+    for batch in (1, 8):
+        w = np.ascontiguousarray(audio[:batch])
+        for name, run in (("numpy+cnn", partial(numpy_path, w)), ("fused", partial(fused, w))):
+            rates = {busy: float(np.median([worker_rate(run, batch, args.seconds / 3, busy=busy)
+                                            for _ in range(3)])) for busy in (False, True)}
+            print(f"  batch {batch} {name:<10} {rates[False]:>5.0f} -> {rates[True]:>5.0f} "
+                  f"({rates[True] / rates[False]:.0%})")
     return 0
 
 

@@ -454,6 +454,10 @@ def _export_compact(hf: Any, path: Path) -> None:
     window = np.pad(taps, (left, config.n_fft - taps.size - left))
     fused = fuse_front_end(cnn, window=window, filterbank=hf.mel_fb.detach().double().numpy(),
                            hop_length=config.hop_length, feature_norm=config.feature_norm)
+    for node in fused.graph.node:
+        # the exporter's per-node stack traces name this checkout's paths and line numbers:
+        # without them the same checkpoint gives the same bytes
+        del node.metadata_props[:]
     onnx.save(fused, str(path))
 
 
