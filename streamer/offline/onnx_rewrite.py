@@ -56,6 +56,7 @@ def _eligible(node: Any, weights: dict[str, Any]) -> bool:
     )
 
 
+#: int8 weight range of the rewritten convs: 7 bits (see _int8_group_weights)
 _WEIGHT_MAX = 63
 
 

@@ -375,10 +375,10 @@ def optimize_model(
     if not in_place:
         hf.config.save_pretrained(out)
         base.feature_extractor.save_pretrained(out)
-    files, model_input = _export_graphs(hf, out)
+    files = _export_graphs(hf, out)
     logger.info("exported %s to %s in %.0f s", source, out, time.monotonic() - started)
     manifest = _new_manifest(None if in_place else source, hf.config.model_type, files,
-                             model_input)
+                             WAVEFORM_INPUT)
     (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
     windows, described = agreement_windows(data, max_windows=max_windows)
     manifest["checked_on"] = described
@@ -406,18 +406,18 @@ def _checked_folders(model: str | Path | None, out: Path, *, overwrite: bool
     return source, out
 
 
-def _export_graphs(hf: Any, out: Path) -> tuple[dict[str, Any], str]:
-    """Write the fp32 and int8 graphs of the loaded model ``hf``; returns the manifest's
-    ``files`` entry and the graphs' input (``input_values`` for every kind now)."""
+def _export_graphs(hf: Any, out: Path) -> dict[str, Any]:
+    """Write the fp32 and int8 graphs of the loaded model ``hf``, each from ``input_values``;
+    returns the manifest's ``files`` entry."""
     example = torch.zeros(1, _WINDOW)
     files: dict[str, Any] = {"fp32": "model.onnx", "int8": "model.int8.onnx", "encoder": None}
     prepare_for_export(hf)  # the loaded copy only; the checkpoint is untouched
     if hf.config.model_type == COMPACT_MODEL_TYPE:
-        _export_compact(hf, out / "model.onnx")
+        _export_compact(hf, example, out / "model.onnx")
         # no int8 graph: dynamic quantisation turns MatMuls into int8 and the CNN is
         # convolutions, so only its last layer changed; as large and no faster (measured)
         files["int8"] = None
-        return files, WAVEFORM_INPUT
+        return files
     if splittable(hf):
         with torch.no_grad():  # not inference_mode: export must not see inference tensors
             feats = hf.wav2vec2.feature_extractor(example)
@@ -429,10 +429,10 @@ def _export_graphs(hf: Any, out: Path) -> tuple[dict[str, Any], str]:
     else:
         _export(_Full(hf).eval(), example, out / "model.onnx", WAVEFORM_INPUT, 800)
     _quantize(out / "model.onnx", out / "model.int8.onnx")
-    return files, WAVEFORM_INPUT
+    return files
 
 
-def _export_compact(hf: Any, path: Path) -> None:
+def _export_compact(hf: Any, example: Any, path: Path) -> None:
     """The compact model as one graph from ``input_values``: its CNN exported from ``log_mel``
     features, with the front end (:mod:`streamer.offline.onnx_frontend`, built from the
     checkpoint's own window and filterbank buffers) fused ahead of it."""
@@ -442,7 +442,7 @@ def _export_compact(hf: Any, path: Path) -> None:
 
     config = hf.config
     with torch.no_grad():
-        feats = hf.log_mel(torch.zeros(1, _WINDOW))
+        feats = hf.log_mel(example)
     cnn_path = path.with_name(path.stem + ".cnn.onnx")
     try:
         _export(_LogMelHead(hf).eval(), feats, cnn_path, LOG_MEL_INPUT, 2)
