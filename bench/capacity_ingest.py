@@ -96,7 +96,8 @@ async def sender(url: str, call: str, pcm: bytes, frame_bytes: int, offset_s: fl
         await ws.send(encode(IngestStart(stream=call, sample_rate_hz=RATE, channels=1,
                                          format="s16le")))
         ack = decode(await ws.recv())
-        assert isinstance(ack, IngestAck), ack
+        if not isinstance(ack, IngestAck):
+            raise RuntimeError(f"{call}: the server refused the call: {ack}")
         began = loop.time()
         sent_at[ack.streams[0]] = time.time()  # stream second 0 on the wall clock
         for i in range(0, len(pcm), frame_bytes):
@@ -121,13 +122,15 @@ async def run_step(ingest: str, events: str, n: int, step_no: int, seconds: floa
     async with connect(events, max_size=1 << 22) as ws:
         await ws.recv()  # hello (backlog of earlier steps follows; ignored by name)
         dropped_at_start: int | None = None
-        senders = asyncio.gather(*(
+        senders = asyncio.ensure_future(asyncio.gather(*(
             sender(ingest, f"cap{step_no}-{i}", pcm, frame_bytes, 0.5 * i / n, sent_at)
             for i in range(n)
-        ))
+        )))
         open_ = set(names)
         last_stats: StatsMessage | None = None
         while open_:
+            if senders.done() and senders.exception() is not None:
+                raise SystemExit(f"step of {n} streams: a sender failed: {senders.exception()!r}")
             message = decode(await asyncio.wait_for(ws.recv(), seconds + 120))
             if isinstance(message, StatsMessage):
                 if dropped_at_start is None:
@@ -201,8 +204,13 @@ async def main() -> int:
     if args.model == "fixed":
         serve = [str(REPO / "bench" / "pipeline.py"), "serve"]
     else:
+        # the server's own bounds (100 calls, connections per address) sized to the largest
+        # step: every sender and the recorder connect from 127.0.0.1
+        room = str(max(steps) + 10)
         serve = ["-m", "server", "--log-level", "WARNING", "run", "--source", "none",
-                 "--port", "0", "--no-store", *shlex.split(args.run_args)]
+                 "--port", "0", "--no-store", "--max-ingest-calls", room,
+                 "--max-connections-per-address", room, "--max-ws-clients", room,
+                 *shlex.split(args.run_args)]
     server = await asyncio.create_subprocess_exec(
         sys.executable, *serve, cwd=REPO,
         stdout=asyncio.subprocess.PIPE,
