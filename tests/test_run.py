@@ -58,11 +58,10 @@ def write_call(path: Path, *, rate_hz: int = 16000, seconds: tuple[float, ...] =
     return path
 
 
-# Both sides of every run-vs-analyze comparison run one window per model call. An int8 graph
-# quantises its activations with one scale per call (the whole batch), and first-use
-# optimisation picks int8 and batches of 4 for the tiny model when those measure faster (as
-# they do under load), so a window's probabilities would depend on the windows it shared a
-# call with (4e-5 seen in CI); the live run and analyze batch differently.
+# Both sides of every run-vs-analyze comparison run one window per model call: first-use
+# optimisation may pick an int8 graph and batches of several windows (on measured times), and
+# an int8 graph quantises its activations with one scale per call, so a window's numbers
+# would depend on the windows it shared a call with; the live run and analyze batch differently.
 ONE_PER_CALL = 1
 
 
